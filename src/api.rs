@@ -1,0 +1,264 @@
+//! The PV3 Monitor API client (`shared/spec/pv3-monitor-api.md`).
+//!
+//! Writes are classified so that the forwarder can decide what to do with a
+//! failed batch without knowing HTTP: retry it later ([`PostError::Transient`]),
+//! keep it until the owner fixes the token ([`PostError::Unauthorized`]), or
+//! set it aside because sending it again can never succeed
+//! ([`PostError::Rejected`]).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::{Response, StatusCode, Url};
+
+use crate::secret::Secret;
+
+/// How much of an error response body is kept for the log.
+const ERROR_BODY_LIMIT: usize = 2048;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PostError {
+    /// Connection refused/reset, timeout, 408, 429, 5xx: worth retrying.
+    #[error("{reason}")]
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// 401/403: the proxy in front of the API wants a (different) token.
+    #[error("HTTP {status}: {body}")]
+    Unauthorized { status: u16, body: String },
+    /// Any other non-2xx answer: the body will never be accepted as is.
+    #[error("HTTP {status}: {body}")]
+    Rejected { status: u16, body: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<HeaderValue>,
+}
+
+/// Parses and checks `--api-url` (http or https, no query).
+pub fn parse_api_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("scheme must be http or https, not {}", url.scheme()));
+    }
+    if url.cannot_be_a_base() || url.host_str().is_none() {
+        return Err("URL needs a host, like http://localhost:8800".into());
+    }
+    Ok(url)
+}
+
+impl ApiClient {
+    pub fn new(base: Url, token: Option<&Secret>, timeout: Duration) -> Result<Self> {
+        crate::tls::ensure_provider();
+        let token = match token {
+            Some(t) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                    .context("--api-token holds characters not allowed in an HTTP header")?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            // A redirected POST turns into a GET: treat a redirect as an error.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("pv3/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(ApiClient { http, base, token })
+    }
+
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// `base` + path segments, each percent-encoded (device ids come from
+    /// topics and may hold anything).
+    pub fn url(&self, segments: &[&str]) -> Result<Url> {
+        let mut url = self.base.clone();
+        {
+            let Ok(mut path) = url.path_segments_mut() else {
+                bail!("API URL {} cannot take a path", self.base);
+            };
+            path.pop_if_empty();
+            path.extend(segments);
+        }
+        Ok(url)
+    }
+
+    /// `POST /api/devices/{id}/measurements/batch` with a ready JSON array.
+    pub async fn post_measurements(&self, device: &str, body: Bytes) -> Result<(), PostError> {
+        self.post(&["api", "devices", device, "measurements", "batch"], body)
+            .await
+    }
+
+    /// `POST /api/devices/{id}/alarms` with a ready JSON object.
+    pub async fn post_alarms(&self, device: &str, body: Bytes) -> Result<(), PostError> {
+        self.post(&["api", "devices", device, "alarms"], body).await
+    }
+
+    async fn post(&self, segments: &[&str], body: Bytes) -> Result<(), PostError> {
+        let url = self.url(segments).map_err(|e| PostError::Rejected {
+            status: 0,
+            body: e.to_string(),
+        })?;
+        let mut req = self
+            .http
+            .post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(token) = &self.token {
+            req = req.header(AUTHORIZATION, token.clone());
+        }
+        let resp = req.send().await.map_err(|e| PostError::Transient {
+            reason: describe_error(&e),
+            retry_after: None,
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = retry_after(&resp);
+        let body = error_body(resp).await;
+        Err(classify(status, body, retry_after))
+    }
+
+    /// `GET` a path under the base URL; for `check-api`.
+    pub async fn get(&self, segments: &[&str]) -> Result<Response, reqwest::Error> {
+        let url = match self.url(segments) {
+            Ok(url) => url,
+            Err(_) => self.base.clone(),
+        };
+        let mut req = self.http.get(url);
+        if let Some(token) = &self.token {
+            req = req.header(AUTHORIZATION, token.clone());
+        }
+        req.send().await
+    }
+}
+
+fn classify(status: StatusCode, body: String, retry_after: Option<Duration>) -> PostError {
+    let code = status.as_u16();
+    match code {
+        408 | 429 | 500..=599 => PostError::Transient {
+            reason: if body.is_empty() {
+                format!("HTTP {code}")
+            } else {
+                format!("HTTP {code}: {body}")
+            },
+            retry_after,
+        },
+        401 | 403 => PostError::Unauthorized { status: code, body },
+        _ => PostError::Rejected { status: code, body },
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare enough to ignore).
+fn retry_after(resp: &Response) -> Option<Duration> {
+    let text = resp.headers().get(RETRY_AFTER)?.to_str().ok()?;
+    let secs: u64 = text.trim().parse().ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+/// The first [`ERROR_BODY_LIMIT`] bytes of a response body, as text, on one
+/// line.
+async fn error_body(mut resp: Response) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < ERROR_BODY_LIMIT {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    buf.truncate(ERROR_BODY_LIMIT);
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One line for a transport error: reqwest's Display hides the cause
+/// ("error sending request"), so walk the source chain.
+pub fn describe_error(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut parts = vec![kind.to_string()];
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified() {
+        for code in [408, 429, 500, 502, 503, 504] {
+            let status = StatusCode::from_u16(code).expect("valid");
+            assert!(matches!(
+                classify(status, String::new(), None),
+                PostError::Transient { .. }
+            ));
+        }
+        for code in [401, 403] {
+            let status = StatusCode::from_u16(code).expect("valid");
+            assert!(matches!(
+                classify(status, String::new(), None),
+                PostError::Unauthorized { .. }
+            ));
+        }
+        for code in [301, 400, 404, 413, 422] {
+            let status = StatusCode::from_u16(code).expect("valid");
+            assert!(matches!(
+                classify(status, String::new(), None),
+                PostError::Rejected { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn device_ids_are_escaped_in_urls() {
+        let base = parse_api_url("http://localhost:8800/").expect("valid");
+        let client = ApiClient::new(base, None, Duration::from_secs(1)).expect("client");
+        let url = client
+            .url(&["api", "devices", "a/b c?", "alarms"])
+            .expect("url");
+        assert_eq!(url.as_str(), "http://localhost:8800/api/devices/a%2Fb%20c%3F/alarms");
+        let base = parse_api_url("http://h/prefix").expect("valid");
+        let client = ApiClient::new(base, None, Duration::from_secs(1)).expect("client");
+        assert_eq!(
+            client.url(&["health"]).expect("url").as_str(),
+            "http://h/prefix/health"
+        );
+    }
+
+    #[test]
+    fn api_urls_are_checked() {
+        assert!(parse_api_url("http://localhost:8800").is_ok());
+        assert!(parse_api_url("https://pv3.example/api-root").is_ok());
+        assert!(parse_api_url("localhost:8800").is_err());
+        assert!(parse_api_url("ftp://x").is_err());
+        assert!(parse_api_url("not a url").is_err());
+    }
+}

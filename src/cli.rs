@@ -1,0 +1,246 @@
+//! The command line: clap derive types only. The names here are a stable
+//! interface (`shared/spec/cli.md`): scripts, unit files and habits depend on
+//! them. Add options freely; never rename one.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use reqwest::Url;
+
+use crate::output::Format;
+use crate::secret::Secret;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pv3",
+    version,
+    about = "Toolkit for the Powervault P3 home battery: live forwarding, capture and replay",
+    after_help = "Examples:\n  \
+        pv3 collect --mqtt-host 192.168.1.215 --api-url http://localhost:8800\n  \
+        pv3 collect --dry-run                 print what would be sent\n\n\
+        Connection options also read MQTT_HOST, MQTT_PORT, P3_DEVICE_ID, API_URL, ...\n\
+        (see `pv3 <command> --help`).",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// More log detail (-v debug, -vv trace)
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Less log detail (-q warnings only, -qq errors only)
+    #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub quiet: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    pub fn verbosity(&self) -> i8 {
+        i8::try_from(self.verbose).unwrap_or(i8::MAX) - i8::try_from(self.quiet).unwrap_or(i8::MAX)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Forward live P3 data from MQTT to the PV3 Monitor API
+    #[command(after_help = "Examples:\n  \
+        pv3 collect --mqtt-host 192.168.1.215 --api-url http://pi.local:8800\n  \
+        pv3 collect --device-id +             every P3 on the broker\n  \
+        pv3 collect --dry-run --format jsonl  show what would be sent, send nothing")]
+    Collect(CollectArgs),
+}
+
+/// Broker connection: shared by every command that talks MQTT.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "MQTT")]
+pub struct MqttArgs {
+    /// Broker host (the P3's LAN address)
+    #[arg(long, env = "MQTT_HOST", default_value = "192.168.1.215", value_name = "HOST")]
+    pub mqtt_host: String,
+
+    /// Broker port [default: 1883, or 8883 with --mqtt-tls]
+    #[arg(long, env = "MQTT_PORT", value_name = "PORT")]
+    pub mqtt_port: Option<u16>,
+
+    #[arg(long, env = "MQTT_USERNAME", value_name = "USER")]
+    pub mqtt_username: Option<String>,
+
+    /// Never shown in --help or logs
+    #[arg(long, env = "MQTT_PASSWORD", value_name = "PASS", hide_env_values = true)]
+    pub mqtt_password: Option<Secret>,
+
+    /// Connect with TLS
+    #[arg(long, env = "MQTT_TLS")]
+    pub mqtt_tls: bool,
+
+    /// CA certificate (PEM) for TLS [default: the system's roots]
+    #[arg(long = "mqtt-ca", env = "MQTT_CA_FILE", value_name = "FILE")]
+    pub mqtt_ca: Option<PathBuf>,
+
+    /// [default: pv3-<command>-<random>]
+    #[arg(long, env = "MQTT_CLIENT_ID", value_name = "ID")]
+    pub mqtt_client_id: Option<String>,
+
+    /// Device id, or + for every device on the broker
+    #[arg(long, env = "P3_DEVICE_ID", default_value = "PV001001DEV", value_name = "ID",
+          value_parser = parse_device_id)]
+    pub device_id: String,
+
+    /// Longest wait between reconnect attempts, in seconds
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_secs)]
+    pub mqtt_reconnect_max: Duration,
+}
+
+/// API connection: shared by every command that talks to PV3 Monitor.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "API")]
+pub struct ApiArgs {
+    /// PV3 Monitor base URL
+    #[arg(long, env = "API_URL", default_value = "http://localhost:8800", value_name = "URL",
+          value_parser = crate::api::parse_api_url)]
+    pub api_url: Url,
+
+    /// Sent as `Authorization: Bearer`; never shown or logged
+    #[arg(long, env = "API_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub api_token: Option<Secret>,
+
+    /// Per-request timeout, in seconds
+    #[arg(long, env = "API_TIMEOUT", default_value = "10", value_name = "SECS",
+          value_parser = parse_secs)]
+    pub api_timeout: Duration,
+}
+
+/// Batching and retry: shared by collect and replay.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Delivery")]
+pub struct DeliveryArgs {
+    /// Longest wait between retries of a failed POST, in seconds
+    #[arg(long, default_value = "60", value_name = "SECS", value_parser = parse_secs)]
+    pub retry_max: Duration,
+
+    /// SOC filter threshold in percentage points (0 turns it off)
+    #[arg(long, default_value = "1.0", value_name = "PCT", value_parser = parse_threshold)]
+    pub soc_threshold: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CollectArgs {
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+
+    /// Print what would be sent; send nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Output of --dry-run [default: table on a terminal, else jsonl]
+    #[arg(long, value_enum, value_name = "FORMAT", requires = "dry_run")]
+    pub format: Option<Format>,
+
+    /// Measurements per POST
+    #[arg(long, default_value = "500", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+
+    /// Send a batch after this long even if not full, in milliseconds
+    #[arg(long, default_value = "250", value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub linger_ms: u64,
+
+    /// Measurements held in memory while the API is unreachable; past it the
+    /// oldest are dropped (and counted)
+    #[arg(long, default_value = "100000", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub queue_max: u64,
+
+    /// On SIGINT/SIGTERM, how long to keep delivering what is queued, in seconds
+    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_secs)]
+    pub shutdown_grace: Duration,
+
+    /// Seconds between progress lines in the log (0: never)
+    #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_secs_or_zero)]
+    pub stats_interval: Duration,
+}
+
+fn parse_device_id(text: &str) -> Result<String, String> {
+    if text == "+" {
+        return Ok(text.to_owned());
+    }
+    if text.is_empty() {
+        return Err("cannot be empty (use + for every device)".into());
+    }
+    if text.contains(['/', '#', '+']) || text.chars().any(char::is_control) {
+        return Err(format!(
+            "'{text}' is not a device id: no '/', '#', '+' or control characters (use + alone for every device)"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_secs(text: &str) -> Result<Duration, String> {
+    let d = parse_secs_or_zero(text)?;
+    if d.is_zero() {
+        return Err("must be more than 0 seconds".into());
+    }
+    Ok(d)
+}
+
+fn parse_secs_or_zero(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !secs.is_finite() || !(0.0..=31_536_000.0).contains(&secs) {
+        return Err(format!("'{text}' is out of range (0 to one year)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_threshold(text: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number"))?;
+    if !v.is_finite() || !(0.0..=100.0).contains(&v) {
+        return Err(format!("'{text}' must be between 0 and 100"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn device_ids_are_checked() {
+        assert!(parse_device_id("PV001001DEV").is_ok());
+        assert!(parse_device_id("+").is_ok());
+        assert!(parse_device_id("").is_err());
+        assert!(parse_device_id("a/b").is_err());
+        assert!(parse_device_id("#").is_err());
+        assert!(parse_device_id("a+").is_err());
+    }
+
+    #[test]
+    fn seconds_are_checked() {
+        assert_eq!(parse_secs("2.5"), Ok(Duration::from_millis(2500)));
+        assert!(parse_secs("0").is_err());
+        assert_eq!(parse_secs_or_zero("0"), Ok(Duration::ZERO));
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("NaN").is_err());
+        assert!(parse_secs("ten").is_err());
+    }
+}

@@ -1,0 +1,73 @@
+//! One module per subcommand, each a `run(args) -> Result`, plus the set-up
+//! they share (connection settings from flags, shutdown signals).
+
+pub mod collect;
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::api::ApiClient;
+use crate::cli::{ApiArgs, Cli, Command, MqttArgs};
+use crate::mqtt::{self, MqttSettings};
+
+/// A configuration problem found after argument parsing (a CA file that
+/// does not parse, say): exit code 2, like clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Runs the chosen command.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Collect(args) => collect::run(args).await,
+    }
+}
+
+/// MQTT settings from the shared flags; `command` names the client id.
+pub fn mqtt_settings(args: &MqttArgs, command: &str) -> MqttSettings {
+    MqttSettings {
+        host: args.mqtt_host.clone(),
+        port: args
+            .mqtt_port
+            .unwrap_or(if args.mqtt_tls { 8883 } else { 1883 }),
+        username: args.mqtt_username.clone(),
+        password: args.mqtt_password.clone(),
+        tls: args.mqtt_tls,
+        ca_file: args.mqtt_ca.clone(),
+        client_id: args
+            .mqtt_client_id
+            .clone()
+            .unwrap_or_else(|| mqtt::default_client_id(command)),
+        keep_alive: Duration::from_secs(30),
+        reconnect_initial: Duration::from_millis(500),
+        reconnect_max: args.mqtt_reconnect_max,
+    }
+}
+
+pub fn api_client(args: &ApiArgs) -> Result<ApiClient> {
+    ApiClient::new(args.api_url.clone(), args.api_token.as_ref(), args.api_timeout)
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

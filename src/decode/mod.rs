@@ -1,0 +1,263 @@
+//! The one topic decoder: `(topic, payload bytes) → readings or an error`.
+//!
+//! Pure: no I/O, no clock, no state. Everything pv3 knows about what a P3
+//! payload looks like lives in this module; the rest of the program sees only
+//! [`Measurement`]s and [`AlarmStates`]. The contract is
+//! `shared/spec/p3-topics.md`; `docs/topics.md` is the user's copy.
+//!
+//! `mod.rs` routes a topic suffix to the file for its family. Each family
+//! decodes a parsed [`Json`] tree into a [`Decoded`], skipping (and counting)
+//! individual items or fields it cannot use, and failing the whole message
+//! only when the payload is not JSON or not the shape the topic publishes.
+
+mod bms;
+mod ffr;
+mod inverter;
+pub mod json;
+mod soc;
+mod status;
+
+use std::borrow::Cow;
+
+use crate::reading::{AlarmStates, Measurement};
+use json::Json;
+
+/// The API refuses metric names longer than this (422 for the whole batch),
+/// so names built from payload keys are checked against it.
+pub const MAX_METRIC_NAME: usize = 100;
+
+/// Every suffix the decoder understands. Anything else on a P3 topic decodes
+/// to nothing and is counted as unknown.
+pub const KNOWN_SUFFIXES: &[&str] = &[
+    "bms/soc",
+    "inverter/measurements",
+    "inverter/alarms",
+    "inverter/charge",
+    "pylontech/info",
+    "ffr/measurements",
+    "schedule/event",
+    "m4/maxpower",
+    "eps/status",
+    "eps_schedule/event",
+    "ffrcontroller/state",
+    "safetycheck/state",
+    "safetycheck/measurements",
+];
+
+/// What one message decoded to.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Decoded {
+    pub measurements: Vec<Measurement>,
+    /// Present only when the message carried at least one alarm flag.
+    pub alarms: Option<AlarmStates>,
+    /// Items or fields that were present but unusable (null, not numeric,
+    /// unknown channel, not finite after scaling). Not errors.
+    pub skipped: u32,
+}
+
+impl Decoded {
+    pub fn is_empty(&self) -> bool {
+        self.measurements.is_empty() && self.alarms.is_none()
+    }
+
+    /// Adds a measurement if its value is finite, else counts it skipped.
+    fn push(&mut self, metric: impl Into<Cow<'static, str>>, value: f64, unit: &'static str) {
+        if value.is_finite() {
+            self.measurements.push(Measurement::new(metric, value, unit));
+        } else {
+            self.skipped += 1;
+        }
+    }
+
+    /// Adds `obj[key] / divisor` when the key is present. A present value that
+    /// is not a number is counted as skipped; a missing key is not.
+    fn field(
+        &mut self,
+        obj: &Json<'_>,
+        key: &str,
+        metric: &'static str,
+        divisor: f64,
+        unit: &'static str,
+    ) {
+        if let Some(v) = obj.get(key) {
+            match v.as_number() {
+                Some(n) => self.push(metric, n / divisor, unit),
+                None => self.skipped += 1,
+            }
+        }
+    }
+
+    /// Decodes a list of `{channel?, measurement, type?, value}` items with a
+    /// lookup table. `table` returns `None` for items it does not know.
+    fn items(
+        &mut self,
+        list: &[Json<'_>],
+        table: impl Fn(&Item<'_>) -> Option<Row>,
+    ) {
+        for item in list {
+            let Json::Object(_) = item else {
+                self.skipped += 1;
+                continue;
+            };
+            let item = Item {
+                channel: item.get("channel").and_then(Json::as_str),
+                measurement: item.get("measurement").and_then(Json::as_str),
+                kind: item.get("type").and_then(Json::as_str),
+                value: item.get("value"),
+            };
+            let Some(row) = table(&item) else {
+                self.skipped += 1;
+                continue;
+            };
+            match item.value.and_then(Json::as_number) {
+                Some(raw) => {
+                    let v = raw / row.divisor;
+                    self.push(row.metric, if row.absolute { v.abs() } else { v }, row.unit);
+                }
+                None => self.skipped += 1,
+            }
+        }
+    }
+}
+
+/// The fields a list item's table matches on. `None` where the field is
+/// missing or not a string.
+pub(crate) struct Item<'j> {
+    pub channel: Option<&'j str>,
+    pub measurement: Option<&'j str>,
+    pub kind: Option<&'j str>,
+    pub value: Option<&'j Json<'j>>,
+}
+
+/// One row of a topic table: where a matched item's value goes.
+pub(crate) struct Row {
+    pub metric: &'static str,
+    pub divisor: f64,
+    pub unit: &'static str,
+    pub absolute: bool,
+}
+
+pub(crate) const fn row(metric: &'static str, divisor: f64, unit: &'static str) -> Row {
+    Row {
+        metric,
+        divisor,
+        unit,
+        absolute: false,
+    }
+}
+
+/// The result of decoding one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome<'t> {
+    /// Not a `pv/PV3/<device>/<suffix>` topic: ignored.
+    Foreign,
+    /// A P3 topic whose suffix the decoder does not cover (payload unread).
+    Unknown { device: &'t str, suffix: &'t str },
+    Decoded {
+        device: &'t str,
+        suffix: &'t str,
+        decoded: Decoded,
+    },
+}
+
+/// Why a message could not be decoded at all.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{topic}: {reason}")]
+pub struct DecodeError {
+    pub topic: String,
+    pub reason: Reason,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Reason {
+    #[error("payload is not valid JSON ({0})")]
+    InvalidJson(String),
+    #[error("expected {expected}, found {found}")]
+    WrongShape {
+        expected: &'static str,
+        found: &'static str,
+    },
+}
+
+/// Splits `pv/PV3/<device>/<suffix>`; `None` for any other topic, or an
+/// empty device or suffix.
+pub fn split_topic(topic: &str) -> Option<(&str, &str)> {
+    let rest = topic.strip_prefix("pv/PV3/")?;
+    let (device, suffix) = rest.split_once('/')?;
+    if device.is_empty() || suffix.is_empty() {
+        return None;
+    }
+    Some((device, suffix))
+}
+
+/// Decodes one MQTT message. See the module docs.
+pub fn decode<'t>(topic: &'t str, payload: &[u8]) -> Result<Outcome<'t>, DecodeError> {
+    let Some((device, suffix)) = split_topic(topic) else {
+        return Ok(Outcome::Foreign);
+    };
+    let family: fn(&Json<'_>, &mut Decoded) -> Result<(), Reason> = match suffix {
+        "bms/soc" => soc::decode,
+        "inverter/measurements" => inverter::measurements,
+        "inverter/alarms" => inverter::alarms,
+        "inverter/charge" => inverter::charge,
+        "pylontech/info" => bms::pylontech_info,
+        "ffr/measurements" => ffr::measurements,
+        "ffrcontroller/state" => ffr::controller_state,
+        "schedule/event" => status::schedule_event,
+        "m4/maxpower" => status::max_power,
+        "eps/status" => status::eps_status,
+        "eps_schedule/event" => status::eps_schedule_event,
+        "safetycheck/state" => status::safetycheck_state,
+        "safetycheck/measurements" => status::safetycheck_measurements,
+        _ => return Ok(Outcome::Unknown { device, suffix }),
+    };
+    let error = |reason| DecodeError {
+        topic: topic.to_owned(),
+        reason,
+    };
+    let json = Json::parse(payload).map_err(|e| error(Reason::InvalidJson(e.to_string())))?;
+    let mut decoded = Decoded::default();
+    family(&json, &mut decoded).map_err(error)?;
+    Ok(Outcome::Decoded {
+        device,
+        suffix,
+        decoded,
+    })
+}
+
+/// The payload as a list, or a wrong-shape error.
+fn expect_list<'a, 'j>(json: &'a Json<'j>) -> Result<&'a [Json<'j>], Reason> {
+    match json {
+        Json::List(items) => Ok(items),
+        other => Err(Reason::WrongShape {
+            expected: "a list",
+            found: other.kind(),
+        }),
+    }
+}
+
+/// The payload as an object, or a wrong-shape error.
+fn expect_object<'a, 'j>(json: &'a Json<'j>) -> Result<&'a Json<'j>, Reason> {
+    match json {
+        Json::Object(_) => Ok(json),
+        other => Err(Reason::WrongShape {
+            expected: "an object",
+            found: other.kind(),
+        }),
+    }
+}
+
+/// For topics published as "an object (or a one-item list)": the object, the
+/// list's first item, or `None` for an empty list.
+fn object_or_first<'a, 'j>(json: &'a Json<'j>) -> Result<Option<&'a Json<'j>>, Reason> {
+    match json {
+        Json::List(items) => match items.first() {
+            None => Ok(None),
+            Some(first) => expect_object(first).map(Some),
+        },
+        other => expect_object(other).map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests;
