@@ -1,0 +1,147 @@
+#![allow(dead_code)]
+//! Shared integration-test harness for `pv3`.
+//!
+//! * [`broker`]: in-process MQTT 3.1.1 broker, real mosquitto wrapper,
+//!   MQTT publisher/subscriber helpers.
+//! * [`api`]: recording HTTP/1.1 server mimicking the PV3 Monitor API.
+//! * [`proc`]: running the `pv3` binary.
+//! * [`proxy`]: TCP proxy for link-failure injection.
+//!
+//! Every server binds 127.0.0.1 only, on an OS-assigned port unless a port
+//! is given explicitly, so tests can run in parallel.
+
+pub mod api;
+pub mod broker;
+pub mod proc;
+pub mod proxy;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::AbortHandle;
+
+/// A free loopback TCP port (bind 127.0.0.1:0, read the port, drop the socket).
+///
+/// There is an unavoidable race with other processes grabbing the port; for
+/// servers of this harness prefer binding port 0 directly.
+pub fn free_port() -> u16 {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+    listener
+        .local_addr()
+        .expect("local_addr of probe listener")
+        .port()
+}
+
+/// Polls `f` every 10 ms until it returns true or `timeout` passes.
+/// Returns the last result of `f` (true = condition met).
+pub async fn wait_for<F: FnMut() -> bool>(timeout: Duration, mut f: F) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Blocking variant of [`wait_for`] for non-async code.
+pub fn wait_for_blocking<F: FnMut() -> bool>(timeout: Duration, mut f: F) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Binds a listener on 127.0.0.1:`port` with SO_REUSEADDR so that a port
+/// released by a stopped server (with connections in TIME_WAIT) can be
+/// bound again immediately.
+pub fn bind_reuse(port: u16) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    socket.listen(1024)
+}
+
+/// Locks a std mutex, ignoring poisoning (a panicking test thread must not
+/// cascade into unrelated harness failures).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A set of spawned connection tasks that can all be aborted at once.
+/// Finished tasks remove themselves.
+#[derive(Default)]
+pub(crate) struct TaskSet {
+    next: AtomicU64,
+    tasks: Mutex<HashMap<u64, AbortHandle>>,
+}
+
+struct TaskGuard {
+    set: Arc<TaskSet>,
+    id: u64,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        lock(&self.set.tasks).remove(&self.id);
+    }
+}
+
+impl TaskSet {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Spawns `fut` as a tracked task.
+    pub(crate) fn spawn<F>(self: &Arc<Self>, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let guard = TaskGuard {
+            set: Arc::clone(self),
+            id,
+        };
+        // Hold the lock across spawn+insert so a task that finishes at once
+        // cannot remove itself before it was inserted.
+        let mut tasks = lock(&self.tasks);
+        let handle = tokio::spawn(async move {
+            let _guard = guard;
+            fut.await;
+        });
+        tasks.insert(id, handle.abort_handle());
+    }
+
+    /// Aborts every live task (their sockets are dropped, i.e. closed).
+    pub(crate) fn abort_all(&self) {
+        // Entries are removed by the tasks' guards once they are dropped.
+        let handles: Vec<AbortHandle> = lock(&self.tasks).values().cloned().collect();
+        for h in handles {
+            h.abort();
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.tasks).len()
+    }
+
+    /// Waits (bounded) until every task has finished after [`Self::abort_all`].
+    pub(crate) async fn wait_empty(&self, timeout: Duration) -> bool {
+        wait_for(timeout, || self.len() == 0).await
+    }
+}
