@@ -45,7 +45,10 @@ pub struct ApiClient {
 pub fn parse_api_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("scheme must be http or https, not {}", url.scheme()));
+        return Err(format!(
+            "scheme must be http or https, not {}",
+            url.scheme()
+        ));
     }
     if url.cannot_be_a_base() || url.host_str().is_none() {
         return Err("URL needs a host, like http://localhost:8800".into());
@@ -244,7 +247,10 @@ mod tests {
         let url = client
             .url(&["api", "devices", "a/b c?", "alarms"])
             .expect("url");
-        assert_eq!(url.as_str(), "http://localhost:8800/api/devices/a%2Fb%20c%3F/alarms");
+        assert_eq!(
+            url.as_str(),
+            "http://localhost:8800/api/devices/a%2Fb%20c%3F/alarms"
+        );
         let base = parse_api_url("http://h/prefix").expect("valid");
         let client = ApiClient::new(base, None, Duration::from_secs(1)).expect("client");
         assert_eq!(

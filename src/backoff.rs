@@ -53,7 +53,11 @@ mod tests {
         let delays: Vec<_> = (0..12).map(|_| b.next_delay()).collect();
         for (i, d) in delays.iter().enumerate() {
             let step = Duration::from_millis(100 * (1u64 << i.min(20))).min(Duration::from_secs(2));
-            assert!(*d >= step / 2 && *d <= step, "attempt {i}: {d:?} not in [{:?}, {step:?}]", step / 2);
+            assert!(
+                *d >= step / 2 && *d <= step,
+                "attempt {i}: {d:?} not in [{:?}, {step:?}]",
+                step / 2
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));

@@ -57,7 +57,12 @@ pub enum Command {
 #[command(next_help_heading = "MQTT")]
 pub struct MqttArgs {
     /// Broker host (the P3's LAN address)
-    #[arg(long, env = "MQTT_HOST", default_value = "192.168.1.215", value_name = "HOST")]
+    #[arg(
+        long,
+        env = "MQTT_HOST",
+        default_value = "192.168.1.215",
+        value_name = "HOST"
+    )]
     pub mqtt_host: String,
 
     /// Broker port [default: 1883, or 8883 with --mqtt-tls]
@@ -68,7 +73,12 @@ pub struct MqttArgs {
     pub mqtt_username: Option<String>,
 
     /// Never shown in --help or logs
-    #[arg(long, env = "MQTT_PASSWORD", value_name = "PASS", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MQTT_PASSWORD",
+        value_name = "PASS",
+        hide_env_values = true
+    )]
     pub mqtt_password: Option<Secret>,
 
     /// Connect with TLS

@@ -83,8 +83,7 @@ impl Pipeline {
         self.counts.decoded += 1;
         let origin = self.origin(topic, device);
         let mut measurements = decoded.measurements;
-        self.filter
-            .apply(&origin.device_id, at, &mut measurements);
+        self.filter.apply(&origin.device_id, at, &mut measurements);
         self.counts.measurements += measurements.len() as u64;
         Ok(Some(Reading {
             origin,

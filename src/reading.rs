@@ -46,7 +46,11 @@ impl Timestamp {
 
     pub fn from_datetime(dt: OffsetDateTime) -> Self {
         let nanos = dt.unix_timestamp_nanos();
-        Timestamp(i64::try_from(nanos / 1000).unwrap_or(if nanos < 0 { i64::MIN } else { i64::MAX }))
+        Timestamp(i64::try_from(nanos / 1000).unwrap_or(if nanos < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        }))
     }
 
     /// Seconds from `earlier` to `self` (negative when `earlier` is later).
@@ -72,7 +76,10 @@ impl Timestamp {
         let _ = if (0..=9999).contains(&y) {
             write!(out, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{ms:03}Z")
         } else {
-            write!(out, "{y:+07}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{ms:03}Z")
+            write!(
+                out,
+                "{y:+07}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{ms:03}Z"
+            )
         };
     }
 
@@ -172,7 +179,8 @@ impl Serialize for ApiMeasurement<'_> {
         map.serialize_entry("unit", self.measurement.unit)?;
         // The API takes at most 100 characters here and would refuse the
         // whole batch (422) for one longer topic; null is allowed.
-        let topic = (self.source_topic.chars().count() <= MAX_SOURCE_TOPIC).then_some(self.source_topic);
+        let topic =
+            (self.source_topic.chars().count() <= MAX_SOURCE_TOPIC).then_some(self.source_topic);
         map.serialize_entry("source_topic", &topic)?;
         map.serialize_entry("timestamp", &self.timestamp)?;
         map.end()

@@ -128,16 +128,30 @@ mod tests {
     #[test]
     fn first_reading_is_accepted_and_small_steps_pass() {
         let mut f = SocFilter::new(1.0);
-        let out = run(&mut f, "A", &[(0.0, 50.0), (10.0, 50.5), (20.0, 51.5), (30.0, 50.5)]);
-        assert_eq!(out, vec![(50.0, None), (50.5, None), (51.5, None), (50.5, None)]);
+        let out = run(
+            &mut f,
+            "A",
+            &[(0.0, 50.0), (10.0, 50.5), (20.0, 51.5), (30.0, 50.5)],
+        );
+        assert_eq!(
+            out,
+            vec![(50.0, None), (50.5, None), (51.5, None), (50.5, None)]
+        );
     }
 
     #[test]
     fn a_step_of_exactly_the_threshold_is_not_a_jump() {
         let mut f = SocFilter::new(1.0);
         // 97.3 - 96.3 is 1.0000000000000142 in binary floating point.
-        let out = run(&mut f, "A", &[(0.0, 96.3), (10.0, 97.3), (20.0, 96.3), (30.0, 95.2)]);
-        assert_eq!(out, vec![(96.3, None), (97.3, None), (96.3, None), (96.3, Some(95.2))]);
+        let out = run(
+            &mut f,
+            "A",
+            &[(0.0, 96.3), (10.0, 97.3), (20.0, 96.3), (30.0, 95.2)],
+        );
+        assert_eq!(
+            out,
+            vec![(96.3, None), (97.3, None), (96.3, None), (96.3, Some(95.2))]
+        );
         let mut f = SocFilter::new(0.1);
         let out = run(&mut f, "A", &[(0.0, 0.7), (10.0, 0.8), (20.0, 0.9)]);
         assert_eq!(out, vec![(0.7, None), (0.8, None), (0.9, None)]);
@@ -157,7 +171,13 @@ mod tests {
         let out = run(
             &mut f,
             "A",
-            &[(0.0, 40.0), (10.0, 60.0), (20.0, 60.5), (30.0, 61.0), (40.0, 40.0)],
+            &[
+                (0.0, 40.0),
+                (10.0, 60.0),
+                (20.0, 60.5),
+                (30.0, 61.0),
+                (40.0, 40.0),
+            ],
         );
         assert_eq!(
             out,
@@ -177,7 +197,13 @@ mod tests {
         let out = run(
             &mut f,
             "A",
-            &[(0.0, 50.0), (10.0, 70.0), (20.0, 30.0), (30.0, 70.0), (40.0, 30.5)],
+            &[
+                (0.0, 50.0),
+                (10.0, 70.0),
+                (20.0, 30.0),
+                (30.0, 70.0),
+                (40.0, 30.5),
+            ],
         );
         assert_eq!(
             out,
@@ -211,7 +237,12 @@ mod tests {
         );
         assert_eq!(
             out,
-            vec![(80.0, None), (80.0, Some(10.0)), (80.0, Some(50.0)), (30.0, None)]
+            vec![
+                (80.0, None),
+                (80.0, Some(10.0)),
+                (80.0, Some(50.0)),
+                (30.0, None)
+            ]
         );
     }
 

@@ -4,7 +4,7 @@ use std::io::BufWriter;
 use std::time::Duration;
 
 use anyhow::Result;
-use tracing::{info, warn};
+use tracing::{info, trace, warn};
 
 use crate::cli::CollectArgs;
 use crate::forward::{ForwardOptions, ForwardStats, Forwarder, Overflow};
@@ -62,7 +62,8 @@ pub async fn run(args: CollectArgs) -> Result<()> {
     } else {
         args.stats_interval
     };
-    let mut stats_timer = tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
+    let mut stats_timer =
+        tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
 
     loop {
         tokio::select! {
@@ -119,6 +120,7 @@ async fn handle(
     sink: &mut Sink,
     warnings: &mut RateLimiter,
 ) -> bool {
+    trace!("received {} ({} bytes)", msg.topic, msg.payload.len());
     let reading = match pipeline.process(&msg.topic, &msg.payload, msg.received) {
         Ok(Some(reading)) => reading,
         Ok(None) => return true,

@@ -46,7 +46,11 @@ pub fn mqtt_settings(args: &MqttArgs, command: &str) -> MqttSettings {
 }
 
 pub fn api_client(args: &ApiArgs) -> Result<ApiClient> {
-    ApiClient::new(args.api_url.clone(), args.api_token.as_ref(), args.api_timeout)
+    ApiClient::new(
+        args.api_url.clone(),
+        args.api_token.as_ref(),
+        args.api_timeout,
+    )
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

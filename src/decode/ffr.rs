@@ -20,6 +20,12 @@ pub(super) fn measurements(json: &Json<'_>, out: &mut Decoded) -> Result<(), Rea
 }
 
 pub(super) fn controller_state(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
-    out.field(expect_object(json)?, "State", "ffr_controller_state", 1.0, "");
+    out.field(
+        expect_object(json)?,
+        "State",
+        "ffr_controller_state",
+        1.0,
+        "",
+    );
     Ok(())
 }

@@ -215,8 +215,8 @@ mod tests {
             assert_eq!(parse_numeric_str(text), want, "{text:?}");
         }
         for text in [
-            "", " ", "NaN", "nan", "inf", "-inf", "Infinity", "0x10", "+1", ".5", "1.", "01",
-            "1e", "1e+", "--1", "1 2", "true", "1_000", "١",
+            "", " ", "NaN", "nan", "inf", "-inf", "Infinity", "0x10", "+1", ".5", "1.", "01", "1e",
+            "1e+", "--1", "1 2", "true", "1_000", "١",
         ] {
             assert_eq!(parse_numeric_str(text), None, "{text:?}");
         }
@@ -226,7 +226,10 @@ mod tests {
     fn borrows_plain_strings_and_keeps_escaped_ones() {
         let payload = br#"{"a":"plain","b\n":"esc\"aped","n":[1,-2,3.5,null,true]}"#;
         let json = Json::parse(payload).expect("valid");
-        assert!(matches!(json.get("a"), Some(Json::Str(Cow::Borrowed("plain")))));
+        assert!(matches!(
+            json.get("a"),
+            Some(Json::Str(Cow::Borrowed("plain")))
+        ));
         assert_eq!(json.get("b\n").and_then(Json::as_str), Some("esc\"aped"));
         assert_eq!(
             json.get("n"),

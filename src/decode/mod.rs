@@ -63,7 +63,8 @@ impl Decoded {
     /// Adds a measurement if its value is finite, else counts it skipped.
     fn push(&mut self, metric: impl Into<Cow<'static, str>>, value: f64, unit: &'static str) {
         if value.is_finite() {
-            self.measurements.push(Measurement::new(metric, value, unit));
+            self.measurements
+                .push(Measurement::new(metric, value, unit));
         } else {
             self.skipped += 1;
         }
@@ -89,11 +90,7 @@ impl Decoded {
 
     /// Decodes a list of `{channel?, measurement, type?, value}` items with a
     /// lookup table. `table` returns `None` for items it does not know.
-    fn items(
-        &mut self,
-        list: &[Json<'_>],
-        table: impl Fn(&Item<'_>) -> Option<Row>,
-    ) {
+    fn items(&mut self, list: &[Json<'_>], table: impl Fn(&Item<'_>) -> Option<Row>) {
         for item in list {
             let Json::Object(_) = item else {
                 self.skipped += 1;

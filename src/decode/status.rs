@@ -1,9 +1,7 @@
 //! Small status topics: schedule, power limits, EPS, safety check.
 
 use super::json::Json;
-use super::{
-    Decoded, MAX_METRIC_NAME, Reason, expect_list, expect_object, object_or_first, row,
-};
+use super::{Decoded, MAX_METRIC_NAME, Reason, expect_list, expect_object, object_or_first, row};
 
 pub(super) fn schedule_event(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
     // `time` is the controller's zone-less local time: never a timestamp.

@@ -20,9 +20,7 @@ fn run(suffix: &str, payload: &str) -> Decoded {
         }) => {
             assert_eq!(device, DEV);
             assert_eq!(s, suffix);
-            decoded
-                .measurements
-                .sort_by(|a, b| a.metric.cmp(&b.metric));
+            decoded.measurements.sort_by(|a, b| a.metric.cmp(&b.metric));
             decoded
         }
         other => panic!("{suffix} {payload}: expected a decode, got {other:?}"),
@@ -100,7 +98,10 @@ fn every_known_suffix_routes() {
 #[test]
 fn soc_aggregate_list() {
     assert_eq!(
-        ms("bms/soc", r#"[{"measurement":"StateOfCharge","value":9700}]"#),
+        ms(
+            "bms/soc",
+            r#"[{"measurement":"StateOfCharge","value":9700}]"#
+        ),
         vec![m("soc", 97.0, "%")]
     );
     // Other measurements in the list are ignored (counted as skipped).
@@ -129,14 +130,19 @@ fn soc_per_module_is_never_the_system_soc() {
     );
     // Even with usable_soc present, a module message stays a module message.
     assert_eq!(
-        ms("bms/soc", r#"{"module_addr":0,"usable_soc":9700,"StateOfCharge":8200}"#),
+        ms(
+            "bms/soc",
+            r#"{"module_addr":0,"usable_soc":9700,"StateOfCharge":8200}"#
+        ),
         vec![m("soc_module_0", 82.0, "%")]
     );
 }
 
 #[test]
 fn soc_bad_module_addr_skips_the_message() {
-    for addr in [r#"-1"#, r#"1.5"#, r#""4a""#, r#""""#, r#"" 4""#, "null", "true", "[4]", r#""-4""#] {
+    for addr in [
+        r#"-1"#, r#"1.5"#, r#""4a""#, r#""""#, r#"" 4""#, "null", "true", "[4]", r#""-4""#,
+    ] {
         let payload = format!(r#"{{"module_addr":{addr},"StateOfCharge":8200}}"#);
         let d = run("bms/soc", &payload);
         assert!(d.is_empty(), "{payload}");
@@ -146,8 +152,14 @@ fn soc_bad_module_addr_skips_the_message() {
 
 #[test]
 fn soc_legacy_objects() {
-    assert_eq!(ms("bms/soc", r#"{"usable_soc":9700}"#), vec![m("soc", 97.0, "%")]);
-    assert_eq!(ms("bms/soc", r#"{"StateOfCharge":9700}"#), vec![m("soc", 97.0, "%")]);
+    assert_eq!(
+        ms("bms/soc", r#"{"usable_soc":9700}"#),
+        vec![m("soc", 97.0, "%")]
+    );
+    assert_eq!(
+        ms("bms/soc", r#"{"StateOfCharge":9700}"#),
+        vec![m("soc", 97.0, "%")]
+    );
     assert_eq!(
         ms("bms/soc", r#"{"StateOfCharge":5000,"usable_soc":9700}"#),
         vec![m("soc", 97.0, "%")]
@@ -229,7 +241,10 @@ fn inverter_bad_items_are_skipped_and_good_ones_kept() {
           {"channel":"BATTERY","measurement":"Voltage","type":"Dc","value":" 3e4 "}
         ]"#,
     );
-    assert_eq!(d.measurements, vec![Measurement::new("battery_voltage", 30.0, "V")]);
+    assert_eq!(
+        d.measurements,
+        vec![Measurement::new("battery_voltage", 30.0, "V")]
+    );
     assert_eq!(d.skipped, 18);
 }
 
@@ -255,7 +270,10 @@ fn values_not_finite_after_scaling_are_skipped() {
             {"channel":"BATTERY","measurement":"Voltage","value":1.7e308}]"#,
     );
     // 1e400 parses to infinity; 1.7e308 / 1000 is finite and kept.
-    assert_eq!(d.measurements, vec![Measurement::new("battery_voltage", 1.7e308 / 1000.0, "V")]);
+    assert_eq!(
+        d.measurements,
+        vec![Measurement::new("battery_voltage", 1.7e308 / 1000.0, "V")]
+    );
     assert_eq!(d.skipped, 1);
 }
 
@@ -299,8 +317,14 @@ fn alarms_flags_temperatures_and_count() {
 
 #[test]
 fn alarms_without_flags_send_temperatures_only() {
-    let d = run("inverter/alarms", r#"{"inverter_temperature":40,"timestamp":"x"}"#);
-    assert_eq!(d.measurements, vec![Measurement::new("inverter_temp", 40.0, "C")]);
+    let d = run(
+        "inverter/alarms",
+        r#"{"inverter_temperature":40,"timestamp":"x"}"#,
+    );
+    assert_eq!(
+        d.measurements,
+        vec![Measurement::new("inverter_temp", 40.0, "C")]
+    );
     assert_eq!(d.alarms, None);
     let d = run("inverter/alarms", r#"{}"#);
     assert!(d.is_empty());
@@ -309,7 +333,10 @@ fn alarms_without_flags_send_temperatures_only() {
 #[test]
 fn alarms_all_clear_still_reports_states_and_a_zero_count() {
     let d = run("inverter/alarms", r#"{"fan_lock":"0","battery_low":false}"#);
-    assert_eq!(d.measurements, vec![Measurement::new("alarm_count", 0.0, "")]);
+    assert_eq!(
+        d.measurements,
+        vec![Measurement::new("alarm_count", 0.0, "")]
+    );
     assert_eq!(d.alarms.map(|a| a.len()), Some(2));
 }
 
@@ -337,7 +364,10 @@ fn alarms_must_be_an_object() {
 
 #[test]
 fn charge_power() {
-    assert_eq!(ms("inverter/charge", r#"{"power":591}"#), vec![m("battery_power", 591.0, "W")]);
+    assert_eq!(
+        ms("inverter/charge", r#"{"power":591}"#),
+        vec![m("battery_power", 591.0, "W")]
+    );
     assert_eq!(
         ms("inverter/charge", r#"{"power":"-1200"}"#),
         vec![m("battery_power", -1200.0, "W")]
@@ -345,7 +375,11 @@ fn charge_power() {
     let d = run("inverter/charge", r#"{"power":null}"#);
     assert!(d.is_empty());
     assert_eq!(d.skipped, 1);
-    assert!(err("inverter/charge", b"591").to_string().contains("expected an object"));
+    assert!(
+        err("inverter/charge", b"591")
+            .to_string()
+            .contains("expected an object")
+    );
 }
 
 // ---------------------------------------------------------- pylontech/info --
@@ -437,22 +471,43 @@ fn ct_clamp_channels_are_swapped() {
 #[test]
 fn schedule_event() {
     assert_eq!(
-        ms("schedule/event", r#"{"time":"2025-12-18T07:46:49","event":0,"setpoint":0}"#),
-        vec![m("schedule_event", 0.0, ""), m("schedule_setpoint", 0.0, "W")]
+        ms(
+            "schedule/event",
+            r#"{"time":"2025-12-18T07:46:49","event":0,"setpoint":0}"#
+        ),
+        vec![
+            m("schedule_event", 0.0, ""),
+            m("schedule_setpoint", 0.0, "W")
+        ]
     );
     assert_eq!(
         ms("schedule/event", r#"{"event":"2","setpoint":-3000}"#),
-        vec![m("schedule_event", 2.0, ""), m("schedule_setpoint", -3000.0, "W")]
+        vec![
+            m("schedule_event", 2.0, ""),
+            m("schedule_setpoint", -3000.0, "W")
+        ]
     );
 }
 
 #[test]
 fn max_power_object_list_and_empty_list() {
-    let want = vec![m("max_charge_power", 4792.0, "W"), m("max_discharge_power", -6750.0, "W")];
-    assert_eq!(ms("m4/maxpower", r#"[{"ChgPower":4792,"DchgPower":-6750}]"#), want);
-    assert_eq!(ms("m4/maxpower", r#"{"ChgPower":4792,"DchgPower":-6750}"#), want);
+    let want = vec![
+        m("max_charge_power", 4792.0, "W"),
+        m("max_discharge_power", -6750.0, "W"),
+    ];
+    assert_eq!(
+        ms("m4/maxpower", r#"[{"ChgPower":4792,"DchgPower":-6750}]"#),
+        want
+    );
+    assert_eq!(
+        ms("m4/maxpower", r#"{"ChgPower":4792,"DchgPower":-6750}"#),
+        want
+    );
     assert!(run("m4/maxpower", "[]").is_empty());
-    assert!(matches!(err("m4/maxpower", b"[1]").reason, Reason::WrongShape { .. }));
+    assert!(matches!(
+        err("m4/maxpower", b"[1]").reason,
+        Reason::WrongShape { .. }
+    ));
 }
 
 #[test]
@@ -466,12 +521,24 @@ fn eps_status() {
 #[test]
 fn eps_schedule_event() {
     assert_eq!(
-        ms("eps_schedule/event", r#"{"reserved_soc":0,"time":"x","event":"off"}"#),
-        vec![m("eps_schedule_event", 0.0, ""), m("eps_schedule_reserve", 0.0, "%")]
+        ms(
+            "eps_schedule/event",
+            r#"{"reserved_soc":0,"time":"x","event":"off"}"#
+        ),
+        vec![
+            m("eps_schedule_event", 0.0, ""),
+            m("eps_schedule_reserve", 0.0, "%")
+        ]
     );
     assert_eq!(
-        ms("eps_schedule/event", r#"[{"reserved_soc":30,"event":"ON"}]"#),
-        vec![m("eps_schedule_event", 1.0, ""), m("eps_schedule_reserve", 30.0, "%")]
+        ms(
+            "eps_schedule/event",
+            r#"[{"reserved_soc":30,"event":"ON"}]"#
+        ),
+        vec![
+            m("eps_schedule_event", 1.0, ""),
+            m("eps_schedule_reserve", 30.0, "%")
+        ]
     );
     for other in [r#""yes""#, "1", "true", "null", r#"" on""#] {
         let payload = format!(r#"{{"event":{other}}}"#);
@@ -481,7 +548,10 @@ fn eps_schedule_event() {
             "{payload}"
         );
     }
-    assert_eq!(ms("eps_schedule/event", r#"{"reserved_soc":5}"#), vec![m("eps_schedule_reserve", 5.0, "%")]);
+    assert_eq!(
+        ms("eps_schedule/event", r#"{"reserved_soc":5}"#),
+        vec![m("eps_schedule_reserve", 5.0, "%")]
+    );
 }
 
 #[test]
@@ -514,8 +584,14 @@ fn safetycheck_state_takes_every_numeric_field() {
 #[test]
 fn safetycheck_state_refuses_names_the_api_would_reject() {
     let long_key = "k".repeat(100);
-    let d = run("safetycheck/state", &format!(r#"{{"{long_key}":1,"ok":2}}"#));
-    assert_eq!(d.measurements, vec![Measurement::new("safetycheck_ok", 2.0, "")]);
+    let d = run(
+        "safetycheck/state",
+        &format!(r#"{{"{long_key}":1,"ok":2}}"#),
+    );
+    assert_eq!(
+        d.measurements,
+        vec![Measurement::new("safetycheck_ok", 2.0, "")]
+    );
     assert_eq!(d.skipped, 1);
 }
 
@@ -542,7 +618,10 @@ fn safetycheck_measurements() {
 #[test]
 fn hostile_payloads_are_errors_not_panics() {
     let deep = "[".repeat(10_000);
-    let big_number = format!("[{{\"measurement\":\"StateOfCharge\",\"value\":{}}}]", "9".repeat(500));
+    let big_number = format!(
+        "[{{\"measurement\":\"StateOfCharge\",\"value\":{}}}]",
+        "9".repeat(500)
+    );
     let cases: Vec<&[u8]> = vec![
         b"",
         b" ",
@@ -560,7 +639,11 @@ fn hostile_payloads_are_errors_not_panics() {
         for payload in &cases {
             let t = topic(suffix);
             let result = decode(&t, payload);
-            assert!(result.is_err(), "{suffix} {:?}", String::from_utf8_lossy(payload));
+            assert!(
+                result.is_err(),
+                "{suffix} {:?}",
+                String::from_utf8_lossy(payload)
+            );
         }
     }
 }
@@ -576,7 +659,11 @@ fn one_megabyte_payload_decodes() {
     payload.push(']');
     let d = run("ffr/measurements", &payload);
     assert!(d.measurements.len() > 10_000);
-    assert!(d.measurements.iter().all(|m| m.metric == "house_power" && m.value == 1.0));
+    assert!(
+        d.measurements
+            .iter()
+            .all(|m| m.metric == "house_power" && m.value == 1.0)
+    );
 }
 
 #[test]

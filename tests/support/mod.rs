@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod broker;
+pub mod fixtures;
 pub mod proc;
 pub mod proxy;
 
