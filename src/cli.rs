@@ -50,6 +50,23 @@ pub enum Command {
         pv3 collect --device-id +             every P3 on the broker\n  \
         pv3 collect --dry-run --format jsonl  show what would be sent, send nothing")]
     Collect(CollectArgs),
+
+    /// Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)
+    #[command(after_help = "Examples:\n  \
+        pv3 sniff > capture.jsonl              until Ctrl-C\n  \
+        pv3 sniff -o capture.jsonl --duration 600\n  \
+        pv3 sniff --count 20 --topic 'pv/PV3/+/bms/#'\n\n\
+        On exit a per-topic table on stderr shows what the decoder made of each topic.")]
+    Sniff(SniffArgs),
+
+    /// Decode a capture and send it to the API (or print it with --dry-run)
+    #[command(after_help = "Examples:\n  \
+        pv3 replay capture.jsonl --dry-run     look at what is in it\n  \
+        pv3 replay capture.jsonl               backfill the API\n  \
+        pv3 replay old.jsonl --since 2026-11-01T00:00:00Z --until 2026-11-02T00:00:00Z\n  \
+        pv3 replay capture.jsonl --to-mqtt --mqtt-host 127.0.0.1   feed a test broker\n\n\
+        Reads pv3 captures and mosquitto_sub -F %j / -F %J output; - reads stdin.")]
+    Replay(ReplayArgs),
 }
 
 /// Broker connection: shared by every command that talks MQTT.
@@ -93,14 +110,19 @@ pub struct MqttArgs {
     #[arg(long, env = "MQTT_CLIENT_ID", value_name = "ID")]
     pub mqtt_client_id: Option<String>,
 
+    /// Longest wait between reconnect attempts, in seconds
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_secs)]
+    pub mqtt_reconnect_max: Duration,
+}
+
+/// Which P3 to listen to: collect and sniff.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "MQTT")]
+pub struct DeviceArgs {
     /// Device id, or + for every device on the broker
     #[arg(long, env = "P3_DEVICE_ID", default_value = "PV001001DEV", value_name = "ID",
           value_parser = parse_device_id)]
     pub device_id: String,
-
-    /// Longest wait between reconnect attempts, in seconds
-    #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_secs)]
-    pub mqtt_reconnect_max: Duration,
 }
 
 /// API connection: shared by every command that talks to PV3 Monitor.
@@ -141,6 +163,9 @@ pub struct CollectArgs {
     pub mqtt: MqttArgs,
 
     #[command(flatten)]
+    pub device: DeviceArgs,
+
+    #[command(flatten)]
     pub api: ApiArgs,
 
     #[command(flatten)]
@@ -177,6 +202,139 @@ pub struct CollectArgs {
     /// Seconds between progress lines in the log (0: never)
     #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_secs_or_zero)]
     pub stats_interval: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SniffArgs {
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
+
+    #[command(flatten)]
+    pub device: DeviceArgs,
+
+    /// Append to FILE instead of writing to stdout
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Stop after N messages
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Stop after this many seconds
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub duration: Option<Duration>,
+
+    /// Subscribe to FILTER instead of the device's topics (repeatable; MQTT
+    /// wildcards + and #)
+    #[arg(long = "topic", value_name = "FILTER", value_parser = parse_filter)]
+    pub topics: Vec<String>,
+}
+
+/// `--speed`: `max`, or a multiple of the recorded pace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Speed {
+    Max,
+    Times(f64),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// Capture file (pv3 or mosquitto_sub -F %j/%J); - for stdin
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+
+    /// Print the decoded data; send nothing
+    #[arg(long, conflicts_with = "to_mqtt")]
+    pub dry_run: bool,
+
+    /// Output of --dry-run [default: table on a terminal, else jsonl]
+    #[arg(long, value_enum, value_name = "FORMAT", requires = "dry_run")]
+    pub format: Option<Format>,
+
+    /// Also send alarm states (the API stamps alarm events with its own
+    /// clock, so old states would create events at the wrong time)
+    #[arg(long)]
+    pub alarms: bool,
+
+    /// Republish the raw messages to an MQTT broker instead (qos and retain
+    /// as recorded)
+    #[arg(long)]
+    pub to_mqtt: bool,
+
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
+
+    /// Pace: max, or N times the recorded pace [default: max, 1 with --to-mqtt]
+    #[arg(long, value_name = "max|N", value_parser = parse_speed)]
+    pub speed: Option<Speed>,
+
+    /// Only records at or after this time (RFC 3339)
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<crate::reading::Timestamp>,
+
+    /// Only records before this time (RFC 3339)
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<crate::reading::Timestamp>,
+
+    /// Only topics matching FILTER (repeatable; MQTT wildcards)
+    #[arg(long = "topic", value_name = "FILTER", value_parser = parse_filter)]
+    pub topics: Vec<String>,
+
+    /// Use this device id instead of the one in each topic
+    #[arg(long, value_name = "ID", value_parser = parse_device_id_exact)]
+    pub device_id: Option<String>,
+
+    /// Measurements per POST
+    #[arg(long, default_value = "1000", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+
+    /// POSTs in flight at once
+    #[arg(long, default_value = "4", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub concurrency: u32,
+
+    /// Give up when the API has taken nothing for this long, in seconds
+    #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_secs)]
+    pub give_up: Duration,
+}
+
+fn parse_filter(text: &str) -> Result<String, String> {
+    crate::mqtt::validate_filter(text)?;
+    Ok(text.to_owned())
+}
+
+fn parse_speed(text: &str) -> Result<Speed, String> {
+    if text.eq_ignore_ascii_case("max") {
+        return Ok(Speed::Max);
+    }
+    let v: f64 = text
+        .trim()
+        .trim_end_matches(['x', 'X'])
+        .parse()
+        .map_err(|_| format!("'{text}' is not max or a number"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("'{text}' must be more than 0"));
+    }
+    Ok(Speed::Times(v))
+}
+
+fn parse_time(text: &str) -> Result<crate::reading::Timestamp, String> {
+    crate::reading::Timestamp::parse_rfc3339(text)
+        .map_err(|_| format!("'{text}' is not an RFC 3339 time like 2026-11-27T14:00:00Z"))
+}
+
+fn parse_device_id_exact(text: &str) -> Result<String, String> {
+    if text == "+" {
+        return Err("must name one device (+ is for collect and sniff)".into());
+    }
+    parse_device_id(text)
 }
 
 fn parse_device_id(text: &str) -> Result<String, String> {
@@ -242,6 +400,17 @@ mod tests {
         assert!(parse_device_id("a/b").is_err());
         assert!(parse_device_id("#").is_err());
         assert!(parse_device_id("a+").is_err());
+    }
+
+    #[test]
+    fn speeds_and_times_are_checked() {
+        assert_eq!(parse_speed("max"), Ok(Speed::Max));
+        assert_eq!(parse_speed("10"), Ok(Speed::Times(10.0)));
+        assert_eq!(parse_speed("2x"), Ok(Speed::Times(2.0)));
+        assert!(parse_speed("0").is_err());
+        assert!(parse_speed("fast").is_err());
+        assert!(parse_time("2026-11-27T14:00:00Z").is_ok());
+        assert!(parse_time("2026-11-27").is_err());
     }
 
     #[test]

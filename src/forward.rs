@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::api::{ApiClient, PostError};
 use crate::backoff::Backoff;
@@ -56,6 +56,9 @@ pub struct ForwardOptions {
     pub retry_max: Duration,
     /// Send alarm states to the alarms endpoint.
     pub send_alarms: bool,
+    /// Stop when nothing has been delivered for this long while failing
+    /// (replay: a backfill should not hang forever). `None`: never.
+    pub give_up: Option<Duration>,
 }
 
 impl Default for ForwardOptions {
@@ -69,6 +72,7 @@ impl Default for ForwardOptions {
             retry_initial: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
             send_alarms: true,
+            give_up: None,
         }
     }
 }
@@ -115,8 +119,10 @@ pub struct ForwardReport {
     pub alarms_delivered: u64,
     pub rejected: u64,
     pub dropped: u64,
-    /// Batches not delivered when it stopped (grace period over).
+    /// Batches not delivered when it stopped (grace period over, or gave up).
     pub undelivered: Vec<Batch>,
+    /// It stopped because the API failed for longer than `give_up`.
+    pub gave_up: bool,
 }
 
 impl ForwardReport {
@@ -189,6 +195,13 @@ impl Forwarder {
         }
     }
 
+    /// A handle for feeding readings from a plain thread (replay reads
+    /// files outside the async runtime). [`Self::finish`] waits until every
+    /// such handle is dropped.
+    pub fn sender(&self) -> Option<ForwardSender> {
+        self.tx.clone().map(ForwardSender)
+    }
+
     pub fn stats(&self) -> Arc<ForwardStats> {
         self.stats.clone()
     }
@@ -212,6 +225,18 @@ impl Forwarder {
             warn!("forwarding task failed: {e}");
             ForwardReport::default()
         })
+    }
+}
+
+/// See [`Forwarder::sender`].
+#[derive(Clone)]
+pub struct ForwardSender(mpsc::Sender<Reading>);
+
+impl ForwardSender {
+    /// Queues a reading, blocking the thread while the queue is full.
+    /// Must not be called from async code.
+    pub fn blocking_send(&self, reading: Reading) -> Result<(), Stopped> {
+        self.0.blocking_send(reading).map_err(|_| Stopped)
     }
 }
 
@@ -284,6 +309,17 @@ impl Worker {
                 _ = sleep_until(linger.unwrap_or(far)), if linger.is_some() => self.seal_due(),
                 _ = sleep_until(self.paused_until.unwrap_or(far)), if self.paused_until.is_some() => {
                     self.paused_until = None;
+                }
+            }
+            if let (Some(limit), Some(since)) = (self.opts.give_up, self.failing_since) {
+                if since.elapsed() >= limit {
+                    error!(
+                        "giving up: the API has taken nothing for {:.0} s; {} measurements undelivered",
+                        limit.as_secs_f64(),
+                        self.queued
+                    );
+                    self.report.gave_up = true;
+                    break;
                 }
             }
         }

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod capture;
 pub mod cli;
 pub mod cmd;
 pub mod decode;

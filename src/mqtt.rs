@@ -92,6 +92,11 @@ impl Subscription {
         self.rx.recv().await
     }
 
+    /// Are more messages already waiting?
+    pub fn has_pending(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
     /// Is the broker link up right now?
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
@@ -285,6 +290,41 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// Does every topic that `inner` matches also match `outer`?
+fn filter_covers(outer: &str, inner: &str) -> bool {
+    if inner.starts_with('$') && (outer.starts_with('+') || outer.starts_with('#')) {
+        return false;
+    }
+    let mut o = outer.split('/');
+    let mut i = inner.split('/');
+    loop {
+        match (o.next(), i.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(level)) if level != "#" => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// The filters without duplicates and without those another one covers:
+/// some brokers deliver a message once per matching subscription.
+pub fn minimal_filters(filters: &[String]) -> Vec<String> {
+    let mut kept: Vec<String> = Vec::new();
+    for (n, f) in filters.iter().enumerate() {
+        // Dropped when another covers it strictly, or an earlier one is
+        // equivalent.
+        let covered = filters.iter().enumerate().any(|(m, other)| {
+            m != n && filter_covers(other, f) && (m < n || !filter_covers(f, other))
+        });
+        if !covered && !kept.contains(f) {
+            kept.push(f.clone());
+        }
+    }
+    kept
+}
+
 /// Checks an MQTT subscription filter: `#` only last and alone in its
 /// level, `+` alone in its level, not empty.
 pub fn validate_filter(filter: &str) -> Result<(), String> {
@@ -329,6 +369,18 @@ mod tests {
         for (filter, topic, want) in cases {
             assert_eq!(topic_matches(filter, topic), want, "{filter} vs {topic}");
         }
+    }
+
+    #[test]
+    fn overlapping_filters_are_reduced() {
+        let f = |v: &[&str]| minimal_filters(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(f(&["pv/PV3/+/#", "pv/PV3/X/bms/soc"]), ["pv/PV3/+/#"]);
+        assert_eq!(f(&["a/b", "a/b"]), ["a/b"]);
+        assert_eq!(f(&["a/+", "a/#"]), ["a/#"]);
+        assert_eq!(f(&["a/+", "b/+"]), ["a/+", "b/+"]);
+        assert_eq!(f(&["#", "$SYS/#"]), ["#", "$SYS/#"]);
+        assert_eq!(f(&["a/#", "a"]), ["a/#"]);
+        assert_eq!(f(&["a/+/c", "a/b/+"]), ["a/+/c", "a/b/+"]);
     }
 
     #[test]

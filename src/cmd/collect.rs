@@ -21,7 +21,7 @@ enum Sink {
 
 pub async fn run(args: CollectArgs) -> Result<()> {
     let settings = super::mqtt_settings(&args.mqtt, "collect");
-    let filter = mqtt::device_filter(&args.mqtt.device_id);
+    let filter = mqtt::device_filter(&args.device.device_id);
     let mut sink = if args.dry_run {
         let format = args.format.unwrap_or_else(Format::default_for_stdout);
         Sink::Print(Printer::new(BufWriter::new(std::io::stdout()), format))
@@ -38,6 +38,7 @@ pub async fn run(args: CollectArgs) -> Result<()> {
                 retry_initial: Duration::from_millis(500),
                 retry_max: args.delivery.retry_max,
                 send_alarms: true,
+                give_up: None,
             },
         ))
     };

@@ -2,6 +2,8 @@
 //! they share (connection settings from flags, shutdown signals).
 
 pub mod collect;
+pub mod replay;
+pub mod sniff;
 
 use std::time::Duration;
 
@@ -21,6 +23,8 @@ pub struct ConfigError(pub String);
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Collect(args) => collect::run(args).await,
+        Command::Sniff(args) => sniff::run(args).await,
+        Command::Replay(args) => replay::run(args).await,
     }
 }
 

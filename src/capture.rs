@@ -1,0 +1,431 @@
+//! Capture files (`shared/spec/capture-format.md`): writing pv3's JSON Lines
+//! format, and reading it and `mosquitto_sub -F %j` / `-F %J` lines.
+//!
+//! Reading is line by line with one reused buffer, so memory stays flat
+//! whatever the file's size, and a bad line is an error for that line only
+//! (with its number), never for the file.
+
+use std::borrow::Cow;
+use std::io::{self, BufRead};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use time::format_description::FormatItem;
+use time::macros::format_description;
+use time::{PrimitiveDateTime, UtcOffset};
+
+use crate::reading::Timestamp;
+
+/// One captured message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub ts: Timestamp,
+    pub topic: String,
+    pub qos: u8,
+    pub retain: bool,
+    pub payload: Vec<u8>,
+}
+
+/// Appends one capture line (with its `\n`) for a message to `out`.
+pub fn write_line(
+    out: &mut Vec<u8>,
+    ts: Timestamp,
+    topic: &str,
+    qos: u8,
+    retain: bool,
+    payload: &[u8],
+) {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        ts: &'a str,
+        topic: &'a str,
+        qos: u8,
+        retain: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload_b64: Option<String>,
+    }
+    let ts = ts.to_rfc3339();
+    let (text, b64) = match std::str::from_utf8(payload) {
+        Ok(text) => (Some(text), None),
+        Err(_) => (None, Some(BASE64.encode(payload))),
+    };
+    let line = Line {
+        ts: &ts,
+        topic,
+        qos,
+        retain,
+        payload: text,
+        payload_b64: b64,
+    };
+    // Serialising strings, numbers and bools into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &line);
+    out.push(b'\n');
+}
+
+/// Why a line could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("line {line}: truncated last line (was the writer killed?)")]
+    Truncated { line: u64 },
+    #[error("line {line}: {reason}")]
+    Bad { line: u64, reason: String },
+}
+
+impl LineError {
+    pub fn line(&self) -> u64 {
+        match self {
+            LineError::Truncated { line } | LineError::Bad { line, .. } => *line,
+        }
+    }
+}
+
+/// The fields of any supported line format; unknown fields are ignored.
+#[derive(Deserialize)]
+struct RawLine<'a> {
+    #[serde(borrow, default)]
+    ts: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tst: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    #[serde(default)]
+    qos: Option<u8>,
+    #[serde(default)]
+    retain: Option<BoolOrInt>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    payload_b64: Option<Cow<'a, str>>,
+}
+
+/// `retain`: pv3 writes a bool, mosquitto 0/1.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BoolOrInt {
+    Bool(bool),
+    Int(u64),
+}
+
+/// Parses one non-blank line (without its newline).
+pub fn parse_line(text: &[u8]) -> Result<Record, String> {
+    let raw: RawLine<'_> = serde_json::from_slice(text).map_err(|e| {
+        if std::str::from_utf8(text).is_err() {
+            "not valid UTF-8 (a binary payload written by mosquitto_sub? capture with pv3 sniff)"
+                .to_string()
+        } else {
+            format!("not a capture record ({e})")
+        }
+    })?;
+    let ts = match (&raw.ts, &raw.tst) {
+        (Some(ts), _) => Timestamp::parse_rfc3339(ts)
+            .map_err(|e| format!("bad \"ts\" {ts:?} ({e}); expected RFC 3339"))?,
+        (None, Some(tst)) => parse_mosquitto_time(tst)
+            .ok_or_else(|| format!("bad \"tst\" {tst:?}; expected mosquitto's %j time"))?,
+        (None, None) => return Err("no \"ts\" (pv3) or \"tst\" (mosquitto_sub) field".into()),
+    };
+    let qos = raw.qos.unwrap_or(0);
+    if qos > 2 {
+        return Err(format!("qos {qos} is not 0, 1 or 2"));
+    }
+    let retain = match raw.retain {
+        None | Some(BoolOrInt::Bool(false)) | Some(BoolOrInt::Int(0)) => false,
+        Some(BoolOrInt::Bool(true)) | Some(BoolOrInt::Int(1)) => true,
+        Some(BoolOrInt::Int(n)) => return Err(format!("retain {n} is not 0 or 1")),
+    };
+    let payload = match (raw.payload_b64, raw.payload) {
+        (Some(b64), _) => BASE64
+            .decode(b64.as_bytes())
+            .map_err(|e| format!("bad \"payload_b64\" ({e})"))?,
+        (None, Some(raw)) => {
+            let text = raw.get();
+            if text.starts_with('"') {
+                // A string: the payload text (pv3, mosquitto %j).
+                let s: Cow<'_, str> =
+                    serde_json::from_str(text).map_err(|e| format!("bad \"payload\" ({e})"))?;
+                s.into_owned().into_bytes()
+            } else {
+                // mosquitto %J embeds a JSON payload as JSON: its text is the
+                // payload, exactly as mosquitto printed it.
+                text.as_bytes().to_vec()
+            }
+        }
+        (None, None) => return Err("no \"payload\" or \"payload_b64\" field".into()),
+    };
+    Ok(Record {
+        ts,
+        topic: raw.topic.into_owned(),
+        qos,
+        retain,
+        payload,
+    })
+}
+
+/// mosquitto_sub's `%j` time: the capturing host's local time, a literal
+/// `Z`, then the real offset: `2026-11-27T14:19:27.357631Z+0200`.
+fn parse_mosquitto_time(text: &str) -> Option<Timestamp> {
+    const LOCAL: &[FormatItem<'static>] = format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]"
+    );
+    if let Ok(ts) = Timestamp::parse_rfc3339(text) {
+        return Some(ts);
+    }
+    let (local, offset) = text.split_once('Z')?;
+    let local = PrimitiveDateTime::parse(local, LOCAL).ok()?;
+    let offset = parse_offset(offset)?;
+    Some(Timestamp::from_datetime(local.assume_offset(offset)))
+}
+
+/// `+hhmm`, `-hhmm` or `+hh:mm`.
+fn parse_offset(text: &str) -> Option<UtcOffset> {
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'+' => (1i8, &text[1..]),
+        b'-' => (-1i8, &text[1..]),
+        _ => return None,
+    };
+    let digits: String = rest.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let hours: i8 = digits[..2].parse().ok()?;
+    let minutes: i8 = digits[2..].parse().ok()?;
+    UtcOffset::from_hms(sign * hours, sign * minutes, 0).ok()
+}
+
+/// Reads records from a capture, line by line.
+pub struct CaptureReader<R> {
+    input: R,
+    buf: Vec<u8>,
+    line: u64,
+    bytes: u64,
+}
+
+impl<R: BufRead> CaptureReader<R> {
+    pub fn new(input: R) -> Self {
+        CaptureReader {
+            input,
+            buf: Vec::with_capacity(4096),
+            line: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Bytes consumed so far (for a progress bar).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The next record, a bad line (reading goes on after it), or `None` at
+    /// the end. I/O errors end the read.
+    pub fn next_record(&mut self) -> io::Result<Option<Result<Record, LineError>>> {
+        loop {
+            self.buf.clear();
+            let n = self.input.read_until(b'\n', &mut self.buf)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.line += 1;
+            self.bytes += n as u64;
+            let complete = self.buf.last() == Some(&b'\n');
+            let text = trim_ascii(&self.buf);
+            if text.is_empty() {
+                continue;
+            }
+            return Ok(Some(parse_line(text).map_err(|reason| {
+                if complete {
+                    LineError::Bad {
+                        line: self.line,
+                        reason,
+                    }
+                } else {
+                    LineError::Truncated { line: self.line }
+                }
+            })));
+        }
+    }
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &b[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(text: &str) -> Timestamp {
+        Timestamp::parse_rfc3339(text).expect("valid")
+    }
+
+    #[test]
+    fn writes_the_documented_format() {
+        let mut out = Vec::new();
+        let at = ts("2026-11-27T14:19:27.357Z");
+        write_line(&mut out, at, "pv/PV3/X/bms/soc", 0, false, br#"[{"a":1}]"#);
+        write_line(
+            &mut out,
+            at,
+            "pv/PV3/X/m4/pylontech_alerts",
+            1,
+            true,
+            &[0xff, 0xfe],
+        );
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            concat!(
+                r#"{"ts":"2026-11-27T14:19:27.357Z","topic":"pv/PV3/X/bms/soc","qos":0,"retain":false,"payload":"[{\"a\":1}]"}"#,
+                "\n",
+                r#"{"ts":"2026-11-27T14:19:27.357Z","topic":"pv/PV3/X/m4/pylontech_alerts","qos":1,"retain":true,"payload_b64":"//4="}"#,
+                "\n"
+            )
+        );
+    }
+
+    #[test]
+    fn round_trips_any_bytes() {
+        let payloads: Vec<Vec<u8>> = vec![
+            vec![],
+            b"plain".to_vec(),
+            "ünïcødé \u{1F50B}\n\t\"quoted\"\\".as_bytes().to_vec(),
+            (0..=255u8).collect(),
+            vec![0xc3],
+        ];
+        for payload in payloads {
+            let mut out = Vec::new();
+            let at = ts("2026-11-27T14:19:27.001Z");
+            write_line(&mut out, at, "t/x", 2, true, &payload);
+            assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+            let mut reader = CaptureReader::new(&out[..]);
+            let record = reader
+                .next_record()
+                .expect("io")
+                .expect("a record")
+                .expect("valid");
+            assert_eq!(
+                record,
+                Record {
+                    ts: at,
+                    topic: "t/x".into(),
+                    qos: 2,
+                    retain: true,
+                    payload
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn reads_mosquitto_j_lines_with_local_time() {
+        let line = br#"{"tst":"2026-11-27T16:19:27.357631Z+0200","topic":"pv/PV3/X/bms/soc","qos":0,"retain":1,"payloadlen":5,"payload":"hello"}"#;
+        let r = parse_line(line).expect("valid");
+        assert_eq!(r.ts.to_rfc3339(), "2026-11-27T14:19:27.357Z");
+        assert!(r.retain);
+        assert_eq!(r.payload, b"hello");
+        let line = br#"{"tst":"2026-11-27T09:19:27.5Z-0500","topic":"a","qos":1,"retain":0,"payload":"x"}"#;
+        assert_eq!(
+            parse_line(line).expect("valid").ts.to_rfc3339(),
+            "2026-11-27T14:19:27.500Z"
+        );
+    }
+
+    #[test]
+    fn reads_mosquitto_big_j_embedded_json_verbatim() {
+        let line = br#"{"tst":"2026-11-27T14:19:27.357631Z+0000","topic":"a","qos":0,"retain":0,"payloadlen":46,"payload":[{"measurement":"StateOfCharge","value":9700}]}"#;
+        let r = parse_line(line).expect("valid");
+        assert_eq!(
+            r.payload,
+            br#"[{"measurement":"StateOfCharge","value":9700}]"#
+        );
+        let line = br#"{"tst":"2026-11-27T14:19:27Z+0000","topic":"a","payload":42}"#;
+        assert_eq!(parse_line(line).expect("valid").payload, b"42");
+    }
+
+    #[test]
+    fn payload_b64_wins_over_payload() {
+        let line =
+            br#"{"ts":"2026-11-27T14:19:27Z","topic":"a","payload":"text","payload_b64":"AAE="}"#;
+        assert_eq!(parse_line(line).expect("valid").payload, vec![0, 1]);
+    }
+
+    #[test]
+    fn defaults_and_unknown_fields() {
+        let line = br#"{"ts":"2026-11-27T14:19:27Z","topic":"a","payload":"x","extra":{"y":1}}"#;
+        let r = parse_line(line).expect("valid");
+        assert_eq!((r.qos, r.retain), (0, false));
+    }
+
+    #[test]
+    fn bad_lines_say_what_is_wrong() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"not json", "not a capture record"),
+            (b"{\"topic\":\"a\",\"payload\":\"x\"}", "no \"ts\""),
+            (
+                b"{\"ts\":\"yesterday\",\"topic\":\"a\",\"payload\":\"x\"}",
+                "bad \"ts\"",
+            ),
+            (
+                b"{\"tst\":\"2026-11-27T14:19:27Z+9999\",\"topic\":\"a\",\"payload\":\"x\"}",
+                "bad \"tst\"",
+            ),
+            (
+                b"{\"ts\":\"2026-11-27T14:19:27Z\",\"topic\":\"a\"}",
+                "no \"payload\"",
+            ),
+            (
+                b"{\"ts\":\"2026-11-27T14:19:27Z\",\"topic\":\"a\",\"payload\":\"x\",\"qos\":3}",
+                "qos 3",
+            ),
+            (
+                b"{\"ts\":\"2026-11-27T14:19:27Z\",\"topic\":\"a\",\"payload_b64\":\"!!\"}",
+                "payload_b64",
+            ),
+            (
+                b"{\"tst\":\"2026-11-27T14:19:27Z+0000\",\"topic\":\"a\",\"payload\":\"\xff\"}",
+                "UTF-8",
+            ),
+            (b"[1,2]", "not a capture record"),
+        ];
+        for (line, want) in cases {
+            let err = parse_line(line).expect_err("bad line");
+            assert!(
+                err.contains(want),
+                "{:?}: {err}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn reader_numbers_lines_skips_blanks_and_spots_truncation() {
+        let text = b"\n{\"ts\":\"2026-11-27T14:19:27Z\",\"topic\":\"a\",\"payload\":\"1\"}\n  \ngarbage\n{\"ts\":\"2026-11-27T14:19:28Z\",\"topic\":\"a\",\"payload\":\"2\"}\n{\"ts\":\"2026-11-27T14:19:29Z\",\"top";
+        let mut reader = CaptureReader::new(&text[..]);
+        let mut seen = Vec::new();
+        while let Some(item) = reader.next_record().expect("io") {
+            seen.push(item.map(|r| r.payload));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                Ok(b"1".to_vec()),
+                Err(LineError::Bad {
+                    line: 4,
+                    reason: "not a capture record (expected value at line 1 column 1)".into()
+                }),
+                Ok(b"2".to_vec()),
+                Err(LineError::Truncated { line: 6 }),
+            ]
+        );
+        assert_eq!(reader.bytes_read(), text.len() as u64);
+    }
+}

@@ -1,0 +1,498 @@
+//! `pv3 replay`: a capture → decode → API (or stdout, or an MQTT broker).
+//!
+//! The file is read on a plain thread, line by line with one buffer, so a
+//! capture of any size replays in flat memory: the forwarder's bounded
+//! queue pushes back on the reader ([`Overflow::Wait`]) instead of growing.
+//! Measurements carry their capture time, never "now".
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use rumqttc::{AsyncClient, MqttOptions, QoS, TlsConfiguration, Transport};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::capture::{CaptureReader, LineError, Record};
+use crate::cli::{ReplayArgs, Speed};
+use crate::forward::{ForwardOptions, ForwardReport, Forwarder, Overflow};
+use crate::mqtt;
+use crate::output::{Format, Printer, is_broken_pipe};
+use crate::pipeline::{DecodeCounts, Pipeline};
+use crate::reading::Timestamp;
+
+/// Bad lines reported one by one; past this only counted (and summed up).
+const BAD_LINES_SHOWN: u64 = 20;
+
+/// What reading the capture found.
+#[derive(Debug, Default, Clone)]
+struct SourceCounts {
+    records: u64,
+    bad_lines: u64,
+    filtered_out: u64,
+}
+
+/// Filtered, paced records from a capture.
+struct Source {
+    reader: CaptureReader<Box<dyn BufRead + Send>>,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+    topics: Vec<String>,
+    speed: Option<f64>,
+    /// (capture time, wall time) of the first record, for pacing.
+    origin: Option<(Timestamp, Instant)>,
+    counts: SourceCounts,
+    progress: Option<ProgressBar>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Source {
+    /// The next record to replay; `None` at the end or when stopped.
+    fn next(&mut self) -> Result<Option<Record>> {
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let item = self
+                .reader
+                .next_record()
+                .context("cannot read the capture")?;
+            if let Some(bar) = &self.progress {
+                if self.counts.records % 1024 == 0 {
+                    bar.set_position(self.reader.bytes_read());
+                }
+            }
+            let record = match item {
+                None => return Ok(None),
+                Some(Ok(record)) => record,
+                Some(Err(e)) => {
+                    self.bad_line(&e);
+                    continue;
+                }
+            };
+            self.counts.records += 1;
+            if self.since.is_some_and(|t| record.ts < t)
+                || self.until.is_some_and(|t| record.ts >= t)
+                || (!self.topics.is_empty()
+                    && !self
+                        .topics
+                        .iter()
+                        .any(|f| mqtt::topic_matches(f, &record.topic)))
+            {
+                self.counts.filtered_out += 1;
+                continue;
+            }
+            self.pace(record.ts);
+            return Ok(Some(record));
+        }
+    }
+
+    fn bad_line(&mut self, e: &LineError) {
+        self.counts.bad_lines += 1;
+        let shown = self.counts.bad_lines <= BAD_LINES_SHOWN;
+        let truncated = matches!(e, LineError::Truncated { .. });
+        if shown || truncated {
+            let text = format!("skipped {e}");
+            match &self.progress {
+                Some(bar) => bar.suspend(|| warn!("{text}")),
+                None => warn!("{text}"),
+            }
+        }
+        if self.counts.bad_lines == BAD_LINES_SHOWN + 1 {
+            warn!("more bad lines: counting them without a line each");
+        }
+    }
+
+    /// Sleeps until `ts` is due at the chosen speed.
+    fn pace(&mut self, ts: Timestamp) {
+        let Some(speed) = self.speed else { return };
+        let (t0, w0) = *self.origin.get_or_insert((ts, Instant::now()));
+        let ahead = ts.seconds_since(t0) / speed;
+        if ahead <= 0.0 {
+            return;
+        }
+        let due = w0 + Duration::from_secs_f64(ahead.min(1e9));
+        // Sleep in slices so that Ctrl-C is not held up by a long gap.
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= due {
+                break;
+            }
+            std::thread::sleep((due - now).min(Duration::from_millis(200)));
+        }
+    }
+}
+
+pub async fn run(args: ReplayArgs) -> Result<()> {
+    let (input, size, name) = open_input(&args.file)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            super::shutdown_signal().await;
+            warn!("interrupted: stopping the replay");
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let dry_run_format = args
+        .dry_run
+        .then(|| args.format.unwrap_or_else(Format::default_for_stdout));
+    // A bar would tangle with a table printed to the same terminal.
+    let progress = (io::stderr().is_terminal()
+        && !(dry_run_format.is_some() && io::stdout().is_terminal()))
+    .then(|| progress_bar(size));
+    let speed = match args.speed {
+        Some(Speed::Max) => None,
+        Some(Speed::Times(n)) => Some(n),
+        None if args.to_mqtt => Some(1.0),
+        None => None,
+    };
+    let source = Source {
+        reader: CaptureReader::new(input),
+        since: args.since,
+        until: args.until,
+        topics: args.topics.clone(),
+        speed,
+        origin: None,
+        counts: SourceCounts::default(),
+        progress: progress.clone(),
+        stop: stop.clone(),
+    };
+
+    let outcome = if let Some(format) = dry_run_format {
+        dry_run(source, format, &args).await
+    } else if args.to_mqtt {
+        to_mqtt(source, &args).await
+    } else {
+        to_api(source, &args).await
+    };
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    let summary = outcome?;
+    eprintln!("replay of {name}: {summary}");
+    if let Some(problem) = summary.problem() {
+        bail!("{problem}");
+    }
+    Ok(())
+}
+
+/// Everything the summary line reports.
+struct Summary {
+    source: SourceCounts,
+    decode: Option<DecodeCounts>,
+    delivery: Option<ForwardReport>,
+    published: Option<u64>,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.source;
+        write!(
+            f,
+            "{} records read, {} bad lines skipped, {} filtered out",
+            s.records, s.bad_lines, s.filtered_out
+        )?;
+        if let Some(d) = &self.decode {
+            write!(
+                f,
+                "; {} measurements decoded from {} messages ({} decode errors, {} with nothing to send)",
+                d.measurements,
+                d.decoded,
+                d.errors,
+                d.empty + d.unknown + d.foreign
+            )?;
+        }
+        if let Some(r) = &self.delivery {
+            write!(
+                f,
+                "; {} measurements delivered, {} alarm updates, {} rejected, {} undelivered",
+                r.delivered,
+                r.alarms_delivered,
+                r.rejected,
+                r.undelivered_measurements()
+            )?;
+        }
+        if let Some(n) = self.published {
+            write!(f, "; {n} messages republished")?;
+        }
+        Ok(())
+    }
+}
+
+impl Summary {
+    /// Why the replay did not deliver everything, if it did not.
+    fn problem(&self) -> Option<String> {
+        let r = self.delivery.as_ref()?;
+        if r.is_complete() {
+            return None;
+        }
+        Some(format!(
+            "not everything was delivered: {} measurements rejected by the API, {} undelivered{}",
+            r.rejected,
+            r.undelivered_measurements() + r.dropped,
+            if r.gave_up {
+                " (gave up: see --give-up)"
+            } else {
+                ""
+            }
+        ))
+    }
+}
+
+fn new_pipeline(args: &ReplayArgs) -> Pipeline {
+    Pipeline::new(args.delivery.soc_threshold, args.device_id.as_deref())
+}
+
+/// Decodes one record, warning (rate-limited by count) on errors.
+fn decode_record(pipeline: &mut Pipeline, record: &Record) -> Option<crate::reading::Reading> {
+    match pipeline.process(&record.topic, &record.payload, record.ts) {
+        Ok(reading) => reading,
+        Err(e) => {
+            if pipeline.counts.errors <= BAD_LINES_SHOWN {
+                warn!("skipped a message from {}: {e}", record.ts);
+            }
+            None
+        }
+    }
+}
+
+async fn dry_run(mut source: Source, format: Format, args: &ReplayArgs) -> Result<Summary> {
+    let mut pipeline = new_pipeline(args);
+    let handle = tokio::task::spawn_blocking(move || -> Result<Summary> {
+        let stdout = io::stdout().lock();
+        let mut printer = Printer::new(BufWriter::with_capacity(64 * 1024, stdout), format);
+        let result = (|| -> Result<()> {
+            while let Some(record) = source.next()? {
+                if let Some(reading) = decode_record(&mut pipeline, &record) {
+                    printer.print(&reading)?;
+                }
+            }
+            printer.flush()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let broken_pipe = e.downcast_ref::<io::Error>().is_some_and(is_broken_pipe);
+            if !broken_pipe {
+                return Err(e);
+            }
+        }
+        Ok(Summary {
+            source: source.counts,
+            decode: Some(pipeline.counts),
+            delivery: None,
+            published: None,
+        })
+    });
+    handle.await.context("replay thread failed")?
+}
+
+async fn to_api(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
+    let api = super::api_client(&args.api)?;
+    let batch_size = args.batch_size as usize;
+    let concurrency = args.concurrency as usize;
+    let forwarder = Forwarder::start(
+        api,
+        ForwardOptions {
+            batch_size,
+            linger: Duration::from_millis(250),
+            concurrency,
+            // Enough to keep every POST slot busy with full batches.
+            queue_limit: batch_size * (concurrency + 2),
+            overflow: Overflow::Wait,
+            retry_initial: Duration::from_millis(500),
+            retry_max: args.delivery.retry_max,
+            send_alarms: args.alarms,
+            give_up: Some(args.give_up),
+        },
+    );
+    let Some(sender) = forwarder.sender() else {
+        bail!("the forwarder did not start");
+    };
+    info!("replaying into {}", args.api.api_url);
+    let mut pipeline = new_pipeline(args);
+    let reader = tokio::task::spawn_blocking(move || -> Result<(SourceCounts, DecodeCounts)> {
+        while let Some(record) = source.next()? {
+            if let Some(reading) = decode_record(&mut pipeline, &record) {
+                if sender.blocking_send(reading).is_err() {
+                    break; // the forwarder gave up; its report says why
+                }
+            }
+        }
+        Ok((source.counts, pipeline.counts))
+    });
+    let read = reader.await.context("replay thread failed");
+    let report = forwarder.finish(None).await;
+    let (source, decode) = read??;
+    Ok(Summary {
+        source,
+        decode: Some(decode),
+        delivery: Some(report),
+        published: None,
+    })
+}
+
+async fn to_mqtt(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
+    let settings = super::mqtt_settings(&args.mqtt, "replay");
+    let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+    options
+        .set_keep_alive(settings.keep_alive)
+        .set_max_packet_size(mqtt::MAX_PACKET_SIZE, mqtt::MAX_PACKET_SIZE);
+    if let Some(user) = &settings.username {
+        let password = settings
+            .password
+            .as_ref()
+            .map(|p| p.expose().to_owned())
+            .unwrap_or_default();
+        options.set_credentials(user, password);
+    }
+    if settings.tls {
+        let config = crate::tls::client_config(settings.ca_file.as_deref())
+            .map_err(|e| super::ConfigError(format!("{e:#}")))?;
+        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(config)));
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 256);
+    // The event loop runs on its own task; publishing awaits the client.
+    let endpoint = settings.endpoint();
+    let (done_tx, mut done_rx) = mpsc::channel::<String>(1);
+    let poller = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = done_tx.send(format!("MQTT broker {endpoint}: {e}")).await;
+                    return;
+                }
+            }
+        }
+    });
+
+    let (tx, mut rx) = mpsc::channel::<Record>(1024);
+    let device = args.device_id.clone();
+    let reader = tokio::task::spawn_blocking(move || -> Result<SourceCounts> {
+        while let Some(record) = source.next()? {
+            if tx.blocking_send(record).is_err() {
+                break;
+            }
+        }
+        Ok(source.counts)
+    });
+    let mut published = 0u64;
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            record = rx.recv() => {
+                let Some(mut record) = record else { break };
+                if let Some(device) = &device {
+                    record.topic = rewrite_device(&record.topic, device);
+                }
+                let qos = match record.qos {
+                    0 => QoS::AtMostOnce,
+                    1 => QoS::AtLeastOnce,
+                    _ => QoS::ExactlyOnce,
+                };
+                if let Err(e) = client.publish(record.topic, qos, record.retain, record.payload).await {
+                    failure = Some(format!("cannot publish: {e}"));
+                    break;
+                }
+                published += 1;
+            }
+            reason = done_rx.recv() => {
+                failure = Some(reason.unwrap_or_else(|| "MQTT connection closed".into()));
+                break;
+            }
+        }
+    }
+    drop(rx);
+    if failure.is_none() {
+        // Requests are sent in order: once DISCONNECT is out, so is every
+        // PUBLISH before it.
+        let _ = client.disconnect().await;
+        if tokio::time::timeout(Duration::from_secs(30), poller)
+            .await
+            .is_err()
+        {
+            failure = Some("timed out sending the last messages".into());
+        } else if let Ok(reason) = done_rx.try_recv() {
+            failure = Some(reason);
+        }
+    }
+    let counts = reader.await.context("replay thread failed")??;
+    if let Some(reason) = failure {
+        bail!("{reason} (after {published} messages)");
+    }
+    Ok(Summary {
+        source: counts,
+        decode: None,
+        delivery: None,
+        published: Some(published),
+    })
+}
+
+/// `pv/PV3/<any>/<suffix>` → `pv/PV3/<device>/<suffix>`; other topics as
+/// they are.
+fn rewrite_device(topic: &str, device: &str) -> String {
+    match crate::decode::split_topic(topic) {
+        Some((_, suffix)) => format!("pv/PV3/{device}/{suffix}"),
+        None => topic.to_owned(),
+    }
+}
+
+/// The input, its size when known (for the progress bar) and its name.
+fn open_input(path: &Path) -> Result<(Box<dyn BufRead + Send>, Option<u64>, String)> {
+    if path == Path::new("-") {
+        return Ok((
+            Box::new(BufReader::with_capacity(256 * 1024, io::stdin())),
+            None,
+            "stdin".into(),
+        ));
+    }
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.is_dir() {
+        bail!("{} is a directory, not a capture file", path.display());
+    }
+    Ok((
+        Box::new(BufReader::with_capacity(256 * 1024, file)),
+        Some(meta.len()),
+        path.display().to_string(),
+    ))
+}
+
+fn progress_bar(size: Option<u64>) -> ProgressBar {
+    match size {
+        Some(len) => {
+            let bar = ProgressBar::new(len);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        }
+        None => {
+            let bar = ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_rewrite_keeps_the_suffix() {
+        assert_eq!(rewrite_device("pv/PV3/A/bms/soc", "B"), "pv/PV3/B/bms/soc");
+        assert_eq!(rewrite_device("other/topic", "B"), "other/topic");
+    }
+}
