@@ -125,6 +125,15 @@ pub struct DeviceArgs {
     pub device_id: String,
 }
 
+/// Where collect keeps its spool and status file (check-api reads it).
+#[derive(Debug, Clone, Args)]
+pub struct StateArgs {
+    /// Spool and status directory [default: $STATE_DIRECTORY (systemd), else
+    /// ~/.local/state/pv3]
+    #[arg(long, env = "STATE_DIRECTORY", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
 /// API connection: shared by every command that talks to PV3 Monitor.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "API")]
@@ -171,6 +180,9 @@ pub struct CollectArgs {
     #[command(flatten)]
     pub delivery: DeliveryArgs,
 
+    #[command(flatten)]
+    pub state: StateArgs,
+
     /// Print what would be sent; send nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -178,6 +190,16 @@ pub struct CollectArgs {
     /// Output of --dry-run [default: table on a terminal, else jsonl]
     #[arg(long, value_enum, value_name = "FORMAT", requires = "dry_run")]
     pub format: Option<Format>,
+
+    /// Largest on-disk spool, in MiB; when full the oldest readings are
+    /// dropped (and counted)
+    #[arg(long, default_value = "1024", value_name = "MB",
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub spool_max_mb: u64,
+
+    /// Reconnect when connected but silent this long, in seconds
+    #[arg(long, default_value = "120", value_name = "SECS", value_parser = parse_secs)]
+    pub stale_after: Duration,
 
     /// Measurements per POST
     #[arg(long, default_value = "500", value_name = "N",
