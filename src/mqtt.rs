@@ -266,7 +266,14 @@ fn describe(e: &ConnectionError) -> String {
             "connection refused by the broker ({code:?}): check --mqtt-username/--mqtt-password"
         ),
         ConnectionError::Io(io) => format!("{io}"),
-        other => other.to_string(),
+        other => {
+            let text = other.to_string();
+            if text.contains("certificate") {
+                format!("{text}: pass the broker's CA certificate with --mqtt-ca FILE")
+            } else {
+                text
+            }
+        }
     }
 }
 
