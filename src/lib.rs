@@ -27,4 +27,5 @@ pub mod ratelimit;
 pub mod reading;
 pub mod secret;
 pub mod soc_filter;
+pub mod status;
 pub mod tls;

@@ -1,0 +1,133 @@
+//! `status.json`: what a running collector says about itself, replaced
+//! atomically every few seconds in the state directory. `check-api` reads
+//! it; people can `cat` it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+pub const FILE_NAME: &str = "status.json";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Format version of this file.
+    pub version: u32,
+    pub pid: u32,
+    pub pv3_version: String,
+    /// RFC 3339 UTC times; `None` for "never".
+    pub started_at: String,
+    pub updated_at: String,
+    pub broker: String,
+    pub broker_connected: bool,
+    pub last_message_at: Option<String>,
+    pub last_delivery_at: Option<String>,
+    pub counters: Counters,
+    /// Batches waiting in the on-disk spool, and their measurements.
+    pub spool_batches: u64,
+    pub spool_measurements: u64,
+    pub spool_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// MQTT messages received.
+    pub received: u64,
+    /// Measurements the API accepted.
+    pub delivered: u64,
+    /// Measurements written to the spool.
+    pub spooled: u64,
+    /// Measurements dropped because memory or the spool was full.
+    pub dropped: u64,
+    /// Measurements the API refused (see rejected.jsonl).
+    pub rejected: u64,
+    /// Messages that could not be decoded.
+    pub decode_errors: u64,
+}
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE_NAME)
+}
+
+/// Writes `status` to `dir/status.json` through a temporary file and a
+/// rename, so a reader never sees half a file.
+pub fn write(dir: &Path, status: &Status) -> Result<()> {
+    let tmp = dir.join(".status.json.tmp");
+    let mut file = std::fs::File::create(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    serde_json::to_writer_pretty(&mut file, status).context("cannot encode the status")?;
+    file.write_all(b"\n")?;
+    // No fsync: the file is rewritten every few seconds, and sparing the
+    // SD card matters more than a status surviving power loss.
+    drop(file);
+    std::fs::rename(&tmp, path(dir))
+        .with_context(|| format!("cannot replace {}", path(dir).display()))
+}
+
+/// Reads `dir/status.json`; `Ok(None)` when there is none.
+pub fn read(dir: &Path) -> Result<Option<Status>> {
+    let p = path(dir);
+    match std::fs::read(&p) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .with_context(|| format!("{} is not a pv3 status file", p.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+    }
+}
+
+/// The state directory: `--state-dir`/`$STATE_DIRECTORY` (systemd may list
+/// several, colon-separated: the first is ours), else
+/// `$XDG_STATE_HOME/pv3`, else `~/.local/state/pv3`.
+pub fn resolve_dir(given: Option<&Path>) -> Option<PathBuf> {
+    if let Some(dir) = given {
+        let text = dir.to_string_lossy();
+        let first = text.split(':').next().unwrap_or_default();
+        if !first.is_empty() {
+            return Some(PathBuf::from(first));
+        }
+    }
+    if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(xdg).join("pv3"));
+    }
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|home| PathBuf::from(home).join(".local/state/pv3"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_atomically() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(read(dir.path()).expect("no file is fine"), None);
+        let status = Status {
+            version: 1,
+            pid: 42,
+            broker: "127.0.0.1:1883".into(),
+            counters: Counters {
+                received: 7,
+                ..Counters::default()
+            },
+            ..Status::default()
+        };
+        write(dir.path(), &status).expect("write");
+        assert_eq!(read(dir.path()).expect("read"), Some(status));
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, [FILE_NAME], "no temporary file left behind");
+    }
+
+    #[test]
+    fn state_directory_takes_systemds_first_entry() {
+        assert_eq!(
+            resolve_dir(Some(Path::new("/var/lib/pv3:/var/lib/other"))),
+            Some(PathBuf::from("/var/lib/pv3"))
+        );
+    }
+}
