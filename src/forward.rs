@@ -12,11 +12,20 @@
 //! A batch is serialised once, when it is opened and filled, so a retry
 //! resends the same bytes and the queue's memory is the JSON it will send.
 //! The task never waits on the network itself: POSTs run as child tasks, so
-//! a slow or dead API never stops readings from being accepted. What is
-//! still queued when the task is stopped comes back in [`ForwardReport`], so
-//! that a caller can keep it (the spool) instead of losing it.
+//! a slow or dead API never stops readings from being accepted.
+//!
+//! With [`Storage`] (collect), the healthy path stays in memory (nothing is
+//! written: SD cards wear out). The first transient failure, or the memory
+//! queue passing its bound, switches to *spooling*: what is in memory and
+//! every batch after it go to the on-disk [`Spool`] in order, and are sent
+//! from there one at a time, each removed only after a 2xx. Once the spool is
+//! empty, the memory path resumes. On stop, whatever is still in memory is
+//! spooled, so the next start sends it. Batches the API refuses for good go
+//! to `rejected.jsonl`. Without storage (replay: the file is its own
+//! spool), what is still queued at a stop comes back in [`ForwardReport`].
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -31,6 +40,7 @@ use crate::api::{ApiClient, PostError};
 use crate::backoff::Backoff;
 use crate::ratelimit::{RateLimiter, suppressed_note};
 use crate::reading::{ApiMeasurement, Reading};
+use crate::spool::Spool;
 
 /// What to do when the in-memory queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +114,14 @@ pub struct ForwardStats {
     pub dropped: AtomicU64,
     pub failed_attempts: AtomicU64,
     pub posts: AtomicU64,
+    /// Measurements written to the spool, in all.
+    pub spooled: AtomicU64,
+    /// What the spool holds now.
+    pub spool_batches: AtomicU64,
+    pub spool_measurements: AtomicU64,
+    pub spool_bytes: AtomicU64,
+    /// Unix milliseconds of the last 2xx (0: never).
+    pub last_delivery_ms: AtomicU64,
 }
 
 impl ForwardStats {
@@ -123,6 +141,8 @@ pub struct ForwardReport {
     pub undelivered: Vec<Batch>,
     /// It stopped because the API failed for longer than `give_up`.
     pub gave_up: bool,
+    /// Measurements left in the spool for the next start.
+    pub left_in_spool: u64,
 }
 
 impl ForwardReport {
@@ -145,6 +165,73 @@ impl ForwardReport {
 #[error("the forwarder has stopped")]
 pub struct Stopped;
 
+/// Where collect keeps what the API has not taken yet: the state
+/// directory. The spool file exists only while it holds something: it is
+/// created at the first failure and deleted once drained, so the healthy
+/// path writes nothing to disk (and redb files, which do not shrink, never
+/// keep an outage's worth of space).
+pub struct Storage {
+    dir: PathBuf,
+    max_bytes: u64,
+    spool: Option<Spool>,
+    /// The dead-letter file for batches the API refused.
+    rejected: PathBuf,
+}
+
+impl Storage {
+    /// Uses `dir` (created if missing); opens a spool left by an earlier
+    /// run, if there is one.
+    pub fn open(dir: &std::path::Path, max_bytes: u64) -> anyhow::Result<Storage> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create state directory {}: {e} (see --state-dir)",
+                dir.display()
+            )
+        })?;
+        let spool = if dir.join(crate::spool::FILE_NAME).exists() {
+            Some(Spool::open(dir, max_bytes)?)
+        } else {
+            None
+        };
+        Ok(Storage {
+            dir: dir.to_owned(),
+            max_bytes,
+            spool,
+            rejected: dir.join("rejected.jsonl"),
+        })
+    }
+
+    fn spool(&self) -> Option<&Spool> {
+        self.spool.as_ref()
+    }
+
+    fn spool_mut(&mut self) -> anyhow::Result<&mut Spool> {
+        if self.spool.is_none() {
+            self.spool = Some(Spool::open(&self.dir, self.max_bytes)?);
+        }
+        self.spool
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("spool unavailable"))
+    }
+
+    /// Deletes the spool file once it is empty.
+    fn close_if_empty(&mut self) {
+        if self.spool.as_ref().is_some_and(Spool::is_empty)
+            && let Some(spool) = self.spool.take()
+        {
+            let path = spool.path().to_owned();
+            drop(spool);
+            if let Err(e) = std::fs::remove_file(&path) {
+                warn!("cannot remove the empty spool {}: {e}", path.display());
+            }
+        }
+    }
+
+    fn measurements(&self) -> u64 {
+        self.spool.as_ref().map_or(0, Spool::measurements)
+    }
+}
+
 /// Handle to the forwarding task.
 pub struct Forwarder {
     tx: Option<mpsc::Sender<Reading>>,
@@ -155,10 +242,30 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn start(api: ApiClient, opts: ForwardOptions) -> Self {
+        Self::start_with(api, opts, None)
+    }
+
+    /// [`Self::start`] with a spool and a dead-letter file.
+    pub fn start_with(api: ApiClient, opts: ForwardOptions, storage: Option<Storage>) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(ForwardStats::default());
+        let spooling = storage
+            .as_ref()
+            .and_then(Storage::spool)
+            .is_some_and(|s| !s.is_empty());
+        if let Some(spool) = storage.as_ref().and_then(Storage::spool)
+            && spooling
+        {
+            info!(
+                "{} measurements from an earlier run wait in {}: sending them first",
+                spool.measurements(),
+                spool.path().display()
+            );
+        }
         let worker = Worker {
+            storage,
+            spooling,
             backoff: Backoff::new(opts.retry_initial, opts.retry_max),
             api,
             opts: ForwardOptions {
@@ -177,6 +284,7 @@ impl Forwarder {
             report: ForwardReport::default(),
             limiter: RateLimiter::new(Duration::from_secs(60)),
         };
+        worker.publish_spool();
         let task = tokio::spawn(worker.run(rx, stop_rx));
         Forwarder {
             tx: Some(tx),
@@ -246,14 +354,25 @@ struct OpenBatch {
     deadline: Instant,
 }
 
+/// Where an in-flight batch came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Memory,
+    /// The spool, under this key: removed from it on a final answer.
+    Spool(u64),
+}
+
 struct Worker {
+    storage: Option<Storage>,
+    /// Sending from the spool (see the module docs).
+    spooling: bool,
     api: ApiClient,
     opts: ForwardOptions,
     stats: Arc<ForwardStats>,
     open: HashMap<Arc<str>, OpenBatch>,
     ready: VecDeque<Batch>,
     inflight: JoinSet<Result<(), PostError>>,
-    inflight_batches: HashMap<tokio::task::Id, Batch>,
+    inflight_batches: HashMap<tokio::task::Id, (Batch, Source)>,
     /// Measurements held: open + ready + in flight.
     queued: usize,
     backoff: Backoff,
@@ -274,7 +393,11 @@ impl Worker {
         let mut input_open = true;
         loop {
             self.dispatch();
-            if !input_open && self.ready.is_empty() && self.inflight.is_empty() {
+            if !input_open && self.ready.is_empty() && self.inflight.is_empty() && !self.spooling {
+                break;
+            }
+            if !input_open && self.spooling {
+                // Stopping while the API is away: the spool keeps the rest.
                 break;
             }
             let linger = self.open.values().map(|b| b.deadline).min();
@@ -311,24 +434,37 @@ impl Worker {
                     self.paused_until = None;
                 }
             }
-            if let (Some(limit), Some(since)) = (self.opts.give_up, self.failing_since) {
-                if since.elapsed() >= limit {
-                    error!(
-                        "giving up: the API has taken nothing for {:.0} s; {} measurements undelivered",
-                        limit.as_secs_f64(),
-                        self.queued
-                    );
-                    self.report.gave_up = true;
-                    break;
-                }
+            if let (Some(limit), Some(since)) = (self.opts.give_up, self.failing_since)
+                && since.elapsed() >= limit
+            {
+                error!(
+                    "giving up: the API has taken nothing for {:.0} s; {} measurements undelivered",
+                    limit.as_secs_f64(),
+                    self.queued
+                );
+                self.report.gave_up = true;
+                break;
             }
         }
         self.seal_all();
         self.inflight.abort_all();
-        let mut undelivered: Vec<Batch> = self.inflight_batches.drain().map(|(_, b)| b).collect();
+        let mut undelivered: Vec<Batch> = self
+            .inflight_batches
+            .drain()
+            .filter(|(_, (_, source))| *source == Source::Memory)
+            .map(|(_, (batch, _))| batch)
+            .collect();
         undelivered.extend(self.ready.drain(..));
-        self.report.undelivered = undelivered;
-        self.stats.queued.store(0, Ordering::Relaxed);
+        if self.storage.is_some() {
+            // Keep it for the next start (in flight ones may arrive twice:
+            // at-least-once).
+            self.spool_batches(undelivered);
+            self.report.left_in_spool = self.spooled_measurements();
+        } else {
+            self.report.undelivered = undelivered;
+        }
+        self.queued = 0;
+        self.publish_queued();
         self.report
     }
 
@@ -359,15 +495,15 @@ impl Worker {
                 self.seal(device.clone());
             }
         }
-        if let (true, Some(alarms)) = (self.opts.send_alarms, &reading.alarms) {
-            if let Ok(body) = serde_json::to_vec(alarms) {
-                self.ready.push_back(Batch {
-                    device: device.clone(),
-                    kind: BatchKind::Alarms,
-                    body: Bytes::from(body),
-                    count: 0,
-                });
-            }
+        if let (true, Some(alarms)) = (self.opts.send_alarms, &reading.alarms)
+            && let Ok(body) = serde_json::to_vec(alarms)
+        {
+            self.enqueue(Batch {
+                device: device.clone(),
+                kind: BatchKind::Alarms,
+                body: Bytes::from(body),
+                count: 0,
+            });
         }
         self.enforce_limit();
         self.publish_queued();
@@ -376,12 +512,22 @@ impl Worker {
     fn seal(&mut self, device: Arc<str>) {
         if let Some(mut open) = self.open.remove(&device) {
             open.body.push(b']');
-            self.ready.push_back(Batch {
+            self.enqueue(Batch {
                 device,
                 kind: BatchKind::Measurements,
                 body: Bytes::from(open.body),
                 count: open.count,
             });
+        }
+    }
+
+    /// A sealed batch joins the queue: in memory, or behind the others in
+    /// the spool while spooling.
+    fn enqueue(&mut self, batch: Batch) {
+        if self.spooling {
+            self.spool_batches(vec![batch]);
+        } else {
+            self.ready.push_back(batch);
         }
     }
 
@@ -405,9 +551,84 @@ impl Worker {
         }
     }
 
-    /// Drops the oldest ready batches while over the limit (live data only;
-    /// with [`Overflow::Wait`] the input simply stops).
+    /// Starts spooling (when there is a spool): what waits in memory goes
+    /// to disk first, then everything after it.
+    fn start_spooling(&mut self, reason: &str) {
+        if self.spooling || self.storage.is_none() {
+            return;
+        }
+        self.spooling = true;
+        let waiting: Vec<Batch> = self.ready.drain(..).collect();
+        let n: usize = waiting.iter().map(|b| b.count).sum();
+        if let Some(storage) = &self.storage {
+            info!(
+                "{reason}: spooling to {} ({n} measurements so far)",
+                storage.dir.join(crate::spool::FILE_NAME).display()
+            );
+        }
+        self.spool_batches(waiting);
+    }
+
+    /// Writes batches to the spool; on a write failure (disk full, say) they
+    /// stay in memory, with a loud error, rather than vanish.
+    fn spool_batches(&mut self, batches: Vec<Batch>) {
+        if batches.is_empty() {
+            return;
+        }
+        let Some(storage) = self.storage.as_mut() else {
+            self.ready.extend(batches);
+            return;
+        };
+        let n: usize = batches.iter().map(|b| b.count).sum();
+        match storage.spool_mut().and_then(|spool| spool.push(&batches)) {
+            Ok(evicted) => {
+                debug!(
+                    "spooled {n} measurements; the spool holds {}",
+                    storage.measurements()
+                );
+                self.queued = self.queued.saturating_sub(n);
+                self.stats.spooled.fetch_add(n as u64, Ordering::Relaxed);
+                if evicted.batches > 0 {
+                    self.report.dropped += evicted.measurements;
+                    self.stats
+                        .dropped
+                        .fetch_add(evicted.measurements, Ordering::Relaxed);
+                    if let Some(k) = self.limiter.allow("spool full") {
+                        warn!(
+                            "spool full (--spool-max-mb): dropped the oldest {} measurements, {} dropped so far{}",
+                            evicted.measurements,
+                            self.report.dropped,
+                            suppressed_note(k)
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                if let Some(k) = self.limiter.allow("spool write") {
+                    error!(
+                        "cannot write to the spool ({e:#}): keeping {n} measurements in memory only{}",
+                        suppressed_note(k)
+                    );
+                }
+                self.ready.extend(batches);
+                self.enforce_limit();
+            }
+        }
+        self.publish_spool();
+        self.publish_queued();
+    }
+
+    /// Over the memory bound: spool if there is a spool, else drop the
+    /// oldest ready batches (live data only; with [`Overflow::Wait`] the
+    /// input simply stops).
     fn enforce_limit(&mut self) {
+        if self.queued <= self.opts.queue_limit {
+            return;
+        }
+        if self.storage.is_some() && !self.spooling {
+            self.start_spooling("in-memory queue full");
+            return;
+        }
         if self.opts.overflow != Overflow::DropOldest {
             return;
         }
@@ -438,6 +659,10 @@ impl Worker {
             return;
         }
         self.paused_until = None;
+        if self.spooling {
+            self.dispatch_from_spool();
+            return;
+        }
         // While the API is failing, probe with one request at a time.
         let limit = if self.failing_since.is_some() {
             1
@@ -448,17 +673,60 @@ impl Worker {
             let Some(batch) = self.ready.pop_front() else {
                 break;
             };
-            let api = self.api.clone();
-            let (device, body, kind) = (batch.device.clone(), batch.body.clone(), batch.kind);
-            let handle = self.inflight.spawn(async move {
-                match kind {
-                    BatchKind::Measurements => api.post_measurements(&device, body).await,
-                    BatchKind::Alarms => api.post_alarms(&device, body).await,
-                }
-            });
-            self.stats.posts.fetch_add(1, Ordering::Relaxed);
-            self.inflight_batches.insert(handle.id(), batch);
+            self.spawn_post(batch, Source::Memory);
         }
+    }
+
+    /// One batch at a time from the spool, oldest first: order is kept, and
+    /// nothing else is in flight to race it.
+    fn dispatch_from_spool(&mut self) {
+        if !self.inflight.is_empty() {
+            return;
+        }
+        let Some(storage) = self.storage.as_ref() else {
+            return;
+        };
+        let oldest = storage
+            .spool()
+            .map_or(Ok(Vec::new()), |spool| spool.oldest(1, None));
+        match oldest {
+            Ok(mut batches) => match batches.pop() {
+                Some((key, batch)) => self.spawn_post(batch, Source::Spool(key)),
+                // Batches the spool could not take (a write error) wait in
+                // memory: send those before leaving spool mode.
+                None => match self.ready.pop_front() {
+                    Some(batch) => self.spawn_post(batch, Source::Memory),
+                    None => {
+                        self.spooling = false;
+                        info!("spool drained: back to the memory path");
+                        if let Some(storage) = self.storage.as_mut() {
+                            storage.close_if_empty();
+                        }
+                        self.publish_spool();
+                    }
+                },
+            },
+            Err(e) => {
+                if let Some(k) = self.limiter.allow("spool read") {
+                    error!("cannot read the spool ({e:#}){}", suppressed_note(k));
+                }
+                let delay = self.backoff.next_delay();
+                self.paused_until = Some(Instant::now() + delay);
+            }
+        }
+    }
+
+    fn spawn_post(&mut self, batch: Batch, source: Source) {
+        let api = self.api.clone();
+        let (device, body, kind) = (batch.device.clone(), batch.body.clone(), batch.kind);
+        let handle = self.inflight.spawn(async move {
+            match kind {
+                BatchKind::Measurements => api.post_measurements(&device, body).await,
+                BatchKind::Alarms => api.post_alarms(&device, body).await,
+            }
+        });
+        self.stats.posts.fetch_add(1, Ordering::Relaxed);
+        self.inflight_batches.insert(handle.id(), (batch, source));
     }
 
     fn complete(
@@ -475,7 +743,7 @@ impl Worker {
                 }),
             ),
         };
-        let Some(batch) = self.inflight_batches.remove(&id) else {
+        let Some((batch, source)) = self.inflight_batches.remove(&id) else {
             return;
         };
         match result {
@@ -484,11 +752,15 @@ impl Worker {
                     info!(
                         "API is taking data again after {:.0} s; {} measurements queued",
                         since.elapsed().as_secs_f64(),
-                        self.queued
+                        self.queued + self.spooled_measurements() as usize
                     );
                 }
                 self.backoff.reset();
-                self.settle(&batch);
+                self.settle(&batch, source);
+                let now_ms = crate::reading::Timestamp::now().unix_micros() / 1000;
+                self.stats
+                    .last_delivery_ms
+                    .store(u64::try_from(now_ms).unwrap_or(0), Ordering::Relaxed);
                 match batch.kind {
                     BatchKind::Measurements => {
                         self.report.delivered += batch.count as u64;
@@ -503,69 +775,162 @@ impl Worker {
                 }
             }
             Err(PostError::Rejected { status, body }) => {
-                self.settle(&batch);
+                self.settle(&batch, source);
                 self.report.rejected += batch.count as u64;
                 self.stats
                     .rejected
                     .fetch_add(batch.count as u64, Ordering::Relaxed);
+                let kept = self.dead_letter(&batch, status, &body);
                 if let Some(n) = self.limiter.allow(&format!("rejected {status}")) {
                     warn!(
-                        "API refused a batch for device {} with HTTP {status} ({} measurements set aside): {body}{}",
+                        "API refused a batch for device {} with HTTP {status} ({} measurements set aside{}): {body}{}",
                         batch.device,
                         batch.count,
+                        kept,
                         suppressed_note(n)
                     );
                 }
             }
-            Err(err) => {
-                let retry_after = match &err {
-                    PostError::Transient { retry_after, .. } => *retry_after,
-                    _ => None,
-                };
-                let delay = retry_after
-                    .unwrap_or_else(|| self.backoff.next_delay())
-                    .min(self.opts.retry_max);
-                self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                let first = self.failing_since.is_none();
-                self.failing_since.get_or_insert_with(Instant::now);
-                let what = match &err {
-                    PostError::Unauthorized { status, body } => format!(
-                        "API answered HTTP {status} ({body}): check --api-token / API_TOKEN; data is kept and retried"
-                    ),
-                    other => format!("API not taking data ({other})"),
-                };
-                if first {
-                    warn!(
-                        "{what}; retrying in {:.1} s, {} measurements queued",
-                        delay.as_secs_f64(),
-                        self.queued
-                    );
-                } else if let Some(n) = self.limiter.allow("transient") {
-                    warn!(
-                        "{what}; still retrying (next in {:.1} s), {} measurements queued{}",
-                        delay.as_secs_f64(),
-                        self.queued,
-                        suppressed_note(n)
-                    );
-                } else {
-                    debug!("{what}; retry in {:.1} s", delay.as_secs_f64());
-                }
+            Err(err) => self.failed(batch, source, err),
+        }
+    }
+
+    /// A transient or authorisation failure: back off, keep the batch.
+    fn failed(&mut self, batch: Batch, source: Source, err: PostError) {
+        let retry_after = match &err {
+            PostError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        let delay = retry_after
+            .unwrap_or_else(|| self.backoff.next_delay())
+            .min(self.opts.retry_max);
+        self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        let first = self.failing_since.is_none();
+        self.failing_since.get_or_insert_with(Instant::now);
+        let what = match &err {
+            PostError::Unauthorized { status, body } => format!(
+                "API answered HTTP {status} ({body}): check --api-token / API_TOKEN; data is kept and retried"
+            ),
+            other => format!("API not taking data ({other})"),
+        };
+        let queued = self.queued + self.spooled_measurements() as usize;
+        if first {
+            warn!(
+                "{what}; retrying in {:.1} s, {queued} measurements queued",
+                delay.as_secs_f64()
+            );
+        } else if let Some(n) = self.limiter.allow("transient") {
+            warn!(
+                "{what}; still retrying (next in {:.1} s), {queued} measurements queued{}",
+                delay.as_secs_f64(),
+                suppressed_note(n)
+            );
+        } else {
+            debug!("{what}; retry in {:.1} s", delay.as_secs_f64());
+        }
+        match source {
+            // Still in the spool: it is retried from there.
+            Source::Spool(_) => {}
+            Source::Memory if self.spooling => self.spool_batches(vec![batch]),
+            Source::Memory => {
                 self.ready.push_front(batch);
-                let until = Instant::now() + delay;
-                self.paused_until = Some(self.paused_until.map_or(until, |t| t.max(until)));
+                self.start_spooling("API unavailable");
+            }
+        }
+        let until = Instant::now() + delay;
+        self.paused_until = Some(self.paused_until.map_or(until, |t| t.max(until)));
+    }
+
+    /// Appends a refused batch to `rejected.jsonl`; " (in <path>)" on
+    /// success, for the log line.
+    fn dead_letter(&mut self, batch: &Batch, status: u16, response: &str) -> String {
+        let Some(storage) = &self.storage else {
+            return String::new();
+        };
+        #[derive(serde::Serialize)]
+        struct Rejected<'a> {
+            rejected_at: crate::reading::Timestamp,
+            device_id: &'a str,
+            endpoint: &'a str,
+            status: u16,
+            response: &'a str,
+            body: &'a serde_json::value::RawValue,
+        }
+        let raw = std::str::from_utf8(&batch.body)
+            .ok()
+            .and_then(|text| serde_json::value::RawValue::from_string(text.to_owned()).ok());
+        let Some(raw) = raw else {
+            return String::new();
+        };
+        let line = Rejected {
+            rejected_at: crate::reading::Timestamp::now(),
+            device_id: &batch.device,
+            endpoint: match batch.kind {
+                BatchKind::Measurements => "measurements/batch",
+                BatchKind::Alarms => "alarms",
+            },
+            status,
+            response,
+            body: &raw,
+        };
+        let written = serde_json::to_vec(&line)
+            .map_err(std::io::Error::other)
+            .and_then(|mut bytes| {
+                bytes.push(b'\n');
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&storage.rejected)?;
+                std::io::Write::write_all(&mut file, &bytes)?;
+                file.sync_data()
+            });
+        match written {
+            Ok(()) => format!(" in {}", storage.rejected.display()),
+            Err(e) => {
+                error!("cannot write {}: {e}", storage.rejected.display());
+                String::new()
             }
         }
     }
 
     /// A batch has left the queue for good (delivered or set aside).
-    fn settle(&mut self, batch: &Batch) {
-        self.queued = self.queued.saturating_sub(batch.count);
+    fn settle(&mut self, batch: &Batch, source: Source) {
+        match source {
+            Source::Memory => self.queued = self.queued.saturating_sub(batch.count),
+            Source::Spool(key) => {
+                if let Some(storage) = self.storage.as_mut()
+                    && let Err(e) = storage.spool_mut().and_then(|spool| spool.remove(key))
+                {
+                    error!(
+                        "cannot remove a delivered batch from the spool ({e:#}): it may be sent again"
+                    );
+                }
+                self.publish_spool();
+            }
+        }
         self.publish_queued();
+    }
+
+    fn spooled_measurements(&self) -> u64 {
+        self.storage.as_ref().map_or(0, Storage::measurements)
     }
 
     fn publish_queued(&self) {
         self.stats
             .queued
             .store(self.queued as u64, Ordering::Relaxed);
+    }
+
+    fn publish_spool(&self) {
+        let spool = self.storage.as_ref().and_then(Storage::spool);
+        self.stats
+            .spool_batches
+            .store(spool.map_or(0, Spool::batches), Ordering::Relaxed);
+        self.stats
+            .spool_measurements
+            .store(spool.map_or(0, Spool::measurements), Ordering::Relaxed);
+        self.stats
+            .spool_bytes
+            .store(spool.map_or(0, Spool::bytes), Ordering::Relaxed);
     }
 }

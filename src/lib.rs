@@ -27,5 +27,6 @@ pub mod ratelimit;
 pub mod reading;
 pub mod secret;
 pub mod soc_filter;
+pub mod spool;
 pub mod status;
 pub mod tls;

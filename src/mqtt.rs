@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Result;
 use bytes::Bytes;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter,
+    AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, SubscribeFilter,
     SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch};
@@ -46,6 +46,9 @@ pub struct MqttSettings {
     pub keep_alive: Duration,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
+    /// Connected but no message for this long: drop the link and reconnect
+    /// (a broker that accepts connections but has stopped forwarding).
+    pub stale_after: Option<Duration>,
 }
 
 impl MqttSettings {
@@ -85,6 +88,7 @@ pub struct Subscription {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     connected: Arc<AtomicBool>,
+    subscribed: watch::Receiver<bool>,
 }
 
 impl Subscription {
@@ -100,6 +104,11 @@ impl Subscription {
     /// Is the broker link up right now?
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Becomes `true` at the first SUBACK (systemd's READY=1).
+    pub fn subscribed(&self) -> watch::Receiver<bool> {
+        self.subscribed.clone()
     }
 
     /// A flag that follows [`Self::is_connected`], for status reporting.
@@ -140,119 +149,144 @@ pub fn subscribe(settings: &MqttSettings, filters: Vec<String>) -> Result<Subscr
         let config = crate::tls::client_config(settings.ca_file.as_deref())?;
         options.set_transport(Transport::Tls(TlsConfiguration::Rustls(config)));
     }
-    let (client, eventloop) = AsyncClient::new(options, 64);
     let (tx, rx) = mpsc::channel(1024);
     let (stop, stop_rx) = watch::channel(false);
+    let (subscribed_tx, subscribed) = watch::channel(false);
     let connected = Arc::new(AtomicBool::new(false));
     let task = tokio::spawn(poll_loop(
-        client,
-        eventloop,
+        options,
         filters,
         settings.endpoint(),
         Backoff::new(settings.reconnect_initial, settings.reconnect_max),
+        settings.stale_after,
         tx,
         stop_rx,
         connected.clone(),
+        subscribed_tx,
     ));
     Ok(Subscription {
         rx,
         stop,
         task,
         connected,
+        subscribed,
     })
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn poll_loop(
-    client: AsyncClient,
-    mut eventloop: EventLoop,
+    options: MqttOptions,
     filters: Vec<String>,
     endpoint: String,
     mut backoff: Backoff,
+    stale_after: Option<Duration>,
     tx: mpsc::Sender<Message>,
     mut stop: watch::Receiver<bool>,
     connected: Arc<AtomicBool>,
+    subscribed: watch::Sender<bool>,
 ) {
     // Errors since the link was last up: the first is a warning, the rest
     // are debug lines, so an absent broker does not flood the journal.
     let mut failures: u32 = 0;
+    // Each pass is one client; the stale-link watchdog starts a new one.
     loop {
-        let event = tokio::select! {
-            event = eventloop.poll() => event,
-            _ = stop.changed() => {
-                let _ = client.try_disconnect();
-                // Let the event loop send the DISCONNECT, briefly.
-                let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
-                connected.store(false, Ordering::Relaxed);
-                return;
-            }
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                connected.store(true, Ordering::Relaxed);
-                if failures > 0 {
-                    info!("connected to MQTT broker {endpoint} after {failures} failed attempts");
-                } else {
-                    info!("connected to MQTT broker {endpoint}");
-                }
-                failures = 0;
-                backoff.reset();
-                let subs = filters
-                    .iter()
-                    .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                if let Err(e) = client.try_subscribe_many(subs) {
-                    warn!("cannot queue SUBSCRIBE: {e}");
-                }
-            }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let refused: Vec<&str> = ack
-                    .return_codes
-                    .iter()
-                    .zip(&filters)
-                    .filter(|(code, _)| matches!(code, SubscribeReasonCode::Failure))
-                    .map(|(_, f)| f.as_str())
-                    .collect();
-                if refused.is_empty() {
-                    info!("subscribed to {}", filters.join(", "));
-                } else {
+        let (client, mut eventloop) = AsyncClient::new(options.clone(), 64);
+        let mut last_heard = tokio::time::Instant::now();
+        let far = Duration::from_secs(u64::from(u32::MAX));
+        loop {
+            let stale_at = last_heard + stale_after.unwrap_or(far);
+            let is_up = connected.load(Ordering::Relaxed);
+            let event = tokio::select! {
+                event = eventloop.poll() => event,
+                _ = tokio::time::sleep_until(stale_at), if is_up && stale_after.is_some() => {
                     warn!(
-                        "broker {endpoint} refused the subscription to {} (check its ACL for this user)",
-                        refused.join(", ")
+                        "MQTT broker {endpoint}: connected but no message for {:.0} s: reconnecting",
+                        stale_after.unwrap_or(far).as_secs_f64()
                     );
+                    connected.store(false, Ordering::Relaxed);
+                    let _ = client.try_disconnect();
+                    break;
                 }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let msg = Message {
-                    received: Timestamp::now(),
-                    qos: p.qos as u8,
-                    retain: p.retain,
-                    topic: p.topic,
-                    payload: p.payload,
-                };
-                if tx.send(msg).await.is_err() {
-                    return; // nobody is listening any more
+                _ = stop.changed() => {
+                    let _ = client.try_disconnect();
+                    // Let the event loop send the DISCONNECT, briefly.
+                    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+                    connected.store(false, Ordering::Relaxed);
+                    return;
                 }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                connected.store(false, Ordering::Relaxed);
-                let delay = backoff.next_delay();
-                let what = describe(&e);
-                if failures == 0 {
-                    warn!(
-                        "MQTT broker {endpoint}: {what}; reconnecting in {:.1} s (and on, with backoff)",
-                        delay.as_secs_f64()
-                    );
-                } else {
-                    debug!(
-                        "MQTT broker {endpoint}: {what}; retry in {:.1} s",
-                        delay.as_secs_f64()
-                    );
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connected.store(true, Ordering::Relaxed);
+                    last_heard = tokio::time::Instant::now();
+                    if failures > 0 {
+                        info!(
+                            "connected to MQTT broker {endpoint} after {failures} failed attempts"
+                        );
+                    } else {
+                        info!("connected to MQTT broker {endpoint}");
+                    }
+                    failures = 0;
+                    backoff.reset();
+                    let subs = filters
+                        .iter()
+                        .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                    if let Err(e) = client.try_subscribe_many(subs) {
+                        warn!("cannot queue SUBSCRIBE: {e}");
+                    }
                 }
-                failures = failures.saturating_add(1);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.changed() => return,
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused: Vec<&str> = ack
+                        .return_codes
+                        .iter()
+                        .zip(&filters)
+                        .filter(|(code, _)| matches!(code, SubscribeReasonCode::Failure))
+                        .map(|(_, f)| f.as_str())
+                        .collect();
+                    if refused.is_empty() {
+                        info!("subscribed to {}", filters.join(", "));
+                        subscribed.send_replace(true);
+                    } else {
+                        warn!(
+                            "broker {endpoint} refused the subscription to {} (check its ACL for this user)",
+                            refused.join(", ")
+                        );
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    last_heard = tokio::time::Instant::now();
+                    let msg = Message {
+                        received: Timestamp::now(),
+                        qos: p.qos as u8,
+                        retain: p.retain,
+                        topic: p.topic,
+                        payload: p.payload,
+                    };
+                    if tx.send(msg).await.is_err() {
+                        return; // nobody is listening any more
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    connected.store(false, Ordering::Relaxed);
+                    let delay = backoff.next_delay();
+                    let what = describe(&e);
+                    if failures == 0 {
+                        warn!(
+                            "MQTT broker {endpoint}: {what}; reconnecting in {:.1} s (and on, with backoff)",
+                            delay.as_secs_f64()
+                        );
+                    } else {
+                        debug!(
+                            "MQTT broker {endpoint}: {what}; retry in {:.1} s",
+                            delay.as_secs_f64()
+                        );
+                    }
+                    failures = failures.saturating_add(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => return,
+                    }
                 }
             }
         }

@@ -54,8 +54,8 @@ pub fn path(state_dir: &Path) -> PathBuf {
 /// rename, so a reader never sees half a file.
 pub fn write(dir: &Path, status: &Status) -> Result<()> {
     let tmp = dir.join(".status.json.tmp");
-    let mut file = std::fs::File::create(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     serde_json::to_writer_pretty(&mut file, status).context("cannot encode the status")?;
     file.write_all(b"\n")?;
     // No fsync: the file is rewritten every few seconds, and sparing the

@@ -553,9 +553,12 @@ async fn replay_to_mqtt_feeds_collect_like_replay_feeds_the_api(broker: TestBrok
     let direct = RecordingApi::start().await;
     let port = broker.port().to_string();
     let collect_url = via_collect.url();
+    let state = support::scratch_dir("to-mqtt");
     let collect = Pv3Process::spawn(
         &[
             "collect",
+            "--state-dir",
+            state.to_str().expect("utf-8 path"),
             "--mqtt-host",
             "127.0.0.1",
             "--mqtt-port",

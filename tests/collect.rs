@@ -60,8 +60,11 @@ fn spawn_collect_env(
 ) -> Pv3Process {
     let port = broker_port.to_string();
     let url = api.url();
+    let state = support::scratch_dir("collect");
     let mut args = vec![
         "collect",
+        "--state-dir",
+        state.to_str().expect("utf-8 path"),
         "--mqtt-host",
         "127.0.0.1",
         "--mqtt-port",
@@ -171,9 +174,11 @@ async fn every_device_with_plus_posts_to_each_devices_url(broker: TestBroker) {
     // The old unit file's environment variables, not flags.
     let port = broker.port().to_string();
     let url = api.url();
+    let state = support::scratch_dir("collect-env");
     let pv3 = Pv3Process::spawn(
         &["collect", "--retry-max", "0.2"],
         &[
+            ("STATE_DIRECTORY", state.to_str().expect("utf-8 path")),
             ("MQTT_HOST", "127.0.0.1"),
             ("MQTT_PORT", &port),
             ("API_URL", &url),

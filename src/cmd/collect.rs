@@ -1,17 +1,29 @@
 //! `pv3 collect`: MQTT → decode → SOC filter → API, until SIGINT/SIGTERM.
+//!
+//! Besides the pipeline, collect is the long-running service: it keeps the
+//! spool and `status.json` in the state directory, and talks to systemd
+//! (READY once subscribed, WATCHDOG only while messages flow, STOPPING).
 
 use std::io::BufWriter;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
 use tracing::{info, trace, warn};
 
 use crate::cli::CollectArgs;
-use crate::forward::{ForwardOptions, ForwardStats, Forwarder, Overflow};
+use crate::forward::{ForwardOptions, ForwardStats, Forwarder, Overflow, Storage};
 use crate::mqtt::{self, Message};
 use crate::output::{Format, Printer, is_broken_pipe};
 use crate::pipeline::Pipeline;
 use crate::ratelimit::{RateLimiter, suppressed_note};
+use crate::reading::Timestamp;
+use crate::status::{self, Counters, Status};
+
+/// How often `status.json` is rewritten.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// Where decoded readings go.
 enum Sink {
@@ -20,14 +32,22 @@ enum Sink {
 }
 
 pub async fn run(args: CollectArgs) -> Result<()> {
-    let settings = super::mqtt_settings(&args.mqtt, "collect");
+    let mut settings = super::mqtt_settings(&args.mqtt, "collect");
+    settings.stale_after = Some(args.stale_after);
     let filter = mqtt::device_filter(&args.device.device_id);
+    let mut state_dir = None;
     let mut sink = if args.dry_run {
         let format = args.format.unwrap_or_else(Format::default_for_stdout);
         Sink::Print(Printer::new(BufWriter::new(std::io::stdout()), format))
     } else {
         let api = super::api_client(&args.api)?;
-        Sink::Api(Forwarder::start(
+        let dir = status::resolve_dir(args.state.state_dir.as_deref()).ok_or_else(|| {
+            super::ConfigError("no state directory: pass --state-dir DIR (or set HOME)".into())
+        })?;
+        let storage = Storage::open(&dir, args.spool_max_mb.saturating_mul(1024 * 1024))
+            .map_err(|e| super::ConfigError(format!("{e:#}")))?;
+        state_dir = Some(dir);
+        Sink::Api(Forwarder::start_with(
             api,
             ForwardOptions {
                 batch_size: args.batch_size as usize,
@@ -40,6 +60,7 @@ pub async fn run(args: CollectArgs) -> Result<()> {
                 send_alarms: true,
                 give_up: None,
             },
+            Some(storage),
         ))
     };
     let mut subscription = mqtt::subscribe(&settings, vec![filter.clone()])
@@ -65,6 +86,17 @@ pub async fn run(args: CollectArgs) -> Result<()> {
     };
     let mut stats_timer =
         tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
+    let mut status = StatusWriter::new(
+        state_dir,
+        settings.endpoint(),
+        subscription.connected_flag(),
+    );
+    let mut status_timer = tokio::time::interval(STATUS_EVERY);
+    let mut subscribed = subscription.subscribed();
+    let watchdog_every = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut watchdog_timer =
+        tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+    let mut last_message: Option<tokio::time::Instant> = None;
 
     loop {
         tokio::select! {
@@ -74,25 +106,44 @@ pub async fn run(args: CollectArgs) -> Result<()> {
             }
             msg = subscription.recv() => {
                 let Some(msg) = msg else { break };
+                last_message = Some(tokio::time::Instant::now());
+                status.last_message = Some(msg.received);
                 if !handle(&msg, &mut pipeline, &mut sink, &mut warnings).await {
                     break;
                 }
             }
+            Ok(()) = subscribed.changed() => {
+                if *subscribed.borrow_and_update() {
+                    notify_systemd(&[sd_notify::NotifyState::Ready]);
+                }
+            }
+            _ = watchdog_timer.tick(), if watchdog_every.is_some() => {
+                // Only while data flows: a silent P3 gets us restarted.
+                if last_message.is_some_and(|t| t.elapsed() < args.stale_after) {
+                    notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+            _ = status_timer.tick() => status.write(&pipeline, &sink),
             _ = stats_timer.tick() => log_progress(&pipeline, &sink),
         }
     }
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     subscription.close().await;
 
     match sink {
         Sink::Api(forwarder) => {
+            let stats = forwarder.stats();
             let report = forwarder.finish(Some(args.shutdown_grace)).await;
+            status.connected.store(false, Ordering::Relaxed);
+            status.write_stats(&pipeline, &stats);
             let lost = report.undelivered_measurements();
             info!(
-                "stopped: {} messages received, {} measurements delivered, {} rejected, {} dropped",
+                "stopped: {} messages received, {} measurements delivered, {} rejected, {} dropped, {} left in the spool for the next start",
                 pipeline.counts.messages(),
                 report.delivered,
                 report.rejected,
-                report.dropped
+                report.dropped,
+                report.left_in_spool
             );
             if !report.undelivered.is_empty() {
                 warn!(
@@ -103,10 +154,10 @@ pub async fn run(args: CollectArgs) -> Result<()> {
             }
         }
         Sink::Print(mut printer) => {
-            if let Err(e) = printer.flush() {
-                if !is_broken_pipe(&e) {
-                    return Err(e.into());
-                }
+            if let Err(e) = printer.flush()
+                && !is_broken_pipe(&e)
+            {
+                return Err(e.into());
             }
         }
     }
@@ -169,5 +220,86 @@ fn log_progress(pipeline: &Pipeline, sink: &Sink) {
             c.errors,
             c.measurements
         ),
+    }
+}
+
+/// Tells systemd, when it is listening (`NOTIFY_SOCKET`); a no-op otherwise.
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some()
+        && let Err(e) = sd_notify::notify(state)
+    {
+        warn!("cannot notify systemd: {e}");
+    }
+}
+
+/// Keeps `status.json` current (API mode only: a dry run has no state).
+struct StatusWriter {
+    dir: Option<PathBuf>,
+    base: Status,
+    connected: Arc<AtomicBool>,
+    last_message: Option<Timestamp>,
+    failed_once: bool,
+}
+
+impl StatusWriter {
+    fn new(dir: Option<PathBuf>, broker: String, connected: Arc<AtomicBool>) -> Self {
+        let now = Timestamp::now().to_rfc3339();
+        StatusWriter {
+            dir,
+            base: Status {
+                version: 1,
+                pid: std::process::id(),
+                pv3_version: env!("CARGO_PKG_VERSION").to_string(),
+                started_at: now.clone(),
+                updated_at: now,
+                broker,
+                ..Status::default()
+            },
+            connected,
+            last_message: None,
+            failed_once: false,
+        }
+    }
+
+    fn write(&mut self, pipeline: &Pipeline, sink: &Sink) {
+        if let Sink::Api(forwarder) = sink {
+            self.write_stats(pipeline, &forwarder.stats());
+        }
+    }
+
+    fn write_stats(&mut self, pipeline: &Pipeline, stats: &ForwardStats) {
+        let Some(dir) = self.dir.clone() else {
+            return;
+        };
+        let get = ForwardStats::get;
+        let last_delivery = get(&stats.last_delivery_ms);
+        let status = Status {
+            updated_at: Timestamp::now().to_rfc3339(),
+            broker_connected: self.connected.load(Ordering::Relaxed),
+            last_message_at: self.last_message.map(Timestamp::to_rfc3339),
+            last_delivery_at: (last_delivery > 0).then(|| {
+                Timestamp::from_unix_micros(i64::try_from(last_delivery).unwrap_or(0) * 1000)
+                    .to_rfc3339()
+            }),
+            counters: Counters {
+                received: pipeline.counts.messages(),
+                delivered: get(&stats.delivered),
+                spooled: get(&stats.spooled),
+                dropped: get(&stats.dropped),
+                rejected: get(&stats.rejected),
+                decode_errors: pipeline.counts.errors,
+            },
+            spool_batches: get(&stats.spool_batches),
+            spool_measurements: get(&stats.spool_measurements),
+            spool_bytes: get(&stats.spool_bytes),
+            ..self.base.clone()
+        };
+        if let Err(e) = status::write(&dir, &status) {
+            // Once: a read-only state dir should not flood the journal.
+            if !self.failed_once {
+                warn!("{e:#}");
+                self.failed_once = true;
+            }
+        }
     }
 }

@@ -46,6 +46,7 @@ pub fn mqtt_settings(args: &MqttArgs, command: &str) -> MqttSettings {
         keep_alive: Duration::from_secs(30),
         reconnect_initial: Duration::from_millis(500),
         reconnect_max: args.mqtt_reconnect_max,
+        stale_after: None,
     }
 }
 

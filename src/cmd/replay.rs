@@ -62,10 +62,10 @@ impl Source {
                 .reader
                 .next_record()
                 .context("cannot read the capture")?;
-            if let Some(bar) = &self.progress {
-                if self.counts.records % 1024 == 0 {
-                    bar.set_position(self.reader.bytes_read());
-                }
+            if let Some(bar) = &self.progress
+                && self.counts.records.is_multiple_of(1024)
+            {
+                bar.set_position(self.reader.bytes_read());
             }
             let record = match item {
                 None => return Ok(None),
@@ -318,10 +318,10 @@ async fn to_api(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
     let mut pipeline = new_pipeline(args);
     let reader = tokio::task::spawn_blocking(move || -> Result<(SourceCounts, DecodeCounts)> {
         while let Some(record) = source.next()? {
-            if let Some(reading) = decode_record(&mut pipeline, &record) {
-                if sender.blocking_send(reading).is_err() {
-                    break; // the forwarder gave up; its report says why
-                }
+            if let Some(reading) = decode_record(&mut pipeline, &record)
+                && sender.blocking_send(reading).is_err()
+            {
+                break; // the forwarder gave up; its report says why
             }
         }
         Ok((source.counts, pipeline.counts))

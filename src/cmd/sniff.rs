@@ -218,10 +218,11 @@ pub async fn run(args: SniffArgs) -> Result<()> {
             unflushed = false;
         }
     }
-    if unflushed && write_error.is_none() {
-        if let Err(e) = out.flush() {
-            write_error = Some(e);
-        }
+    if unflushed
+        && write_error.is_none()
+        && let Err(e) = out.flush()
+    {
+        write_error = Some(e);
     }
     if let Some(sp) = spinner {
         sp.finish_and_clear();

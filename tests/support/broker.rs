@@ -344,10 +344,10 @@ struct ClientGuard {
 impl Drop for ClientGuard {
     fn drop(&mut self) {
         let mut state = lock(&self.shared.state);
-        if let Some(entry) = state.clients.remove(&self.id) {
-            if let (Some(cid), false) = (entry.client_id, entry.clean_session) {
-                state.sessions.insert(cid, entry.subs);
-            }
+        if let Some(entry) = state.clients.remove(&self.id)
+            && let (Some(cid), false) = (entry.client_id, entry.clean_session)
+        {
+            state.sessions.insert(cid, entry.subs);
         }
         drop(state);
         self.shared.bump();
@@ -732,15 +732,15 @@ impl Mosquitto {
         self.child = Some(child);
         let deadline = Instant::now() + HARNESS_TIMEOUT;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return Err(format!(
-                        "mosquitto exited ({status}) on port {}: {}",
-                        self.port,
-                        self.log()
-                    ));
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(format!(
+                    "mosquitto exited ({status}) on port {}: {}",
+                    self.port,
+                    self.log()
+                ));
             }
             if TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
                 return Ok(());
@@ -1063,10 +1063,10 @@ impl Drop for Publisher {
 
 fn complete_if(pending: &Mutex<Option<PendingPublish>>, cond: impl Fn(&PendingPublish) -> bool) {
     let mut p = lock(pending);
-    if p.as_ref().is_some_and(cond) {
-        if let Some(p) = p.take() {
-            let _ = p.done.send(());
-        }
+    if p.as_ref().is_some_and(cond)
+        && let Some(p) = p.take()
+    {
+        let _ = p.done.send(());
     }
 }
 

@@ -26,6 +26,20 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::AbortHandle;
 
+/// A fresh directory under cargo's per-target scratch space, for a state
+/// directory that must outlive a spawned process (left for inspection).
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
 /// A free loopback TCP port (bind 127.0.0.1:0, read the port, drop the socket).
 ///
 /// There is an unavoidable race with other processes grabbing the port; for

@@ -39,10 +39,10 @@ pub fn hermetic(cmd: &mut Command) -> &mut Command {
         cmd.env_remove(var);
     }
     for (name, _) in std::env::vars_os() {
-        if let Some(name) = name.to_str() {
-            if REMOVED_PREFIXES.iter().any(|p| name.starts_with(p)) {
-                cmd.env_remove(name);
-            }
+        if let Some(name) = name.to_str()
+            && REMOVED_PREFIXES.iter().any(|p| name.starts_with(p))
+        {
+            cmd.env_remove(name);
         }
     }
     cmd
@@ -274,10 +274,10 @@ impl Pv3Process {
 
     /// Exit status if the process has exited, without waiting.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.status = Some(status);
-            }
+        if self.status.is_none()
+            && let Ok(Some(status)) = self.child.try_wait()
+        {
+            self.status = Some(status);
         }
         self.status
     }

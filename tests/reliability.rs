@@ -1,0 +1,469 @@
+//! "A reading that reached pv3 reaches the API": outages, kills, restarts,
+//! a cut broker link, a full spool, refused batches, hostile input.
+//! Every test checks that every reading arrives, in order.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rumqttc::QoS;
+use serde_json::Value;
+
+use support::api::RecordingApi;
+use support::broker::{InProcessBroker, Publisher, TestBroker};
+use support::fixtures::DEVICE;
+use support::proc::Pv3Process;
+use support::proxy::TcpProxy;
+
+const T: Duration = Duration::from_secs(30);
+
+macro_rules! on_both_brokers {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn in_process() {
+                super::$name(TestBroker::in_process().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mosquitto() {
+                if let Some(broker) = TestBroker::mosquitto().await {
+                    super::$name(broker).await;
+                }
+            }
+        }
+    };
+}
+
+fn collect(broker_port: u16, api_url: &str, state: &Path, extra: &[&str]) -> Pv3Process {
+    let port = broker_port.to_string();
+    let mut args = vec![
+        "collect",
+        "--mqtt-host",
+        "127.0.0.1",
+        "--mqtt-port",
+        &port,
+        "--api-url",
+        api_url,
+        "--state-dir",
+        state.to_str().expect("utf-8 path"),
+        "--retry-max",
+        "0.2",
+        "--mqtt-reconnect-max",
+        "0.3",
+    ];
+    if !extra.contains(&"--linger-ms") {
+        args.extend_from_slice(&["--linger-ms", "20"]);
+    }
+    args.extend_from_slice(extra);
+    Pv3Process::spawn(&args, &[("RUST_LOG", "pv3=trace")])
+}
+
+async fn subscribed(pv3: &Pv3Process, times: usize) {
+    assert!(
+        support::wait_for(T, || pv3.stderr().matches("subscribed to").count() >= times).await,
+        "not subscribed {times} time(s):\n{}",
+        pv3.stderr()
+    );
+}
+
+/// Waits until the spool holds exactly `n` measurements (per the log).
+async fn spool_holds(pv3: &Pv3Process, n: usize) {
+    let needle = format!("the spool holds {n}\n");
+    assert!(
+        support::wait_for(T, || pv3.stderr().contains(&needle)).await,
+        "the spool never held {n}:\n{}",
+        pv3.stderr()
+    );
+}
+
+async fn publish_charges(port: u16, range: std::ops::Range<i64>) {
+    let publisher = Publisher::connect(port).await;
+    let topic = format!("pv/PV3/{DEVICE}/inverter/charge");
+    for power in range {
+        publisher
+            .publish(
+                &topic,
+                format!("{{\"power\":{power}}}"),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await;
+    }
+}
+
+fn powers(items: &[Value]) -> Vec<i64> {
+    items
+        .iter()
+        .filter(|m| m["metric_name"] == "battery_power")
+        .filter_map(|m| m["metric_value"].as_f64())
+        .map(|v| v as i64)
+        .collect()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list state dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn stop(mut pv3: Pv3Process) -> String {
+    let status = pv3.terminate(T).await;
+    assert!(status.success(), "exit {status}:\n{}", pv3.stderr());
+    pv3.stderr()
+}
+
+// ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_healthy_path_writes_only_the_status_file() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let pv3 = collect(broker.port(), &api.url(), state.path(), &[]);
+    subscribed(&pv3, 1).await;
+    publish_charges(broker.port(), 0..50).await;
+    api.wait_for_measurements(50, T).await;
+    let stderr = stop(pv3).await;
+    assert!(!stderr.contains("spooling"), "{stderr}");
+    assert_eq!(files_in(state.path()), ["status.json"]);
+    let status: Value =
+        serde_json::from_slice(&std::fs::read(state.path().join("status.json")).expect("read"))
+            .expect("json");
+    assert_eq!(status["counters"]["received"], 50);
+    assert_eq!(status["counters"]["delivered"], 50);
+    assert_eq!(status["spool_measurements"], 0);
+    assert!(status["last_delivery_at"].is_string(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_refusing_connections_for_a_while_loses_nothing() {
+    let broker = InProcessBroker::start().await;
+    let mut api = RecordingApi::start().await;
+    api.stop().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let pv3 = collect(broker.port(), &api.url(), state.path(), &[]);
+    subscribed(&pv3, 1).await;
+    publish_charges(broker.port(), 0..100).await;
+    spool_holds(&pv3, 100).await;
+    assert!(files_in(state.path()).contains(&"spool.redb".to_string()));
+    api.restart().await;
+    api.wait_for_measurements(100, T).await;
+    assert!(
+        support::wait_for(T, || pv3.stderr().contains("spool drained")).await,
+        "{}",
+        pv3.stderr()
+    );
+    publish_charges(broker.port(), 100..110).await;
+    api.wait_for_measurements(110, T).await;
+    stop(pv3).await;
+    assert_eq!(powers(&api.measurements()), (0..110).collect::<Vec<_>>());
+    // Drained spools are deleted: nothing left on the SD card.
+    assert_eq!(files_in(state.path()), ["status.json"]);
+}
+
+on_both_brokers!(a_503_outage_spools_and_drains_in_order);
+async fn a_503_outage_spools_and_drains_in_order(broker: TestBroker) {
+    let api = RecordingApi::start().await;
+    api.fail_all(503);
+    let state = tempfile::tempdir().expect("tempdir");
+    let pv3 = collect(broker.port(), &api.url(), state.path(), &[]);
+    subscribed(&pv3, 1).await;
+    publish_charges(broker.port(), 0..60).await;
+    spool_holds(&pv3, 60).await;
+    api.recover();
+    api.wait_for_measurements(60, T).await;
+    let stderr = stop(pv3).await;
+    assert_eq!(powers(&api.measurements()), (0..60).collect::<Vec<_>>());
+    assert!(stderr.contains("spooling to"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_a_full_spool_then_restart_delivers_everything() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    api.fail_all(503);
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut first = collect(broker.port(), &api.url(), state.path(), &[]);
+    subscribed(&first, 1).await;
+    publish_charges(broker.port(), 0..80).await;
+    spool_holds(&first, 80).await;
+    first.kill();
+    first.wait_exit(T).await.expect("killed");
+
+    api.recover();
+    let second = collect(broker.port(), &api.url(), state.path(), &[]);
+    api.wait_for_measurements(80, T).await;
+    subscribed(&second, 1).await;
+    publish_charges(broker.port(), 80..90).await;
+    api.wait_for_measurements(90, T).await;
+    let stderr = stop(second).await;
+    assert!(stderr.contains("from an earlier run"), "{stderr}");
+    assert_eq!(powers(&api.measurements()), (0..90).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_an_outage_keeps_memory_in_the_spool() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    api.fail_all(503);
+    let state = tempfile::tempdir().expect("tempdir");
+    // A long linger: the last readings are still in memory at SIGTERM.
+    let first = collect(
+        broker.port(),
+        &api.url(),
+        state.path(),
+        &["--linger-ms", "60000", "--batch-size", "10"],
+    );
+    subscribed(&first, 1).await;
+    publish_charges(broker.port(), 0..25).await;
+    // 20 in two full batches (one failed, then spooled), 5 in memory.
+    spool_holds(&first, 20).await;
+    assert!(
+        support::wait_for(T, || first.stderr().matches("received pv/PV3").count()
+            == 25)
+        .await,
+        "{}",
+        first.stderr()
+    );
+    let stderr = stop(first).await;
+    assert!(stderr.contains("25 left in the spool"), "{stderr}");
+
+    api.recover();
+    let second = collect(broker.port(), &api.url(), state.path(), &[]);
+    api.wait_for_measurements(25, T).await;
+    stop(second).await;
+    assert_eq!(powers(&api.measurements()), (0..25).collect::<Vec<_>>());
+}
+
+on_both_brokers!(a_cut_broker_link_is_restored);
+async fn a_cut_broker_link_is_restored(broker: TestBroker) {
+    let api = RecordingApi::start().await;
+    let proxy = TcpProxy::start(broker.port()).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let pv3 = collect(proxy.port(), &api.url(), state.path(), &[]);
+    subscribed(&pv3, 1).await;
+    publish_charges(broker.port(), 0..10).await;
+    api.wait_for_measurements(10, T).await;
+    proxy.cut();
+    assert!(
+        support::wait_for(T, || pv3.stderr().contains("reconnecting in")).await,
+        "{}",
+        pv3.stderr()
+    );
+    proxy.restore();
+    subscribed(&pv3, 2).await;
+    publish_charges(broker.port(), 10..20).await;
+    api.wait_for_measurements(20, T).await;
+    stop(pv3).await;
+    assert_eq!(powers(&api.measurements()), (0..20).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_mosquitto_restart_is_survived() {
+    let Some(mut broker) = TestBroker::mosquitto().await else {
+        return;
+    };
+    let api = RecordingApi::start().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let pv3 = collect(broker.port(), &api.url(), state.path(), &[]);
+    subscribed(&pv3, 1).await;
+    publish_charges(broker.port(), 0..5).await;
+    api.wait_for_measurements(5, T).await;
+    broker.restart().await;
+    subscribed(&pv3, 2).await;
+    publish_charges(broker.port(), 5..10).await;
+    api.wait_for_measurements(10, T).await;
+    stop(pv3).await;
+    assert_eq!(powers(&api.measurements()), (0..10).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_link_is_reconnected_by_the_watchdog() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let pv3 = collect(
+        broker.port(),
+        &api.url(),
+        state.path(),
+        &["--stale-after", "0.5"],
+    );
+    subscribed(&pv3, 2).await;
+    assert!(
+        pv3.stderr().contains("connected but no message"),
+        "{}",
+        pv3.stderr()
+    );
+    publish_charges(broker.port(), 0..3).await;
+    api.wait_for_measurements(3, T).await;
+    stop(pv3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_drops_the_oldest_and_says_how_many() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    api.fail_all(503);
+    let state = tempfile::tempdir().expect("tempdir");
+    let pv3 = collect(
+        broker.port(),
+        &api.url(),
+        state.path(),
+        &["--spool-max-mb", "1", "--batch-size", "100"],
+    );
+    subscribed(&pv3, 1).await;
+    // 100 CT readings a message, ~150 bytes of JSON each: 100 messages
+    // ≈ 1.5 MB, past the 1 MiB limit.
+    let item = r#"{"channel":"LOCAL","measurement":"Power","type":"Active","value":VALUE}"#;
+    let publisher = Publisher::connect(broker.port()).await;
+    for m in 0..100 {
+        let items: Vec<String> = (0..100)
+            .map(|i| item.replace("VALUE", &((m * 100 + i) * 1000).to_string()))
+            .collect();
+        publisher
+            .publish(
+                &format!("pv/PV3/{DEVICE}/ffr/measurements"),
+                format!("[{}]", items.join(",")),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await;
+    }
+    assert!(
+        support::wait_for(T, || pv3.stderr().contains("spool full")).await,
+        "{}",
+        pv3.stderr()
+    );
+    assert!(
+        support::wait_for(T, || pv3.stderr().matches("received pv/PV3").count() == 100).await,
+        "{}",
+        pv3.stderr()
+    );
+    api.recover();
+    let stderr_so_far = pv3.stderr();
+    // Wait until drained, then compare what arrived with what was dropped.
+    assert!(
+        support::wait_for(T, || pv3.stderr().contains("spool drained")).await,
+        "{}",
+        pv3.stderr()
+    );
+    let stderr = stop(pv3).await;
+    let dropped: u64 = stderr
+        .lines()
+        .find(|l| l.contains("stopped:"))
+        .and_then(|l| l.split(" rejected, ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped count:\n{stderr}"));
+    assert!(dropped > 0, "{stderr_so_far}");
+    let got: Vec<i64> = api
+        .measurements()
+        .iter()
+        .filter_map(|m| m["metric_value"].as_f64())
+        .map(|v| v as i64)
+        .collect();
+    assert_eq!(
+        got.len() as u64 + dropped,
+        10_000,
+        "delivered + dropped = all"
+    );
+    // The oldest were dropped: what arrived is the newest, in order.
+    let first = 10_000 - got.len() as i64;
+    assert_eq!(got, (first..10_000).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_422_goes_to_rejected_jsonl_and_delivery_goes_on() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    api.fail_next(1, 422);
+    let state = tempfile::tempdir().expect("tempdir");
+    let pv3 = collect(broker.port(), &api.url(), state.path(), &[]);
+    subscribed(&pv3, 1).await;
+    publish_charges(broker.port(), 0..1).await;
+    api.wait_for_requests(1, T).await;
+    publish_charges(broker.port(), 1..3).await;
+    api.wait_for_measurements(2, T).await;
+    stop(pv3).await;
+    assert_eq!(powers(&api.measurements()), [1, 2]);
+    let text = std::fs::read_to_string(state.path().join("rejected.jsonl")).expect("dead letters");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["status"], 422);
+    assert_eq!(lines[0]["device_id"], DEVICE);
+    assert!(
+        lines[0]["response"]
+            .as_str()
+            .unwrap_or("")
+            .contains("injected")
+    );
+    assert_eq!(powers(lines[0]["body"].as_array().expect("the batch")), [0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_spool_is_moved_aside_and_collection_goes_on() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        state.path().join("spool.redb"),
+        b"torn write, not a database",
+    )
+    .expect("write");
+    let pv3 = collect(broker.port(), &api.url(), state.path(), &[]);
+    subscribed(&pv3, 1).await;
+    publish_charges(broker.port(), 0..3).await;
+    api.wait_for_measurements(3, T).await;
+    let stderr = stop(pv3).await;
+    assert!(stderr.contains("moved aside"), "{stderr}");
+    assert!(
+        files_in(state.path())
+            .iter()
+            .any(|f| f.starts_with("spool.redb.corrupt-"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_bad_messages_do_not_take_collect_down() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let pv3 = collect(broker.port(), &api.url(), state.path(), &[]);
+    subscribed(&pv3, 1).await;
+    let publisher = Publisher::connect(broker.port()).await;
+    let hostile: Vec<Vec<u8>> = vec![
+        b"NaN".to_vec(),
+        b"{\"power\":\"NaN\"}".to_vec(),
+        b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[".to_vec(),
+        vec![0xff; 1000],
+        format!("{{\"power\":1{}}}", "0".repeat(400)).into_bytes(),
+        b"\"just a string\"".to_vec(),
+    ];
+    for n in 0..3000 {
+        let payload = hostile[n % hostile.len()].clone();
+        let suffix = ["inverter/charge", "bms/soc", "inverter/alarms"][n % 3];
+        publisher
+            .publish(
+                &format!("pv/PV3/{DEVICE}/{suffix}"),
+                payload,
+                QoS::AtMostOnce,
+                false,
+            )
+            .await;
+    }
+    publish_charges(broker.port(), 0..3).await;
+    api.wait_for_measurements(3, T).await;
+    let stderr = stop(pv3).await;
+    assert_eq!(powers(&api.measurements()), [0, 1, 2]);
+    // Rate-limited: at most one line per topic a minute.
+    let lines = stderr.matches("skipped a message").count();
+    assert!((1..=3).contains(&lines), "{lines} warning lines:\n{stderr}");
+}
