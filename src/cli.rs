@@ -67,6 +67,31 @@ pub enum Command {
         pv3 replay capture.jsonl --to-mqtt --mqtt-host 127.0.0.1   feed a test broker\n\n\
         Reads pv3 captures and mosquitto_sub -F %j / -F %J output; - reads stdin.")]
     Replay(ReplayArgs),
+
+    /// Check the API end to end, and the local collector's status
+    #[command(after_help = "Examples:\n  \
+        pv3 check-api --api-url http://pi.local:8800\n  \
+        pv3 check-api --write                  also POST a probe and read it back\n  \
+        pv3 check-api --format json | jq .ok\n\n\
+        Exit code 0 when no check failed (warnings do not fail), 1 otherwise.")]
+    CheckApi(CheckApiArgs),
+
+    /// Install `pv3 collect` as a hardened systemd service
+    #[command(after_help = "Examples:\n  \
+        sudo pv3 install-service --mqtt-host 192.168.1.215 --api-url http://localhost:8800\n  \
+        pv3 install-service --dry-run           show the files and commands, change nothing\n  \
+        pv3 install-service --user              a user service, no root needed\n  \
+        sudo pv3 install-service --uninstall    stop and remove it (state kept)\n\n\
+        Settings given as flags or MQTT_*/API_*/P3_DEVICE_ID variables go to the\n\
+        env file; running it again keeps the settings not given again.")]
+    InstallService(InstallServiceArgs),
+
+    /// Print a shell completion script
+    #[command(after_help = "Examples:\n  \
+        pv3 completions bash > ~/.local/share/bash-completion/completions/pv3\n  \
+        pv3 completions zsh > ~/.zfunc/_pv3\n  \
+        pv3 completions fish > ~/.config/fish/completions/pv3.fish")]
+    Completions(CompletionsArgs),
 }
 
 /// Broker connection: shared by every command that talks MQTT.
@@ -127,6 +152,7 @@ pub struct DeviceArgs {
 
 /// Where collect keeps its spool and status file (check-api reads it).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "State")]
 pub struct StateArgs {
     /// Spool and status directory [default: $STATE_DIRECTORY (systemd), else
     /// ~/.local/state/pv3]
@@ -168,21 +194,6 @@ pub struct DeliveryArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct CollectArgs {
-    #[command(flatten)]
-    pub mqtt: MqttArgs,
-
-    #[command(flatten)]
-    pub device: DeviceArgs,
-
-    #[command(flatten)]
-    pub api: ApiArgs,
-
-    #[command(flatten)]
-    pub delivery: DeliveryArgs,
-
-    #[command(flatten)]
-    pub state: StateArgs,
-
     /// Print what would be sent; send nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -224,16 +235,25 @@ pub struct CollectArgs {
     /// Seconds between progress lines in the log (0: never)
     #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_secs_or_zero)]
     pub stats_interval: Duration,
-}
 
-#[derive(Debug, Clone, Args)]
-pub struct SniffArgs {
     #[command(flatten)]
     pub mqtt: MqttArgs,
 
     #[command(flatten)]
     pub device: DeviceArgs,
 
+    #[command(flatten)]
+    pub api: ApiArgs,
+
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SniffArgs {
     /// Append to FILE instead of writing to stdout
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -250,6 +270,12 @@ pub struct SniffArgs {
     /// wildcards + and #)
     #[arg(long = "topic", value_name = "FILTER", value_parser = parse_filter)]
     pub topics: Vec<String>,
+
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
+
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// `--speed`: `max`, or a multiple of the recorded pace.
@@ -264,12 +290,6 @@ pub struct ReplayArgs {
     /// Capture file (pv3 or mosquitto_sub -F %j/%J); - for stdin
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
-
-    #[command(flatten)]
-    pub api: ApiArgs,
-
-    #[command(flatten)]
-    pub delivery: DeliveryArgs,
 
     /// Print the decoded data; send nothing
     #[arg(long, conflicts_with = "to_mqtt")]
@@ -288,9 +308,6 @@ pub struct ReplayArgs {
     /// as recorded)
     #[arg(long)]
     pub to_mqtt: bool,
-
-    #[command(flatten)]
-    pub mqtt: MqttArgs,
 
     /// Pace: max, or N times the recorded pace [default: max, 1 with --to-mqtt]
     #[arg(long, value_name = "max|N", value_parser = parse_speed)]
@@ -325,6 +342,114 @@ pub struct ReplayArgs {
     /// Give up when the API has taken nothing for this long, in seconds
     #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_secs)]
     pub give_up: Duration,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
+}
+
+/// `check-api --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckFormat {
+    /// A table for people.
+    Table,
+    /// One JSON object: {"ok": bool, "checks": [...]}.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckApiArgs {
+    /// The device whose data is checked
+    #[arg(long, env = "P3_DEVICE_ID", default_value = "PV001001DEV", value_name = "ID",
+          value_parser = parse_device_id_exact)]
+    pub device_id: String,
+
+    /// Output: a table for people, or JSON for scripts
+    #[arg(long, value_enum, default_value = "table", value_name = "FORMAT")]
+    pub format: CheckFormat,
+
+    /// Also POST a probe measurement (metric pv3_check_probe) and read it
+    /// back; it stays in the database and counts as fresh data
+    #[arg(long)]
+    pub write: bool,
+
+    /// Warn when the newest data is older than this, in seconds
+    #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_secs)]
+    pub max_age: Duration,
+
+    // Groups last: a group's help heading carries over to what follows it.
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InstallServiceArgs {
+    /// Print each file it would write and each command it would run; change
+    /// nothing (secrets shown as ***)
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Stop, disable and remove the service and its env file (state kept)
+    #[arg(long)]
+    pub uninstall: bool,
+
+    /// With --uninstall: also delete the state directory (spool, status)
+    #[arg(long, requires = "uninstall")]
+    pub purge: bool,
+
+    /// A user service (~/.config/systemd/user, systemctl --user): no root
+    #[arg(long)]
+    pub user: bool,
+
+    /// The pv3 binary the service runs [default: this one]
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+
+    /// Tests: write every file under DIR and run no systemctl (print it)
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub root: Option<PathBuf>,
+
+    /// Tests: behave as if not run as root
+    #[arg(long, hide = true)]
+    pub pretend_non_root: bool,
+
+    // Groups last: a group's help heading carries over to what follows it.
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
+
+    #[command(flatten)]
+    pub device: DeviceArgs,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// What `pv3 completions` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionTarget {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
+    /// The man page (roff), for packaging: docs/pv3.1.
+    #[value(hide = true)]
+    Man,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: CompletionTarget,
 }
 
 fn parse_filter(text: &str) -> Result<String, String> {

@@ -1,7 +1,10 @@
 //! One module per subcommand, each a `run(args) -> Result`, plus the set-up
 //! they share (connection settings from flags, shutdown signals).
 
+pub mod check_api;
 pub mod collect;
+pub mod completions;
+pub mod install_service;
 pub mod replay;
 pub mod sniff;
 
@@ -25,6 +28,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Collect(args) => collect::run(args).await,
         Command::Sniff(args) => sniff::run(args).await,
         Command::Replay(args) => replay::run(args).await,
+        Command::CheckApi(args) => check_api::run(args).await,
+        Command::InstallService(args) => install_service::run(args),
+        Command::Completions(args) => completions::run(args),
     }
 }
 

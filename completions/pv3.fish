@@ -1,0 +1,160 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_pv3_global_optspecs
+    string join \n v/verbose q/quiet h/help V/version
+end
+
+function __fish_pv3_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_pv3_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_pv3_using_subcommand
+    set -l cmd (__fish_pv3_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c pv3 -n "__fish_pv3_needs_command" -s v -l verbose -d 'More log detail (-v debug, -vv trace)'
+complete -c pv3 -n "__fish_pv3_needs_command" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
+complete -c pv3 -n "__fish_pv3_needs_command" -s h -l help -d 'Print help'
+complete -c pv3 -n "__fish_pv3_needs_command" -s V -l version -d 'Print version'
+complete -c pv3 -n "__fish_pv3_needs_command" -f -a "collect" -d 'Forward live P3 data from MQTT to the PV3 Monitor API'
+complete -c pv3 -n "__fish_pv3_needs_command" -f -a "sniff" -d 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)'
+complete -c pv3 -n "__fish_pv3_needs_command" -f -a "replay" -d 'Decode a capture and send it to the API (or print it with --dry-run)'
+complete -c pv3 -n "__fish_pv3_needs_command" -f -a "check-api" -d 'Check the API end to end, and the local collector\'s status'
+complete -c pv3 -n "__fish_pv3_needs_command" -f -a "install-service" -d 'Install `pv3 collect` as a hardened systemd service'
+complete -c pv3 -n "__fish_pv3_needs_command" -f -a "completions" -d 'Print a shell completion script'
+complete -c pv3 -n "__fish_pv3_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l format -d 'Output of --dry-run [default: table on a terminal, else jsonl]' -r -f -a "jsonl\t'One JSON object per line'
+table\t'A table for people'"
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l spool-max-mb -d 'Largest on-disk spool, in MiB; when full the oldest readings are dropped (and counted)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l stale-after -d 'Reconnect when connected but silent this long, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l batch-size -d 'Measurements per POST' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l linger-ms -d 'Send a batch after this long even if not full, in milliseconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l queue-max -d 'Measurements held in memory while the API is unreachable; past it the oldest are dropped (and counted)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l shutdown-grace -d 'On SIGINT/SIGTERM, how long to keep delivering what is queued, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l stats-interval -d 'Seconds between progress lines in the log (0: never)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-host -d 'Broker host (the P3\'s LAN address)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-username -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-password -d 'Never shown in --help or logs' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-ca -d 'CA certificate (PEM) for TLS [default: the system\'s roots]' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-client-id -d '[default: pv3-<command>-<random>]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-reconnect-max -d 'Longest wait between reconnect attempts, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l device-id -d 'Device id, or + for every device on the broker' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l api-url -d 'PV3 Monitor base URL' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l api-token -d 'Sent as `Authorization: Bearer`; never shown or logged' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l api-timeout -d 'Per-request timeout, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l retry-max -d 'Longest wait between retries of a failed POST, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l soc-threshold -d 'SOC filter threshold in percentage points (0 turns it off)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l state-dir -d 'Spool and status directory [default: $STATE_DIRECTORY (systemd), else ~/.local/state/pv3]' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l dry-run -d 'Print what would be sent; send nothing'
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-tls -d 'Connect with TLS'
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -s v -l verbose -d 'More log detail (-v debug, -vv trace)'
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -s V -l version -d 'Print version'
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -s o -l output -d 'Append to FILE instead of writing to stdout' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l count -d 'Stop after N messages' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l duration -d 'Stop after this many seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l topic -d 'Subscribe to FILTER instead of the device\'s topics (repeatable; MQTT wildcards + and #)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-host -d 'Broker host (the P3\'s LAN address)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-username -r
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-password -d 'Never shown in --help or logs' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-ca -d 'CA certificate (PEM) for TLS [default: the system\'s roots]' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-client-id -d '[default: pv3-<command>-<random>]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-reconnect-max -d 'Longest wait between reconnect attempts, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l device-id -d 'Device id, or + for every device on the broker' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-tls -d 'Connect with TLS'
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -s v -l verbose -d 'More log detail (-v debug, -vv trace)'
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -s h -l help -d 'Print help'
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -s V -l version -d 'Print version'
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l format -d 'Output of --dry-run [default: table on a terminal, else jsonl]' -r -f -a "jsonl\t'One JSON object per line'
+table\t'A table for people'"
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l speed -d 'Pace: max, or N times the recorded pace [default: max, 1 with --to-mqtt]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l since -d 'Only records at or after this time (RFC 3339)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l until -d 'Only records before this time (RFC 3339)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l topic -d 'Only topics matching FILTER (repeatable; MQTT wildcards)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l device-id -d 'Use this device id instead of the one in each topic' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l batch-size -d 'Measurements per POST' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l concurrency -d 'POSTs in flight at once' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l give-up -d 'Give up when the API has taken nothing for this long, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l api-url -d 'PV3 Monitor base URL' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l api-token -d 'Sent as `Authorization: Bearer`; never shown or logged' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l api-timeout -d 'Per-request timeout, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l retry-max -d 'Longest wait between retries of a failed POST, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l soc-threshold -d 'SOC filter threshold in percentage points (0 turns it off)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-host -d 'Broker host (the P3\'s LAN address)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-username -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-password -d 'Never shown in --help or logs' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-ca -d 'CA certificate (PEM) for TLS [default: the system\'s roots]' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-client-id -d '[default: pv3-<command>-<random>]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-reconnect-max -d 'Longest wait between reconnect attempts, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l dry-run -d 'Print the decoded data; send nothing'
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l alarms -d 'Also send alarm states (the API stamps alarm events with its own clock, so old states would create events at the wrong time)'
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l to-mqtt -d 'Republish the raw messages to an MQTT broker instead (qos and retain as recorded)'
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-tls -d 'Connect with TLS'
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -s v -l verbose -d 'More log detail (-v debug, -vv trace)'
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -s V -l version -d 'Print version'
+complete -c pv3 -n "__fish_pv3_using_subcommand check-api" -l device-id -d 'The device whose data is checked' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand check-api" -l format -d 'Output: a table for people, or JSON for scripts' -r -f -a "table\t'A table for people'
+json\t'One JSON object: {"ok": bool, "checks": [...]}'"
+complete -c pv3 -n "__fish_pv3_using_subcommand check-api" -l max-age -d 'Warn when the newest data is older than this, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand check-api" -l state-dir -d 'Spool and status directory [default: $STATE_DIRECTORY (systemd), else ~/.local/state/pv3]' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand check-api" -l api-url -d 'PV3 Monitor base URL' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand check-api" -l api-token -d 'Sent as `Authorization: Bearer`; never shown or logged' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand check-api" -l api-timeout -d 'Per-request timeout, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand check-api" -l write -d 'Also POST a probe measurement (metric pv3_check_probe) and read it back; it stays in the database and counts as fresh data'
+complete -c pv3 -n "__fish_pv3_using_subcommand check-api" -s v -l verbose -d 'More log detail (-v debug, -vv trace)'
+complete -c pv3 -n "__fish_pv3_using_subcommand check-api" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
+complete -c pv3 -n "__fish_pv3_using_subcommand check-api" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c pv3 -n "__fish_pv3_using_subcommand check-api" -s V -l version -d 'Print version'
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l binary -d 'The pv3 binary the service runs [default: this one]' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l root -d 'Tests: write every file under DIR and run no systemctl (print it)' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-host -d 'Broker host (the P3\'s LAN address)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-username -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-password -d 'Never shown in --help or logs' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-ca -d 'CA certificate (PEM) for TLS [default: the system\'s roots]' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-client-id -d '[default: pv3-<command>-<random>]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-reconnect-max -d 'Longest wait between reconnect attempts, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l device-id -d 'Device id, or + for every device on the broker' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l api-url -d 'PV3 Monitor base URL' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l api-token -d 'Sent as `Authorization: Bearer`; never shown or logged' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l api-timeout -d 'Per-request timeout, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l dry-run -d 'Print each file it would write and each command it would run; change nothing (secrets shown as ***)'
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l uninstall -d 'Stop, disable and remove the service and its env file (state kept)'
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l purge -d 'With --uninstall: also delete the state directory (spool, status)'
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l user -d 'A user service (~/.config/systemd/user, systemctl --user): no root'
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l pretend-non-root -d 'Tests: behave as if not run as root'
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-tls -d 'Connect with TLS'
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -s v -l verbose -d 'More log detail (-v debug, -vv trace)'
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -s h -l help -d 'Print help'
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -s V -l version -d 'Print version'
+complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s v -l verbose -d 'More log detail (-v debug, -vv trace)'
+complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
+complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "collect" -d 'Forward live P3 data from MQTT to the PV3 Monitor API'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "sniff" -d 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "replay" -d 'Decode a capture and send it to the API (or print it with --dry-run)'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "check-api" -d 'Check the API end to end, and the local collector\'s status'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "install-service" -d 'Install `pv3 collect` as a hardened systemd service'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
