@@ -41,6 +41,7 @@ Register-ArgumentCompleter -Native -CommandName 'pv3' -ScriptBlock {
         'pv3;collect' {
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output of --dry-run [default: table on a terminal, else jsonl]')
             [CompletionResult]::new('--spool-max-mb', '--spool-max-mb', [CompletionResultType]::ParameterName, 'Largest on-disk spool, in MiB; when full the oldest readings are dropped (and counted)')
+            [CompletionResult]::new('--share-group', '--share-group', [CompletionResultType]::ParameterName, 'Subscribe through the MQTT shared subscription $share/NAME/...: the collectors of one group split the traffic between them')
             [CompletionResult]::new('--stale-after', '--stale-after', [CompletionResultType]::ParameterName, 'Reconnect when connected but silent this long, in seconds')
             [CompletionResult]::new('--batch-size', '--batch-size', [CompletionResultType]::ParameterName, 'Measurements per POST')
             [CompletionResult]::new('--linger-ms', '--linger-ms', [CompletionResultType]::ParameterName, 'Send a batch after this long even if not full, in milliseconds')

@@ -121,7 +121,7 @@ _pv3() {
             return 0
             ;;
         pv3__subcmd__collect)
-            opts="-v -q -h -V --dry-run --format --spool-max-mb --stale-after --batch-size --linger-ms --queue-max --shutdown-grace --stats-interval --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --device-id --api-url --api-token --api-timeout --retry-max --soc-threshold --state-dir --verbose --quiet --help --version"
+            opts="-v -q -h -V --dry-run --format --spool-max-mb --share-group --stale-after --batch-size --linger-ms --queue-max --shutdown-grace --stats-interval --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --device-id --api-url --api-token --api-timeout --retry-max --soc-threshold --state-dir --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -132,6 +132,10 @@ _pv3() {
                     return 0
                     ;;
                 --spool-max-mb)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --share-group)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -37,6 +37,7 @@ set edit:completion:arg-completer[pv3] = {|@words|
         &'pv3;collect'= {
             cand --format 'Output of --dry-run [default: table on a terminal, else jsonl]'
             cand --spool-max-mb 'Largest on-disk spool, in MiB; when full the oldest readings are dropped (and counted)'
+            cand --share-group 'Subscribe through the MQTT shared subscription $share/NAME/...: the collectors of one group split the traffic between them'
             cand --stale-after 'Reconnect when connected but silent this long, in seconds'
             cand --batch-size 'Measurements per POST'
             cand --linger-ms 'Send a batch after this long even if not full, in milliseconds'

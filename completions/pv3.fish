@@ -38,6 +38,7 @@ complete -c pv3 -n "__fish_pv3_needs_command" -f -a "help" -d 'Print this messag
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l format -d 'Output of --dry-run [default: table on a terminal, else jsonl]' -r -f -a "jsonl\t'One JSON object per line'
 table\t'A table for people'"
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l spool-max-mb -d 'Largest on-disk spool, in MiB; when full the oldest readings are dropped (and counted)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l share-group -d 'Subscribe through the MQTT shared subscription $share/NAME/...: the collectors of one group split the traffic between them' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l stale-after -d 'Reconnect when connected but silent this long, in seconds' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l batch-size -d 'Measurements per POST' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l linger-ms -d 'Send a batch after this long even if not full, in milliseconds' -r

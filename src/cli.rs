@@ -208,6 +208,11 @@ pub struct CollectArgs {
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub spool_max_mb: u64,
 
+    /// Subscribe through the MQTT shared subscription $share/NAME/...: the
+    /// collectors of one group split the traffic between them
+    #[arg(long, value_name = "NAME", value_parser = parse_share_group)]
+    pub share_group: Option<String>,
+
     /// Reconnect when connected but silent this long, in seconds
     #[arg(long, default_value = "120", value_name = "SECS", value_parser = parse_secs)]
     pub stale_after: Duration,
@@ -450,6 +455,15 @@ pub struct CompletionsArgs {
     /// The shell to complete for
     #[arg(value_enum, value_name = "SHELL")]
     pub shell: CompletionTarget,
+}
+
+fn parse_share_group(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.contains(['/', '+', '#']) || text.chars().any(char::is_control) {
+        return Err(format!(
+            "'{text}' is not a share group name: no '/', '+', '#' or control characters"
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 fn parse_filter(text: &str) -> Result<String, String> {

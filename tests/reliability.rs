@@ -467,3 +467,38 @@ async fn thousands_of_bad_messages_do_not_take_collect_down() {
     let lines = stderr.matches("skipped a message").count();
     assert!((1..=3).contains(&lines), "{lines} warning lines:\n{stderr}");
 }
+
+on_both_brokers!(two_collectors_in_a_share_group_split_the_traffic);
+async fn two_collectors_in_a_share_group_split_the_traffic(broker: TestBroker) {
+    let api = RecordingApi::start().await;
+    let (state_a, state_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let group = ["--share-group", "pv3"];
+    let a = collect(broker.port(), &api.url(), state_a.path(), &group);
+    let b = collect(broker.port(), &api.url(), state_b.path(), &group);
+    subscribed(&a, 1).await;
+    subscribed(&b, 1).await;
+    assert!(a.stderr().contains("$share/pv3/pv/PV3/"), "{}", a.stderr());
+    publish_charges(broker.port(), 0..200).await;
+    api.wait_for_measurements(200, T).await;
+    let (stderr_a, stderr_b) = (stop(a).await, stop(b).await);
+    // Every reading exactly once, across the two.
+    let mut got = powers(&api.measurements());
+    got.sort_unstable();
+    assert_eq!(got, (0..200).collect::<Vec<_>>());
+    // Each took a share.
+    let delivered = |stderr: &str| -> u64 {
+        stderr
+            .lines()
+            .find(|l| l.contains("stopped:"))
+            .and_then(|l| l.split("messages received, ").nth(1))
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no delivered count:\n{stderr}"))
+    };
+    let (da, db) = (delivered(&stderr_a), delivered(&stderr_b));
+    assert_eq!(da + db, 200);
+    assert!(da > 0 && db > 0, "a took {da}, b took {db}");
+}

@@ -34,7 +34,13 @@ enum Sink {
 pub async fn run(args: CollectArgs) -> Result<()> {
     let mut settings = super::mqtt_settings(&args.mqtt, "collect");
     settings.stale_after = Some(args.stale_after);
-    let filter = mqtt::device_filter(&args.device.device_id);
+    let filter = match &args.share_group {
+        Some(group) => format!(
+            "$share/{group}/{}",
+            mqtt::device_filter(&args.device.device_id)
+        ),
+        None => mqtt::device_filter(&args.device.device_id),
+    };
     let mut state_dir = None;
     let mut sink = if args.dry_run {
         let format = args.format.unwrap_or_else(Format::default_for_stdout);
