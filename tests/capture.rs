@@ -749,3 +749,36 @@ fn the_soc_filter_applies_in_replay_as_in_collect() {
     let (got, _, _) = dry_run(&path, &["--soc-threshold", "0"]);
     assert_eq!(values(&got), [97.0, 87.0, 96.5]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sniff_captures_undecodable_messages_and_says_why() {
+    let broker = InProcessBroker::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = dir.path().join("bad.jsonl");
+    let mut sniff = spawn_sniff(broker.port(), &capture, &["--count", "1"]);
+    assert!(
+        sniff.wait_for_stderr("subscribed to", T).await,
+        "{}",
+        sniff.stderr()
+    );
+    Publisher::connect(broker.port())
+        .await
+        .publish(
+            &format!("pv/PV3/{DEVICE}/bms/soc"),
+            "{\"StateOf",
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await;
+    assert!(sniff.wait_exit(T).await.expect("exits").success());
+    let stderr = sniff.stderr();
+    assert!(
+        stderr.contains("cannot decode (captured anyway)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bms/soc: payload is not valid JSON"),
+        "{stderr}"
+    );
+    assert_eq!(read_capture(&capture)[0].payload, b"{\"StateOf");
+}

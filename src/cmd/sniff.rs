@@ -15,7 +15,9 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use tabled::settings::Style;
 use tabled::{Table, Tabled};
-use tracing::info;
+use tracing::{info, warn};
+
+use crate::ratelimit::{RateLimiter, suppressed_note};
 
 use crate::capture;
 use crate::cli::SniffArgs;
@@ -36,10 +38,20 @@ struct TopicCounts {
     unknown: bool,
 }
 
-#[derive(Default)]
 struct Summary {
     rows: BTreeMap<String, TopicCounts>,
     total: u64,
+    warnings: RateLimiter,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Summary {
+            rows: BTreeMap::new(),
+            total: 0,
+            warnings: RateLimiter::new(Duration::from_secs(60)),
+        }
+    }
 }
 
 impl Summary {
