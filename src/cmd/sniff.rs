@@ -70,11 +70,15 @@ impl Summary {
                     Kind::Decoded
                 },
             ),
-            Err(e) => (
-                decode::split_topic(&e.topic)
-                    .map_or_else(|| e.topic.clone(), |(_, s)| s.to_owned()),
-                Kind::Error,
-            ),
+            Err(e) => {
+                let key = decode::split_topic(&e.topic)
+                    .map_or_else(|| e.topic.clone(), |(_, s)| s.to_owned());
+                // Captured all the same: the capture is lossless.
+                if let Some(n) = self.warnings.allow(&key) {
+                    warn!("cannot decode (captured anyway): {e}{}", suppressed_note(n));
+                }
+                (key, Kind::Error)
+            }
         };
         let key = if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {
             "(other topics)".to_owned()
