@@ -49,7 +49,7 @@ complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-host -d 'Broker
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-username -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-password -d 'Never shown in --help or logs' -r
-complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-ca -d 'CA certificate (PEM) for TLS [default: the system\'s roots]' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-ca -d 'CA certificate (PEM) for TLS; implies --mqtt-tls [default: the system\'s roots]' -r -F
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-client-id -d '[default: pv3-<command>-<random>]' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-reconnect-max -d 'Longest wait between reconnect attempts, in seconds' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l device-id -d 'Device id, or + for every device on the broker' -r
@@ -73,7 +73,7 @@ complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-host -d 'Broker h
 complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-username -r
 complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-password -d 'Never shown in --help or logs' -r
-complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-ca -d 'CA certificate (PEM) for TLS [default: the system\'s roots]' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-ca -d 'CA certificate (PEM) for TLS; implies --mqtt-tls [default: the system\'s roots]' -r -F
 complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-client-id -d '[default: pv3-<command>-<random>]' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-reconnect-max -d 'Longest wait between reconnect attempts, in seconds' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l device-id -d 'Device id, or + for every device on the broker' -r
@@ -101,7 +101,7 @@ complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-host -d 'Broker 
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-username -r
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-password -d 'Never shown in --help or logs' -r
-complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-ca -d 'CA certificate (PEM) for TLS [default: the system\'s roots]' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-ca -d 'CA certificate (PEM) for TLS; implies --mqtt-tls [default: the system\'s roots]' -r -F
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-client-id -d '[default: pv3-<command>-<random>]' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-reconnect-max -d 'Longest wait between reconnect attempts, in seconds' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l dry-run -d 'Print the decoded data; send nothing'
@@ -131,7 +131,7 @@ complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-host -d
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-username -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-password -d 'Never shown in --help or logs' -r
-complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-ca -d 'CA certificate (PEM) for TLS [default: the system\'s roots]' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-ca -d 'CA certificate (PEM) for TLS; implies --mqtt-tls [default: the system\'s roots]' -r -F
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-client-id -d '[default: pv3-<command>-<random>]' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-reconnect-max -d 'Longest wait between reconnect attempts, in seconds' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l device-id -d 'Device id, or + for every device on the broker' -r

@@ -2,7 +2,7 @@
 //!
 //! Writes are classified so that the forwarder can decide what to do with a
 //! failed batch without knowing HTTP: retry it later ([`PostError::Transient`]),
-//! keep it until the owner fixes the token ([`PostError::Unauthorized`]), or
+//! keep it until the owner fixes a setting ([`PostError::Misconfigured`]), or
 //! set it aside because sending it again can never succeed
 //! ([`PostError::Rejected`]).
 
@@ -26,9 +26,15 @@ pub enum PostError {
         reason: String,
         retry_after: Option<Duration>,
     },
-    /// 401/403: the proxy in front of the API wants a (different) token.
+    /// 401/403 (a proxy wants a different token), 3xx/404/405 (the URL
+    /// points somewhere else): a setting is wrong, not the data. Kept and
+    /// retried until the owner fixes `hint`.
     #[error("HTTP {status}: {body}")]
-    Unauthorized { status: u16, body: String },
+    Misconfigured {
+        status: u16,
+        body: String,
+        hint: &'static str,
+    },
     /// Any other non-2xx answer: the body will never be accepted as is.
     #[error("HTTP {status}: {body}")]
     Rejected { status: u16, body: String },
@@ -160,7 +166,16 @@ fn classify(status: StatusCode, body: String, retry_after: Option<Duration>) -> 
             },
             retry_after,
         },
-        401 | 403 => PostError::Unauthorized { status: code, body },
+        401 | 403 => PostError::Misconfigured {
+            status: code,
+            body,
+            hint: "check --api-token / API_TOKEN",
+        },
+        300..=399 | 404 | 405 => PostError::Misconfigured {
+            status: code,
+            body,
+            hint: "check --api-url / API_URL (a redirect or a missing endpoint: is it the PV3 Monitor API?)",
+        },
         _ => PostError::Rejected { status: code, body },
     }
 }
@@ -224,14 +239,14 @@ mod tests {
                 PostError::Transient { .. }
             ));
         }
-        for code in [401, 403] {
+        for code in [301, 307, 401, 403, 404, 405] {
             let status = StatusCode::from_u16(code).expect("valid");
             assert!(matches!(
                 classify(status, String::new(), None),
-                PostError::Unauthorized { .. }
+                PostError::Misconfigured { .. }
             ));
         }
-        for code in [301, 400, 404, 413, 422] {
+        for code in [400, 409, 413, 422] {
             let status = StatusCode::from_u16(code).expect("valid");
             assert!(matches!(
                 classify(status, String::new(), None),

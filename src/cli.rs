@@ -127,7 +127,7 @@ pub struct MqttArgs {
     #[arg(long, env = "MQTT_TLS")]
     pub mqtt_tls: bool,
 
-    /// CA certificate (PEM) for TLS [default: the system's roots]
+    /// CA certificate (PEM) for TLS; implies --mqtt-tls [default: the system's roots]
     #[arg(long = "mqtt-ca", env = "MQTT_CA_FILE", value_name = "FILE")]
     pub mqtt_ca: Option<PathBuf>,
 

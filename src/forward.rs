@@ -165,12 +165,19 @@ impl ForwardReport {
 #[error("the forwarder has stopped")]
 pub struct Stopped;
 
+/// `rejected.jsonl` stops growing here (a misbehaving API must not fill the
+/// SD card with dead letters).
+const MAX_DEAD_LETTER_BYTES: u64 = 64 << 20;
+
 /// Where collect keeps what the API has not taken yet: the state
 /// directory. The spool file exists only while it holds something: it is
 /// created at the first failure and deleted once drained, so the healthy
 /// path writes nothing to disk (and redb files, which do not shrink, never
 /// keep an outage's worth of space).
 pub struct Storage {
+    /// The state directory, open and `flock`ed for as long as collect runs:
+    /// two collectors on one state dir would send everything twice.
+    _lock: std::fs::File,
     dir: PathBuf,
     max_bytes: u64,
     spool: Option<Spool>,
@@ -188,12 +195,26 @@ impl Storage {
                 dir.display()
             )
         })?;
+        let lock = std::fs::File::open(dir)
+            .map_err(|e| anyhow::anyhow!("cannot open state directory {}: {e}", dir.display()))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => anyhow::anyhow!(
+                    "state directory {} is in use: is another pv3 collect running with it? (see --state-dir)",
+                    dir.display()
+                ),
+                std::fs::TryLockError::Error(e) => {
+                    anyhow::anyhow!("cannot lock state directory {}: {e}", dir.display())
+                }
+            });
+        }
         let spool = if dir.join(crate::spool::FILE_NAME).exists() {
             Some(Spool::open(dir, max_bytes)?)
         } else {
             None
         };
         Ok(Storage {
+            _lock: lock,
             dir: dir.to_owned(),
             max_bytes,
             spool,
@@ -808,9 +829,9 @@ impl Worker {
         let first = self.failing_since.is_none();
         self.failing_since.get_or_insert_with(Instant::now);
         let what = match &err {
-            PostError::Unauthorized { status, body } => format!(
-                "API answered HTTP {status} ({body}): check --api-token / API_TOKEN; data is kept and retried"
-            ),
+            PostError::Misconfigured { status, body, hint } => {
+                format!("API answered HTTP {status} ({body}): {hint}; data is kept and retried")
+            }
             other => format!("API not taking data ({other})"),
         };
         let queued = self.queued + self.spooled_measurements() as usize;
@@ -847,6 +868,18 @@ impl Worker {
         let Some(storage) = &self.storage else {
             return String::new();
         };
+        let size = std::fs::metadata(&storage.rejected).map_or(0, |m| m.len());
+        if size >= MAX_DEAD_LETTER_BYTES {
+            if let Some(k) = self.limiter.allow("dead letters full") {
+                error!(
+                    "{} has reached {} MiB: refused batches are no longer kept (move it away to start a new one){}",
+                    storage.rejected.display(),
+                    MAX_DEAD_LETTER_BYTES >> 20,
+                    suppressed_note(k)
+                );
+            }
+            return String::new();
+        }
         #[derive(serde::Serialize)]
         struct Rejected<'a> {
             rejected_at: crate::reading::Timestamp,

@@ -302,8 +302,14 @@ fn describe(e: &ConnectionError) -> String {
         ConnectionError::Io(io) => format!("{io}"),
         other => {
             let text = other.to_string();
-            if text.contains("certificate") {
-                format!("{text}: pass the broker's CA certificate with --mqtt-ca FILE")
+            if text.contains("NotValidForName") {
+                format!(
+                    "{text}: the certificate is not for this host name; use the name it was issued for in --mqtt-host"
+                )
+            } else if text.contains("certificate") {
+                format!(
+                    "{text}: pass the CA that signed the broker's certificate with --mqtt-ca FILE"
+                )
             } else {
                 text
             }

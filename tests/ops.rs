@@ -579,7 +579,7 @@ fn install_service_dry_run_prints_everything_and_touches_nothing() {
             "MQTT_PASSWORD=***".to_owned(),
             "API_TOKEN=***".to_owned(),
             "systemctl daemon-reload".to_owned(),
-            "systemctl enable --now pv3-collector.service".to_owned(),
+            "systemctl enable --now --no-block pv3-collector.service".to_owned(),
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
         }
@@ -625,7 +625,7 @@ fn install_service_writes_updates_and_removes_under_a_root() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let text = stdout(&out);
     assert!(
-        text.contains("would run: systemctl enable --now pv3-collector.service"),
+        text.contains("would run: systemctl enable --now --no-block pv3-collector.service"),
         "{text}"
     );
     assert!(text.contains("journalctl -u pv3-collector -f"), "{text}");
@@ -665,7 +665,7 @@ fn install_service_writes_updates_and_removes_under_a_root() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let text = stdout(&out);
     assert!(
-        text.contains("would run: systemctl restart pv3-collector.service"),
+        text.contains("would run: systemctl restart --no-block pv3-collector.service"),
         "{text}"
     );
     assert!(text.contains("kept from the previous env file"), "{text}");
@@ -726,7 +726,9 @@ fn install_service_user_unit_goes_to_the_users_config() {
     assert!(!unit_text.contains("DynamicUser"), "not for user units");
     assert_eq!(mode(&env), 0o600);
     let text = stdout(&out);
-    assert!(text.contains("would run: systemctl --user enable --now pv3-collector.service"));
+    assert!(
+        text.contains("would run: systemctl --user enable --now --no-block pv3-collector.service")
+    );
     assert!(
         text.contains("journalctl --user -u pv3-collector -f"),
         "{text}"

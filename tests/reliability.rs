@@ -502,3 +502,21 @@ async fn two_collectors_in_a_share_group_split_the_traffic(broker: TestBroker) {
     assert_eq!(da + db, 200);
     assert!(da > 0 && db > 0, "a took {da}, b took {db}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_collector_on_the_same_state_dir_is_refused() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let first = collect(broker.port(), &api.url(), state.path(), &[]);
+    subscribed(&first, 1).await;
+    let mut second = collect(broker.port(), &api.url(), state.path(), &[]);
+    let status = second.wait_exit(T).await.expect("refused at once");
+    assert_eq!(status.code(), Some(2), "{}", second.stderr());
+    assert!(
+        second.stderr().contains("is another pv3 collect running"),
+        "{}",
+        second.stderr()
+    );
+    stop(first).await;
+}

@@ -564,9 +564,9 @@ impl<'a> Checker<'a> {
             .await;
         if let Err(e) = posted {
             let detail = match e {
-                PostError::Unauthorized { status, body } => format!(
-                    "POST answered HTTP {status} {body}: the server (or a proxy) wants a valid token: set --api-token or API_TOKEN"
-                ),
+                PostError::Misconfigured { status, body, hint } => {
+                    format!("POST answered HTTP {status} {body}: {hint}")
+                }
                 other => format!("POST failed: {other}"),
             };
             return Check::new(NAME, Outcome::Fail, detail).timed(start.elapsed());

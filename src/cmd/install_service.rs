@@ -192,9 +192,11 @@ fn install(args: &InstallServiceArgs, layout: &Layout) -> Result<()> {
     let mut commands = vec![layout.systemctl(&["daemon-reload"])];
     if already {
         commands.push(layout.systemctl(&["enable", UNIT_NAME]));
-        commands.push(layout.systemctl(&["restart", UNIT_NAME]));
+        commands.push(layout.systemctl(&["restart", "--no-block", UNIT_NAME]));
     } else {
-        commands.push(layout.systemctl(&["enable", "--now", UNIT_NAME]));
+        // --no-block: the service is "started" once subscribed (READY=1),
+        // which waits for the P3's broker; installing must not.
+        commands.push(layout.systemctl(&["enable", "--now", "--no-block", UNIT_NAME]));
     }
 
     let mut out = String::new();
@@ -620,6 +622,9 @@ pub fn unit_file(binary: &Path, env_file: &Path, user: bool) -> Result<String> {
          EnvironmentFile=-{env_file}\n\
          Restart=always\n\
          RestartSec=5\n\
+         # READY=1 comes once subscribed: wait for the broker as long as it\n\
+         # takes rather than kill and restart the collector meanwhile.\n\
+         TimeoutStartSec=infinity\n\
          # The collector pings the watchdog while messages flow.\n\
          WatchdogSec=300\n\
          StateDirectory=pv3\n\

@@ -36,14 +36,14 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 /// MQTT settings from the shared flags; `command` names the client id.
 pub fn mqtt_settings(args: &MqttArgs, command: &str) -> MqttSettings {
+    // A CA file only makes sense with TLS: giving one asks for it.
+    let tls = args.mqtt_tls || args.mqtt_ca.is_some();
     MqttSettings {
         host: args.mqtt_host.clone(),
-        port: args
-            .mqtt_port
-            .unwrap_or(if args.mqtt_tls { 8883 } else { 1883 }),
+        port: args.mqtt_port.unwrap_or(if tls { 8883 } else { 1883 }),
         username: args.mqtt_username.clone(),
         password: args.mqtt_password.clone(),
-        tls: args.mqtt_tls,
+        tls,
         ca_file: args.mqtt_ca.clone(),
         client_id: args
             .mqtt_client_id

@@ -40,7 +40,13 @@ pub(super) fn alarms(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
         return Ok(());
     };
     let mut flags = AlarmStates::new();
-    for (key, value) in fields {
+    // A repeated key: the last one wins, as for every other lookup.
+    let mut seen: Vec<&str> = Vec::with_capacity(fields.len());
+    for (key, value) in fields.iter().rev() {
+        if seen.contains(&&**key) {
+            continue;
+        }
+        seen.push(key);
         if let Some((_, metric)) = TEMPERATURES.iter().find(|(k, _)| k == key) {
             match value.as_number() {
                 Some(n) => out.push(*metric, n, "C"),
@@ -52,7 +58,6 @@ pub(super) fn alarms(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
             continue;
         }
         match flag_value(value) {
-            // A repeated key: the last one wins, as for every other lookup.
             Some(active) => {
                 flags.insert(key.to_string(), active);
             }

@@ -42,7 +42,13 @@ pub(super) fn safetycheck_state(json: &Json<'_>, out: &mut Decoded) -> Result<()
     let Some(Json::Object(fields)) = object_or_first(json)? else {
         return Ok(());
     };
-    for (key, value) in fields {
+    // A repeated key: the last one wins, as for every other lookup.
+    let mut seen: Vec<&str> = Vec::with_capacity(fields.len());
+    for (key, value) in fields.iter().rev() {
+        if seen.contains(&&**key) {
+            continue;
+        }
+        seen.push(key);
         let Some(n) = value.as_number() else {
             continue; // other fields are ignored, not skipped
         };

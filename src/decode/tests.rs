@@ -675,3 +675,26 @@ fn decoding_is_deterministic() {
         assert_eq!(a, b);
     }
 }
+
+#[test]
+fn repeated_keys_count_once_and_the_last_wins() {
+    let d = run(
+        "inverter/alarms",
+        r#"{"inverter_temperature":30,"fan_lock":"1","inverter_temperature":31,"fan_lock":"0"}"#,
+    );
+    assert_eq!(
+        d.measurements,
+        vec![
+            Measurement::new("alarm_count", 0.0, ""),
+            Measurement::new("inverter_temp", 31.0, "C"),
+        ]
+    );
+    assert_eq!(
+        d.alarms.map(|a| a.into_iter().collect::<Vec<_>>()),
+        Some(vec![("fan_lock".to_string(), false)])
+    );
+    assert_eq!(
+        ms("safetycheck/state", r#"{"State":1,"State":2}"#),
+        vec![m("safetycheck_State", 2.0, "")]
+    );
+}
