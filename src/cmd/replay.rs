@@ -201,11 +201,12 @@ impl std::fmt::Display for Summary {
         if let Some(d) = &self.decode {
             write!(
                 f,
-                "; {} measurements decoded from {} messages ({} decode errors, {} with nothing to send)",
+                "; {} measurements decoded from {} messages ({} decode errors, {} with nothing to send, {} unusable items skipped)",
                 d.measurements,
                 d.decoded,
                 d.errors,
-                d.empty + d.unknown + d.foreign
+                d.empty + d.unknown + d.foreign,
+                d.skipped_items
             )?;
         }
         if let Some(r) = &self.delivery {
