@@ -127,6 +127,10 @@ pub fn parse_line(text: &[u8]) -> Result<Record, String> {
             .ok_or_else(|| format!("bad \"tst\" {tst:?}; expected mosquitto's %j time"))?,
         (None, None) => return Err("no \"ts\" (pv3) or \"tst\" (mosquitto_sub) field".into()),
     };
+    // Years 0000-9999 in UTC: what RFC 3339 (and so a capture) can hold.
+    if !(-62_167_219_200_000_000..=253_402_300_799_999_999).contains(&ts.unix_micros()) {
+        return Err("time outside the years 0000-9999 UTC".into());
+    }
     let qos = raw.qos.unwrap_or(0);
     if qos > 2 {
         return Err(format!("qos {qos} is not 0, 1 or 2"));
@@ -395,6 +399,10 @@ mod tests {
                 "UTF-8",
             ),
             (b"[1,2]", "not a capture record"),
+            (
+                b"{\"ts\":\"9999-12-31T23:59:59-23:59\",\"topic\":\"a\",\"payload\":\"x\"}",
+                "outside the years",
+            ),
         ];
         for (line, want) in cases {
             let err = parse_line(line).expect_err("bad line");

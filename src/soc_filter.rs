@@ -23,6 +23,11 @@ const TOLERANCE: f64 = 1e-9;
 
 pub const DEFAULT_THRESHOLD: f64 = 1.0;
 
+/// Devices tracked at once. With `--device-id +` anyone who can publish on
+/// the broker can invent devices; past this the table starts afresh (each
+/// device's next reading is then accepted as a first one).
+const MAX_DEVICES: usize = 4096;
+
 #[derive(Debug)]
 struct DeviceState {
     accepted: f64,
@@ -77,6 +82,9 @@ impl SocFilter {
     fn judge(&mut self, device: &str, at: Timestamp, value: f64) -> Option<f64> {
         let limit = self.threshold + TOLERANCE;
         let Some(state) = self.devices.get_mut(device) else {
+            if self.devices.len() >= MAX_DEVICES {
+                self.devices.clear();
+            }
             self.devices.insert(
                 device.to_owned(),
                 DeviceState {
@@ -277,6 +285,16 @@ mod tests {
         let mut ms = vec![Measurement::new("soc", 90.5, "%")];
         f.apply("A", at(2.0), &mut ms);
         assert_eq!(ms, vec![Measurement::new("soc", 90.5, "%")]);
+    }
+
+    #[test]
+    fn invented_devices_cannot_grow_the_table_without_bound() {
+        let mut f = SocFilter::new(1.0);
+        for n in 0..(MAX_DEVICES * 3) {
+            let mut ms = vec![Measurement::new("soc", 50.0, "%")];
+            f.apply(&format!("DEV{n}"), at(0.0), &mut ms);
+        }
+        assert!(f.devices.len() <= MAX_DEVICES);
     }
 
     #[test]
