@@ -128,10 +128,9 @@ impl Subscription {
     }
 }
 
-/// Connects (in the background, retrying forever) and subscribes to
-/// `filters` after every connect. Fails only on settings that can never
-/// work (a bad CA file).
-pub fn subscribe(settings: &MqttSettings, filters: Vec<String>) -> Result<Subscription> {
+/// rumqttc options for `settings`: clean session, the raised packet limit,
+/// credentials and TLS. Fails only on a CA file that cannot be used.
+pub fn client_options(settings: &MqttSettings) -> Result<MqttOptions> {
     let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     options
         .set_keep_alive(settings.keep_alive)
@@ -149,6 +148,14 @@ pub fn subscribe(settings: &MqttSettings, filters: Vec<String>) -> Result<Subscr
         let config = crate::tls::client_config(settings.ca_file.as_deref())?;
         options.set_transport(Transport::Tls(TlsConfiguration::Rustls(config)));
     }
+    Ok(options)
+}
+
+/// Connects (in the background, retrying forever) and subscribes to
+/// `filters` after every connect. Fails only on settings that can never
+/// work (a bad CA file).
+pub fn subscribe(settings: &MqttSettings, filters: Vec<String>) -> Result<Subscription> {
+    let options = client_options(settings)?;
     let (tx, rx) = mpsc::channel(1024);
     let (stop, stop_rx) = watch::channel(false);
     let (subscribed_tx, subscribed) = watch::channel(false);

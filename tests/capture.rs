@@ -6,7 +6,7 @@ mod support;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rumqttc::QoS;
 use serde_json::Value;
@@ -18,33 +18,9 @@ use support::fixtures::{
     fixture, measurement_keys, read_capture,
 };
 use support::proc::{Pv3Process, run_pv3};
+use support::{now_nanos, on_both_brokers};
 
 const T: Duration = Duration::from_secs(20);
-
-macro_rules! on_both_brokers {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn in_process() {
-                super::$name(TestBroker::in_process().await).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mosquitto() {
-                if let Some(broker) = TestBroker::mosquitto().await {
-                    super::$name(broker).await;
-                }
-            }
-        }
-    };
-}
-
-fn now_nanos() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos() as i128
-}
 
 /// `replay --dry-run --format jsonl` of a file: (measurements, alarm lines,
 /// stderr).

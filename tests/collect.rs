@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rumqttc::QoS;
 use serde_json::Value;
@@ -16,37 +16,11 @@ use support::fixtures::{
     measurement_keys,
 };
 use support::proc::{Pv3Process, run_pv3};
+use support::{now_nanos, on_both_brokers};
 
 /// Generous: these machines are shared and slow. Waits end on the event,
 /// not on this.
 const T: Duration = Duration::from_secs(20);
-
-/// Runs `$name(broker)` against the in-process broker, and against a real
-/// Mosquitto when it is installed (mandatory in CI).
-macro_rules! on_both_brokers {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn in_process() {
-                super::$name(TestBroker::in_process().await).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mosquitto() {
-                if let Some(broker) = TestBroker::mosquitto().await {
-                    super::$name(broker).await;
-                }
-            }
-        }
-    };
-}
-
-fn now_nanos() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos() as i128
-}
 
 fn spawn_collect(broker_port: u16, api: &RecordingApi, extra: &[&str]) -> Pv3Process {
     spawn_collect_env(broker_port, api, extra, &[])

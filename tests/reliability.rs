@@ -13,28 +13,11 @@ use serde_json::Value;
 use support::api::RecordingApi;
 use support::broker::{InProcessBroker, Publisher, TestBroker};
 use support::fixtures::DEVICE;
+use support::on_both_brokers;
 use support::proc::Pv3Process;
 use support::proxy::TcpProxy;
 
 const T: Duration = Duration::from_secs(30);
-
-macro_rules! on_both_brokers {
-    ($name:ident) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn in_process() {
-                super::$name(TestBroker::in_process().await).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mosquitto() {
-                if let Some(broker) = TestBroker::mosquitto().await {
-                    super::$name(broker).await;
-                }
-            }
-        }
-    };
-}
 
 fn collect(broker_port: u16, api_url: &str, state: &Path, extra: &[&str]) -> Pv3Process {
     let port = broker_port.to_string();

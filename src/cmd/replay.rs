@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use rumqttc::{AsyncClient, MqttOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -340,23 +340,8 @@ async fn to_api(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
 
 async fn to_mqtt(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
     let settings = super::mqtt_settings(&args.mqtt, "replay");
-    let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
-    options
-        .set_keep_alive(settings.keep_alive)
-        .set_max_packet_size(mqtt::MAX_PACKET_SIZE, mqtt::MAX_PACKET_SIZE);
-    if let Some(user) = &settings.username {
-        let password = settings
-            .password
-            .as_ref()
-            .map(|p| p.expose().to_owned())
-            .unwrap_or_default();
-        options.set_credentials(user, password);
-    }
-    if settings.tls {
-        let config = crate::tls::client_config(settings.ca_file.as_deref())
-            .map_err(|e| super::ConfigError(format!("{e:#}")))?;
-        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(config)));
-    }
+    let options =
+        mqtt::client_options(&settings).map_err(|e| super::ConfigError(format!("{e:#}")))?;
     let (client, mut eventloop) = AsyncClient::new(options, 256);
     // The event loop runs on its own task; publishing awaits the client.
     let endpoint = settings.endpoint();

@@ -26,6 +26,38 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::AbortHandle;
 
+/// Runs the async test `$name(broker: TestBroker)` twice: against the
+/// in-process broker, and against a real Mosquitto when it is installed
+/// (mandatory in CI, where `PV3_REQUIRE_MOSQUITTO=1`).
+#[allow(unused_macros)]
+macro_rules! on_both_brokers {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn in_process() {
+                super::$name(crate::support::broker::TestBroker::in_process().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mosquitto() {
+                if let Some(broker) = crate::support::broker::TestBroker::mosquitto().await {
+                    super::$name(broker).await;
+                }
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_brokers;
+
+/// Nanoseconds since the Unix epoch, for checking timestamps against a
+/// test's window.
+pub fn now_nanos() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos() as i128
+}
+
 /// A fresh directory under cargo's per-target scratch space, for a state
 /// directory that must outlive a spawned process (left for inspection).
 pub fn scratch_dir(name: &str) -> std::path::PathBuf {
