@@ -1,0 +1,158 @@
+//! Decoder benchmarks: one realistic payload per topic, the whole mix of
+//! `examples/p3-sample.jsonl`, and `Pipeline::process` (decode, SOC filter
+//! and origin cache) over the same mix. Also the two stages around decode
+//! that replay pays per line (capture-line parsing) and collect/replay pay
+//! per measurement (serialising the API body), to see where time goes.
+//!
+//! Run: `cargo bench --bench decode` (about 1.5 minutes). Throughput is in
+//! messages (elements) per second; criterion prints it as `thrpt`. For
+//! `mix/api_body_serialise` the elements are the sample's messages too
+//! (2,321 measurements in all). Results: `docs/performance.md`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pv3::capture::{Record, parse_line};
+use pv3::decode::{Outcome, decode};
+use pv3::pipeline::Pipeline;
+use pv3::reading::ApiMeasurement;
+
+const SAMPLE: &str = include_str!("../examples/p3-sample.jsonl");
+
+fn records() -> Vec<Record> {
+    SAMPLE
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| parse_line(l.as_bytes()).expect("sample line parses"))
+        .collect()
+}
+
+/// The first record of each topic, in order of first appearance.
+fn one_per_topic(records: &[Record]) -> Vec<&Record> {
+    let mut seen = Vec::<&str>::new();
+    let mut out = Vec::new();
+    for r in records {
+        if !seen.contains(&r.topic.as_str()) {
+            seen.push(&r.topic);
+            out.push(r);
+        }
+    }
+    out
+}
+
+fn suffix(topic: &str) -> &str {
+    pv3::decode::split_topic(topic).map_or(topic, |(_, s)| s)
+}
+
+fn bench_per_topic(c: &mut Criterion) {
+    let records = records();
+    let mut group = c.benchmark_group("decode_topic");
+    group.throughput(Throughput::Elements(1));
+    for r in one_per_topic(&records) {
+        group.bench_function(suffix(&r.topic), |b| {
+            b.iter(|| {
+                let out = decode(black_box(&r.topic), black_box(&r.payload));
+                black_box(out.is_ok())
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_mix(c: &mut Criterion) {
+    let records = records();
+    let n = records.len() as u64;
+    // Sanity: the mix decodes as the examples README says.
+    let measurements: usize = records
+        .iter()
+        .filter_map(|r| match decode(&r.topic, &r.payload) {
+            Ok(Outcome::Decoded { decoded, .. }) => Some(decoded.measurements.len()),
+            _ => None,
+        })
+        .sum();
+    eprintln!(
+        "sample mix: {n} messages, {measurements} measurements before the SOC filter, {} payload bytes",
+        records.iter().map(|r| r.payload.len()).sum::<usize>()
+    );
+
+    let mut group = c.benchmark_group("mix");
+    group.throughput(Throughput::Elements(n));
+    group.bench_function("decode", |b| {
+        b.iter(|| {
+            let mut m = 0usize;
+            for r in &records {
+                if let Ok(Outcome::Decoded { decoded, .. }) =
+                    decode(black_box(&r.topic), black_box(&r.payload))
+                {
+                    m += decoded.measurements.len();
+                }
+            }
+            black_box(m)
+        })
+    });
+    group.bench_function("pipeline_process", |b| {
+        // A fresh pipeline per pass would time HashMap set-up; one pipeline
+        // across passes is what a long replay sees (warm origin cache).
+        let mut pipeline = Pipeline::new(1.0, None);
+        b.iter(|| {
+            let mut m = 0usize;
+            for r in &records {
+                if let Ok(Some(reading)) =
+                    pipeline.process(black_box(&r.topic), black_box(&r.payload), r.ts)
+                {
+                    m += reading.measurements.len();
+                }
+            }
+            black_box(m)
+        })
+    });
+    // Replay's front end: one capture line → Record (serde + RFC 3339 + copies).
+    let lines: Vec<&str> = SAMPLE.lines().filter(|l| !l.trim().is_empty()).collect();
+    group.bench_function("capture_parse_line", |b| {
+        b.iter(|| {
+            for l in &lines {
+                black_box(parse_line(black_box(l.as_bytes())).is_ok());
+            }
+        })
+    });
+    // The forwarder's per-measurement cost: serialising the API body.
+    let mut pipeline = Pipeline::new(1.0, None);
+    let readings: Vec<_> = records
+        .iter()
+        .filter_map(|r| pipeline.process(&r.topic, &r.payload, r.ts).ok().flatten())
+        .collect();
+    let mut body = Vec::with_capacity(1 << 20);
+    group.bench_function("api_body_serialise", |b| {
+        b.iter(|| {
+            body.clear();
+            for reading in &readings {
+                for m in &reading.measurements {
+                    body.push(b',');
+                    let item = ApiMeasurement {
+                        measurement: m,
+                        timestamp: reading.timestamp,
+                        source_topic: &reading.origin.topic,
+                    };
+                    serde_json::to_writer(&mut body, &item).expect("serialises");
+                }
+            }
+            black_box(body.len())
+        })
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(20)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_per_topic, bench_mix
+}
+criterion_main!(benches);
