@@ -376,12 +376,16 @@ struct OpenBatch {
 }
 
 /// Where an in-flight batch came from.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Source {
     Memory,
-    /// The spool, under this key: removed from it on a final answer.
-    Spool(u64),
+    /// The spool, under these keys (several spooled batches of one device
+    /// are sent as one POST): removed from it on a final answer.
+    Spool(Vec<u64>),
 }
+
+/// Spooled batches read at once when draining.
+const DRAIN_LOOKAHEAD: usize = 64;
 
 struct Worker {
     storage: Option<Storage>,
@@ -472,7 +476,7 @@ impl Worker {
         let mut undelivered: Vec<Batch> = self
             .inflight_batches
             .drain()
-            .filter(|(_, (_, source))| *source == Source::Memory)
+            .filter(|(_, (_, source))| matches!(source, Source::Memory))
             .map(|(_, (batch, _))| batch)
             .collect();
         undelivered.extend(self.ready.drain(..));
@@ -709,10 +713,10 @@ impl Worker {
         };
         let oldest = storage
             .spool()
-            .map_or(Ok(Vec::new()), |spool| spool.oldest(1, None));
+            .map_or(Ok(Vec::new()), |spool| spool.oldest(DRAIN_LOOKAHEAD, None));
         match oldest {
-            Ok(mut batches) => match batches.pop() {
-                Some((key, batch)) => self.spawn_post(batch, Source::Spool(key)),
+            Ok(batches) => match merge_oldest(batches, self.opts.batch_size.max(1000)) {
+                Some((keys, batch)) => self.spawn_post(batch, Source::Spool(keys)),
                 // Batches the spool could not take (a write error) wait in
                 // memory: send those before leaving spool mode.
                 None => match self.ready.pop_front() {
@@ -932,7 +936,7 @@ impl Worker {
             Source::Memory => self.queued = self.queued.saturating_sub(batch.count),
             Source::Spool(key) => {
                 if let Some(storage) = self.storage.as_mut()
-                    && let Err(e) = storage.spool_mut().and_then(|spool| spool.remove(key))
+                    && let Err(e) = storage.spool_mut().and_then(|spool| spool.remove_all(&key))
                 {
                     error!(
                         "cannot remove a delivered batch from the spool ({e:#}): it may be sent again"
@@ -965,5 +969,120 @@ impl Worker {
         self.stats
             .spool_bytes
             .store(spool.map_or(0, Spool::bytes), Ordering::Relaxed);
+    }
+}
+
+/// The oldest spooled batch, with the ones right after it for the same
+/// device merged in (up to `max` measurements): spooled batches are sealed
+/// every linger interval, so an outage leaves many small ones, and sending
+/// them one POST each would make draining slow. Order is kept: merging stops
+/// at the first batch of another device or kind.
+fn merge_oldest(batches: Vec<(u64, Batch)>, max: usize) -> Option<(Vec<u64>, Batch)> {
+    let mut batches = batches.into_iter();
+    let (key, first) = batches.next()?;
+    if first.kind != BatchKind::Measurements {
+        return Some((vec![key], first));
+    }
+    let mut keys = vec![key];
+    let mut parts = vec![first.body.clone()];
+    let mut count = first.count;
+    for (key, next) in batches {
+        if next.kind != BatchKind::Measurements
+            || next.device != first.device
+            || count + next.count > max
+        {
+            break;
+        }
+        keys.push(key);
+        count += next.count;
+        parts.push(next.body);
+    }
+    if keys.len() == 1 {
+        return Some((keys, first));
+    }
+    // Each body is a JSON array: join their insides.
+    let mut body = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    body.push(b'[');
+    for (i, part) in parts.iter().enumerate() {
+        let inner = part
+            .strip_prefix(b"[")
+            .and_then(|p| p.strip_suffix(b"]"))
+            .unwrap_or(part);
+        if inner.is_empty() {
+            continue;
+        }
+        if i > 0 && body.len() > 1 {
+            body.push(b',');
+        }
+        body.extend_from_slice(inner);
+    }
+    body.push(b']');
+    Some((
+        keys,
+        Batch {
+            device: first.device,
+            kind: BatchKind::Measurements,
+            body: Bytes::from(body),
+            count,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(device: &str, kind: BatchKind, body: &str, count: usize) -> Batch {
+        Batch {
+            device: Arc::from(device),
+            kind,
+            body: Bytes::from(body.to_owned()),
+            count,
+        }
+    }
+
+    #[test]
+    fn spooled_batches_of_one_device_drain_as_one_post() {
+        let m = BatchKind::Measurements;
+        let merged = merge_oldest(
+            vec![
+                (1, batch("A", m, "[1,2]", 2)),
+                (2, batch("A", m, "[3]", 1)),
+                (3, batch("B", m, "[4]", 1)),
+                (4, batch("A", m, "[5]", 1)),
+            ],
+            1000,
+        )
+        .expect("a batch");
+        assert_eq!(merged.0, [1, 2]);
+        assert_eq!(&merged.1.body[..], b"[1,2,3]");
+        assert_eq!(merged.1.count, 3);
+        let v: serde_json::Value = serde_json::from_slice(&merged.1.body).expect("valid JSON");
+        assert_eq!(v, serde_json::json!([1, 2, 3]));
+    }
+
+    #[test]
+    fn merging_respects_the_size_and_never_mixes_alarms() {
+        let m = BatchKind::Measurements;
+        let a = BatchKind::Alarms;
+        let merged = merge_oldest(
+            vec![(1, batch("A", m, "[1]", 1)), (2, batch("A", m, "[2,3]", 2))],
+            2,
+        )
+        .expect("a batch");
+        assert_eq!(merged.0, [1]);
+        let merged = merge_oldest(
+            vec![(1, batch("A", a, "{}", 0)), (2, batch("A", m, "[2]", 1))],
+            10,
+        )
+        .expect("a batch");
+        assert_eq!((merged.0, merged.1.kind), (vec![1], a));
+        let merged = merge_oldest(
+            vec![(1, batch("A", m, "[1]", 1)), (2, batch("A", a, "{}", 0))],
+            10,
+        )
+        .expect("a batch");
+        assert_eq!(merged.0, [1]);
+        assert!(merge_oldest(Vec::new(), 10).is_none());
     }
 }

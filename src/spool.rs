@@ -32,6 +32,18 @@ const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 
 pub const FILE_NAME: &str = "spool.redb";
 
+/// redb's page cache. Its default (1 GiB) lets a collector's memory grow
+/// with the spool during a long outage (measured: +0.6 MB per 1,000 spooled
+/// messages); the spool is written and read sequentially, so a small cache
+/// costs nothing in drain speed.
+const CACHE_BYTES: usize = 4 << 20;
+
+fn create(path: &Path) -> Result<Database, DatabaseError> {
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+}
+
 /// What a push had to drop to stay under the size limit.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Evicted {
@@ -58,7 +70,7 @@ impl Spool {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create state directory {}", dir.display()))?;
         let path = dir.join(FILE_NAME);
-        let db = match Database::create(&path) {
+        let db = match create(&path) {
             Ok(db) => db,
             Err(DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch) => {
                 bail!(
@@ -87,8 +99,7 @@ impl Spool {
                 );
                 std::fs::rename(&path, &aside)
                     .with_context(|| format!("cannot move {} aside", path.display()))?;
-                Database::create(&path)
-                    .with_context(|| format!("cannot create spool {}", path.display()))?
+                create(&path).with_context(|| format!("cannot create spool {}", path.display()))?
             }
         };
         let mut spool = Spool {
@@ -220,14 +231,21 @@ impl Spool {
 
     /// Removes a delivered (or set aside) batch: one durable commit.
     pub fn remove(&mut self, key: u64) -> Result<()> {
+        self.remove_all(&[key])
+    }
+
+    /// Removes several batches in one durable commit.
+    pub fn remove_all(&mut self, keys: &[u64]) -> Result<()> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(BATCHES)?;
-            if let Some(value) = table.remove(key)? {
-                let value = value.value();
-                self.bytes -= value.len() as u64;
-                self.batches -= 1;
-                self.measurements -= decode(value).map_or(0, |b| b.count as u64);
+            for key in keys {
+                if let Some(value) = table.remove(*key)? {
+                    let value = value.value();
+                    self.bytes -= value.len() as u64;
+                    self.batches -= 1;
+                    self.measurements -= decode(value).map_or(0, |b| b.count as u64);
+                }
             }
         }
         txn.commit().context("cannot write to the spool")?;
