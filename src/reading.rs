@@ -61,26 +61,65 @@ impl Timestamp {
     /// Writes `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, millisecond precision, the
     /// form the API and the capture format use).
     ///
-    /// Hand-rolled rather than going through `time`'s formatter because
-    /// `replay --dry-run` formats one of these per output line.
+    /// Hand-rolled rather than going through `time` or `core::fmt`: replay
+    /// and collect format one of these per measurement they send or print.
     pub fn write_rfc3339(self, out: &mut String) {
+        let mut buf = [0u8; 24];
+        match self.format_into(&mut buf) {
+            Some(text) => out.push_str(text),
+            None => {
+                // Years outside 0000-9999: RFC 3339 cannot say them; keep
+                // the extended ISO 8601 form so nothing panics.
+                let (y, rest) = self.fields();
+                use std::fmt::Write;
+                let (m, d, hh, mm, ss, ms) = rest;
+                let _ = write!(
+                    out,
+                    "{y:+07}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{ms:03}Z"
+                );
+            }
+        }
+    }
+
+    /// (year, (month, day, hour, minute, second, millisecond)) in UTC.
+    fn fields(self) -> (i64, (u32, u32, u32, u32, u32, u32)) {
         let millis = self.0.div_euclid(1000);
         let secs = millis.div_euclid(1000);
         let ms = millis.rem_euclid(1000) as u32;
         let days = secs.div_euclid(86_400);
         let sod = secs.rem_euclid(86_400) as u32;
         let (y, m, d) = civil_from_days(days);
-        let (hh, mm, ss) = (sod / 3600, (sod / 60) % 60, sod % 60);
-        use std::fmt::Write;
-        // Writing to a String cannot fail.
-        let _ = if (0..=9999).contains(&y) {
-            write!(out, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{ms:03}Z")
-        } else {
-            write!(
-                out,
-                "{y:+07}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{ms:03}Z"
-            )
-        };
+        (y, (m, d, sod / 3600, (sod / 60) % 60, sod % 60, ms))
+    }
+
+    /// The 24-byte form in `buf`, or `None` for years outside 0000-9999.
+    fn format_into(self, buf: &mut [u8; 24]) -> Option<&str> {
+        let (y, (m, d, hh, mm, ss, ms)) = self.fields();
+        if !(0..=9999).contains(&y) {
+            return None;
+        }
+        let y = y as u32;
+        fn two(buf: &mut [u8], v: u32) {
+            buf[0] = b'0' + (v / 10) as u8;
+            buf[1] = b'0' + (v % 10) as u8;
+        }
+        two(&mut buf[0..2], y / 100);
+        two(&mut buf[2..4], y % 100);
+        buf[4] = b'-';
+        two(&mut buf[5..7], m);
+        buf[7] = b'-';
+        two(&mut buf[8..10], d);
+        buf[10] = b'T';
+        two(&mut buf[11..13], hh);
+        buf[13] = b':';
+        two(&mut buf[14..16], mm);
+        buf[16] = b':';
+        two(&mut buf[17..19], ss);
+        buf[19] = b'.';
+        buf[20] = b'0' + (ms / 100) as u8;
+        two(&mut buf[21..23], ms % 100);
+        buf[23] = b'Z';
+        std::str::from_utf8(buf).ok()
     }
 
     pub fn to_rfc3339(self) -> String {
@@ -113,7 +152,11 @@ impl fmt::Display for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_rfc3339())
+        let mut buf = [0u8; 24];
+        match self.format_into(&mut buf) {
+            Some(text) => serializer.serialize_str(text),
+            None => serializer.serialize_str(&self.to_rfc3339()),
+        }
     }
 }
 
@@ -261,6 +304,25 @@ mod tests {
             assert_eq!(ts.to_rfc3339(), expected);
             micros += 86_400_000_000 * 7 + 3_601_000_000;
         }
+    }
+
+    #[test]
+    fn years_rfc3339_cannot_say_do_not_panic() {
+        for micros in [
+            i64::MIN,
+            i64::MAX,
+            -62_167_219_200_000_001,
+            253_402_300_800_000_000,
+        ] {
+            let text = Timestamp::from_unix_micros(micros).to_rfc3339();
+            assert!(text.starts_with('+') || text.starts_with('-'), "{text}");
+            let json = serde_json::to_string(&Timestamp::from_unix_micros(micros)).expect("json");
+            assert!(json.contains(&text));
+        }
+        assert_eq!(
+            Timestamp::from_unix_micros(-62_167_219_200_000_000).to_rfc3339(),
+            "0000-01-01T00:00:00.000Z"
+        );
     }
 
     #[test]
