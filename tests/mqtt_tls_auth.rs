@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use support::broker::Mosquitto;
+use support::broker::{Mosquitto, find_executable};
 use support::proc::Pv3Process;
 
 /// Generous: these machines are shared and slow. Waits end on the event,
@@ -27,24 +27,6 @@ const DEVICE: &str = "PV001001DEV";
 // ---------------------------------------------------------------------------
 // Tools
 // ---------------------------------------------------------------------------
-
-/// Same search as the harness's: PATH, then the sbin/bin directories that a
-/// non-root PATH often lacks (Debian installs mosquitto in /usr/sbin).
-fn find_executable(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    for extra in [
-        "/usr/sbin",
-        "/usr/local/sbin",
-        "/usr/bin",
-        "/usr/local/bin",
-        "/sbin",
-    ] {
-        dirs.push(PathBuf::from(extra));
-    }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
-}
 
 struct Tools {
     mosquitto: PathBuf,

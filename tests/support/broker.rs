@@ -624,7 +624,9 @@ fn route_publish(shared: &Arc<BrokerShared>, publish: Publish) {
 // Mosquitto
 // ---------------------------------------------------------------------------
 
-fn find_executable(name: &str) -> Option<PathBuf> {
+/// An executable on PATH, or in the sbin/bin directories a non-root PATH
+/// often lacks (Debian installs mosquitto in /usr/sbin).
+pub fn find_executable(name: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
