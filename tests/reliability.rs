@@ -503,3 +503,88 @@ async fn a_second_collector_on_the_same_state_dir_is_refused() {
     );
     stop(first).await;
 }
+
+/// What pv3 told "systemd": the datagrams on a NOTIFY_SOCKET of our own.
+struct FakeSystemd {
+    socket: std::os::unix::net::UnixDatagram,
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl FakeSystemd {
+    fn new() -> FakeSystemd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+        FakeSystemd {
+            socket,
+            _dir: dir,
+            path,
+        }
+    }
+
+    /// The next message, waiting at most `timeout` (blocking read with a
+    /// timeout: the event, not a sleep).
+    fn next(&self, timeout: Duration) -> Option<String> {
+        self.socket
+            .set_read_timeout(Some(timeout))
+            .expect("set timeout");
+        let mut buf = [0u8; 4096];
+        self.socket
+            .recv(&mut buf)
+            .ok()
+            .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_watchdog_only_while_data_flows_and_stopping() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let systemd = FakeSystemd::new();
+    let port = broker.port().to_string();
+    let url = api.url();
+    let socket = systemd.path.to_str().expect("utf-8").to_owned();
+    let pv3 = Pv3Process::spawn(
+        &[
+            "collect",
+            "--mqtt-host",
+            "127.0.0.1",
+            "--mqtt-port",
+            &port,
+            "--api-url",
+            &url,
+            "--state-dir",
+            state.path().to_str().expect("utf-8"),
+        ],
+        // A 0.4 s watchdog: pv3 pings every 0.2 s, but only while messages
+        // flow.
+        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "400000")],
+    );
+    let ready = tokio::task::block_in_place(|| systemd.next(T));
+    assert_eq!(ready.as_deref(), Some("READY=1\n"), "{}", pv3.stderr());
+    assert!(
+        pv3.stderr().contains("subscribed to"),
+        "READY only once subscribed"
+    );
+    // No data yet: no watchdog pings (a silent P3 gets the service restarted).
+    let quiet = tokio::task::block_in_place(|| systemd.next(Duration::from_secs(1)));
+    assert_eq!(quiet, None, "a watchdog ping before any message");
+    publish_charges(broker.port(), 0..1).await;
+    let ping = tokio::task::block_in_place(|| systemd.next(T));
+    assert_eq!(ping.as_deref(), Some("WATCHDOG=1\n"));
+    api.wait_for_measurements(1, T).await;
+    let mut pv3 = pv3;
+    pv3.sigterm();
+    let stopping = tokio::task::block_in_place(|| {
+        loop {
+            match systemd.next(T) {
+                Some(m) if m == "WATCHDOG=1\n" => continue,
+                other => break other,
+            }
+        }
+    });
+    assert_eq!(stopping.as_deref(), Some("STOPPING=1\n"));
+    assert!(pv3.wait_exit(T).await.expect("exits").success());
+}
