@@ -708,12 +708,14 @@ impl Worker {
         if !self.inflight.is_empty() {
             return;
         }
-        let Some(storage) = self.storage.as_ref() else {
+        let Some(storage) = self.storage.as_mut() else {
             return;
         };
+        // No spool file: nothing spooled (do not create one just to look).
         let oldest = storage
-            .spool()
-            .map_or(Ok(Vec::new()), |spool| spool.oldest(DRAIN_LOOKAHEAD, None));
+            .spool
+            .as_mut()
+            .map_or(Ok(Vec::new()), |spool| spool.oldest(DRAIN_LOOKAHEAD));
         match oldest {
             Ok(batches) => match merge_oldest(batches, self.opts.batch_size.max(1000)) {
                 Some((keys, batch)) => self.spawn_post(batch, Source::Spool(keys)),

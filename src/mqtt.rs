@@ -101,17 +101,13 @@ impl Subscription {
         !self.rx.is_empty()
     }
 
-    /// Is the broker link up right now?
-    pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-    }
-
     /// Becomes `true` at the first SUBACK (systemd's READY=1).
     pub fn subscribed(&self) -> watch::Receiver<bool> {
         self.subscribed.clone()
     }
 
-    /// A flag that follows [`Self::is_connected`], for status reporting.
+    /// A flag that is `true` while the broker link is up, for status
+    /// reporting.
     pub fn connected_flag(&self) -> Arc<AtomicBool> {
         self.connected.clone()
     }

@@ -21,8 +21,6 @@ pub const GAP_SECONDS: f64 = 300.0;
 /// Floating-point slack, so that a step of exactly the threshold is not a jump.
 const TOLERANCE: f64 = 1e-9;
 
-pub const DEFAULT_THRESHOLD: f64 = 1.0;
-
 /// Devices tracked at once. With `--device-id +` anyone who can publish on
 /// the broker can invent devices; past this the table starts afresh (each
 /// device's next reading is then accepted as a first one).

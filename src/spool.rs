@@ -21,8 +21,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use redb::{
-    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageError,
-    TableDefinition,
+    Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError, TableDefinition,
 };
 use tracing::{error, warn};
 
@@ -198,19 +197,18 @@ impl Spool {
         Ok(evicted)
     }
 
-    /// Up to `n` oldest batches with their keys, skipping `after` and
-    /// everything before it (batches already in flight).
-    pub fn oldest(&self, n: usize, after: Option<u64>) -> Result<Vec<(u64, Batch)>> {
+    /// Up to `n` oldest batches with their keys. Entries that do not decode
+    /// are dropped (with a warning) rather than block the queue.
+    pub fn oldest(&mut self, n: usize) -> Result<Vec<(u64, Batch)>> {
         let txn = self.db.begin_read()?;
         let table = match txn.open_table(BATCHES) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let start = after.map_or(0, |k| k + 1);
         let mut out = Vec::with_capacity(n);
         let mut bad = Vec::new();
-        for entry in table.range(start..)? {
+        for entry in table.iter()? {
             if out.len() >= n {
                 break;
             }
@@ -222,9 +220,9 @@ impl Spool {
         }
         drop(table);
         drop(txn);
-        for key in bad {
-            warn!("spool entry {key} is unreadable: dropped");
-            self.remove_unchecked(key)?;
+        if !bad.is_empty() {
+            warn!("{} unreadable spool entries dropped", bad.len());
+            self.remove_all(&bad)?;
         }
         Ok(out)
     }
@@ -250,28 +248,6 @@ impl Spool {
         }
         txn.commit().context("cannot write to the spool")?;
         Ok(())
-    }
-
-    /// Removal of an entry that cannot be decoded (counters unaffected
-    /// beyond its size).
-    fn remove_unchecked(&self, key: u64) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(BATCHES)?;
-            table.remove(key)?;
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Stored entries, straight from the file (tests, diagnostics).
-    pub fn stored_len(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
-        match txn.open_table(BATCHES) {
-            Ok(t) => Ok(t.len()?),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-            Err(e) => Err(e.into()),
-        }
     }
 }
 
@@ -348,22 +324,18 @@ mod tests {
             let mut spool = Spool::open(dir.path(), 1 << 20).expect("open");
             spool.push(&[batch("A", 1), batch("B", 2)]).expect("push");
             spool.push(&[batch("A", 3)]).expect("push");
-            let first = spool.oldest(1, None).expect("read");
+            let first = spool.oldest(1).expect("read");
             spool.remove(first[0].0).expect("remove");
         }
-        let spool = Spool::open(dir.path(), 1 << 20).expect("reopen");
+        let mut spool = Spool::open(dir.path(), 1 << 20).expect("reopen");
         assert_eq!((spool.batches(), spool.measurements()), (2, 5));
         let rest: Vec<usize> = spool
-            .oldest(10, None)
+            .oldest(10)
             .expect("read")
             .into_iter()
             .map(|(_, b)| b.count)
             .collect();
         assert_eq!(rest, [2, 3]);
-        let after_first = spool
-            .oldest(10, Some(spool.oldest(1, None).expect("r")[0].0))
-            .expect("r");
-        assert_eq!(after_first.len(), 1);
     }
 
     #[test]
@@ -386,12 +358,41 @@ mod tests {
             }
         );
         let left: Vec<usize> = spool
-            .oldest(10, None)
+            .oldest(10)
             .expect("r")
             .into_iter()
             .map(|(_, b)| b.count)
             .collect();
         assert_eq!(left, [3, 4, 5]);
+    }
+
+    #[test]
+    fn unreadable_entries_are_dropped_and_uncounted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spool = Spool::open(dir.path(), 1 << 20).expect("open");
+        spool.push(&[batch("A", 1)]).expect("push");
+        // An entry only disk corruption could leave behind.
+        let txn = spool.db.begin_write().expect("txn");
+        {
+            let mut table = txn.open_table(BATCHES).expect("table");
+            table
+                .insert(spool.next_seq, &b"\x09garbage"[..])
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+        spool.next_seq += 1;
+        spool.batches += 1;
+        spool.bytes += 8;
+        spool.push(&[batch("A", 2)]).expect("push");
+        let counts: Vec<usize> = spool
+            .oldest(10)
+            .expect("read")
+            .into_iter()
+            .map(|(_, b)| b.count)
+            .collect();
+        assert_eq!(counts, [1, 2]);
+        assert_eq!((spool.batches(), spool.measurements()), (2, 3));
+        assert_eq!(spool.bytes(), 2 * encode(&batch("A", 1)).len() as u64);
     }
 
     #[test]
