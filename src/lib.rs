@@ -28,5 +28,6 @@ pub mod reading;
 pub mod secret;
 pub mod soc_filter;
 pub mod spool;
+pub mod state_dir;
 pub mod status;
 pub mod tls;

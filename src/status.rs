@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-pub const FILE_NAME: &str = "status.json";
+pub use crate::state_dir::STATUS_FILE as FILE_NAME;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -21,6 +21,10 @@ pub struct Status {
     pub updated_at: String,
     pub broker: String,
     pub broker_connected: bool,
+    /// Subscriptions confirmed by the broker since start (one per
+    /// connection: it goes up again after each reconnect).
+    #[serde(default)]
+    pub subscriptions: u64,
     pub last_message_at: Option<String>,
     pub last_delivery_at: Option<String>,
     pub counters: Counters,
@@ -77,25 +81,6 @@ pub fn read(dir: &Path) -> Result<Option<Status>> {
     }
 }
 
-/// The state directory: `--state-dir`/`$STATE_DIRECTORY` (systemd may list
-/// several, colon-separated: the first is ours), else
-/// `$XDG_STATE_HOME/pv3`, else `~/.local/state/pv3`.
-pub fn resolve_dir(given: Option<&Path>) -> Option<PathBuf> {
-    if let Some(dir) = given {
-        let text = dir.to_string_lossy();
-        let first = text.split(':').next().unwrap_or_default();
-        if !first.is_empty() {
-            return Some(PathBuf::from(first));
-        }
-    }
-    if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(xdg).join("pv3"));
-    }
-    std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map(|home| PathBuf::from(home).join(".local/state/pv3"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,13 +106,5 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, [FILE_NAME], "no temporary file left behind");
-    }
-
-    #[test]
-    fn state_directory_takes_systemds_first_entry() {
-        assert_eq!(
-            resolve_dir(Some(Path::new("/var/lib/pv3:/var/lib/other"))),
-            Some(PathBuf::from("/var/lib/pv3"))
-        );
     }
 }

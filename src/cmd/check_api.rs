@@ -25,6 +25,7 @@ use crate::api::{ApiClient, PostError, describe_error};
 use crate::cli::{CheckApiArgs, CheckFormat};
 use crate::output::is_broken_pipe;
 use crate::reading::Timestamp;
+use crate::state_dir::StateDir;
 use crate::status::{self, Status};
 
 /// The metric `--write` posts and reads back.
@@ -42,7 +43,6 @@ const BODY_LIMIT: usize = 1024 * 1024;
 
 /// State directory of the system service (`StateDirectory=pv3`), looked at
 /// when no `--state-dir` is given and the user's own has no status.
-const SERVICE_STATE_DIR: &str = "/var/lib/pv3";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -618,9 +618,12 @@ impl<'a> Checker<'a> {
     /// system service's.
     fn collector(&self) -> Vec<Check> {
         let given = self.args.state.state_dir.as_deref();
-        let mut dirs: Vec<PathBuf> = status::resolve_dir(given).into_iter().collect();
+        let mut dirs: Vec<PathBuf> = StateDir::resolve(given)
+            .map(|d| d.path().to_owned())
+            .into_iter()
+            .collect();
         if given.is_none() {
-            dirs.push(PathBuf::from(SERVICE_STATE_DIR));
+            dirs.push(PathBuf::from(crate::state_dir::SERVICE_DIR));
         }
         for dir in dirs {
             match status::read(&dir) {

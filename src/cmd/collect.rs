@@ -25,6 +25,16 @@ use crate::status::{self, Counters, Status};
 /// How often `status.json` is rewritten.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
+/// `status.json`'s interval: [`STATUS_EVERY`], or `PV3_STATUS_INTERVAL_MS`
+/// (undocumented: the integration tests wait on the file, not on logs).
+fn status_every() -> Duration {
+    std::env::var("PV3_STATUS_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(STATUS_EVERY, Duration::from_millis)
+}
+
 /// Where decoded readings go.
 enum Sink {
     Api(Forwarder),
@@ -47,9 +57,11 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         Sink::Print(Printer::new(BufWriter::new(std::io::stdout()), format))
     } else {
         let api = super::api_client(&args.api)?;
-        let dir = status::resolve_dir(args.state.state_dir.as_deref()).ok_or_else(|| {
-            super::ConfigError("no state directory: pass --state-dir DIR (or set HOME)".into())
-        })?;
+        let dir = crate::state_dir::StateDir::resolve(args.state.state_dir.as_deref())
+            .map(|d| d.path().to_owned())
+            .ok_or_else(|| {
+                super::ConfigError("no state directory: pass --state-dir DIR (or set HOME)".into())
+            })?;
         let storage = Storage::open(&dir, args.spool_max_mb.saturating_mul(1024 * 1024))
             .map_err(|e| super::ConfigError(format!("{e:#}")))?;
         state_dir = Some(dir);
@@ -97,7 +109,7 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         settings.endpoint(),
         subscription.connected_flag(),
     );
-    let mut status_timer = tokio::time::interval(STATUS_EVERY);
+    let mut status_timer = tokio::time::interval(status_every());
     let mut subscribed = subscription.subscribed();
     let watchdog_every = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut watchdog_timer =
@@ -120,6 +132,8 @@ pub async fn run(args: CollectArgs) -> Result<()> {
             }
             Ok(()) = subscribed.changed() => {
                 if *subscribed.borrow_and_update() {
+                    status.subscriptions += 1;
+                    status.write(&pipeline, &sink);
                     notify_systemd(&[sd_notify::NotifyState::Ready]);
                 }
             }
@@ -244,6 +258,7 @@ struct StatusWriter {
     base: Status,
     connected: Arc<AtomicBool>,
     last_message: Option<Timestamp>,
+    subscriptions: u64,
     failed_once: bool,
 }
 
@@ -263,6 +278,7 @@ impl StatusWriter {
             },
             connected,
             last_message: None,
+            subscriptions: 0,
             failed_once: false,
         }
     }
@@ -282,6 +298,7 @@ impl StatusWriter {
         let status = Status {
             updated_at: Timestamp::now().to_rfc3339(),
             broker_connected: self.connected.load(Ordering::Relaxed),
+            subscriptions: self.subscriptions,
             last_message_at: self.last_message.map(Timestamp::to_rfc3339),
             last_delivery_at: (last_delivery > 0).then(|| {
                 Timestamp::from_unix_micros(i64::try_from(last_delivery).unwrap_or(0) * 1000)

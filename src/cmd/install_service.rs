@@ -69,7 +69,10 @@ impl Layout {
                 unit: config.join("systemd/user").join(UNIT_NAME),
                 env_file: env_dir.join("collector.env"),
                 env_dir,
-                state_dirs: crate::status::resolve_dir(None).into_iter().collect(),
+                state_dirs: crate::state_dir::StateDir::resolve(None)
+                    .map(|d| d.path().to_owned())
+                    .into_iter()
+                    .collect(),
             })
         } else {
             Ok(Layout {
@@ -80,10 +83,10 @@ impl Layout {
                 env_dir: PathBuf::from("/etc/pv3"),
                 // DynamicUser= keeps the real directory under private/ and
                 // links it from /var/lib/pv3.
-                state_dirs: vec![
-                    PathBuf::from("/var/lib/pv3"),
-                    PathBuf::from("/var/lib/private/pv3"),
-                ],
+                state_dirs: crate::state_dir::StateDir::service_candidates()
+                    .into_iter()
+                    .map(|d| d.path().to_owned())
+                    .collect(),
             })
         }
     }
