@@ -23,8 +23,13 @@ pub enum PostError {
     /// Connection refused/reset, timeout, 408, 429, 5xx: worth retrying.
     #[error("{reason}")]
     Transient {
+        /// What went wrong, for the log.
         reason: String,
+        /// The server's `Retry-After`, if it sent one.
         retry_after: Option<Duration>,
+        /// The HTTP status, when the API answered at all (`None`: no
+        /// connection, a reset, a timeout).
+        status: Option<u16>,
     },
     /// 401/403 (a proxy wants a different token), 3xx/404/405 (the URL
     /// points somewhere else): a setting is wrong, not the data. Kept and
@@ -131,6 +136,7 @@ impl ApiClient {
         let resp = req.send().await.map_err(|e| PostError::Transient {
             reason: describe_error(&e),
             retry_after: None,
+            status: None,
         })?;
         let status = resp.status();
         if status.is_success() {
@@ -139,6 +145,19 @@ impl ApiClient {
         let retry_after = retry_after(&resp);
         let body = error_body(resp).await;
         Err(classify(status, body, retry_after))
+    }
+
+    /// Does `GET /health` answer 2xx within `timeout`? The forwarder's cheap
+    /// probe while the API is unreachable.
+    pub async fn healthy(&self, timeout: Duration) -> bool {
+        let Ok(url) = self.url(&["health"]) else {
+            return false;
+        };
+        let mut req = self.http.get(url).timeout(timeout);
+        if let Some(token) = &self.token {
+            req = req.header(AUTHORIZATION, token.clone());
+        }
+        req.send().await.is_ok_and(|r| r.status().is_success())
     }
 
     /// `GET` a path under the base URL; for `check-api`.
@@ -165,6 +184,7 @@ fn classify(status: StatusCode, body: String, retry_after: Option<Duration>) -> 
                 format!("HTTP {code}: {body}")
             },
             retry_after,
+            status: Some(code),
         },
         401 | 403 => PostError::Misconfigured {
             status: code,

@@ -14,12 +14,13 @@ use anyhow::Result;
 use tracing::{info, trace, warn};
 
 use crate::cli::CollectArgs;
-use crate::forward::{ForwardOptions, ForwardStats, Forwarder, Overflow, Storage};
+use crate::forward::{ForwardOptions, ForwardStats, Forwarder, Overflow, Storage, StorageError};
 use crate::mqtt::{self, Message};
 use crate::output::{Format, Printer, is_broken_pipe};
 use crate::pipeline::Pipeline;
 use crate::ratelimit::{RateLimiter, suppressed_note};
 use crate::reading::Timestamp;
+use crate::state_dir::{StateDir, StateDirError};
 use crate::status::{self, Counters, Status};
 
 /// How often `status.json` is rewritten.
@@ -57,14 +58,17 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         Sink::Print(Printer::new(BufWriter::new(std::io::stdout()), format))
     } else {
         let api = super::api_client(&args.api)?;
-        let dir = crate::state_dir::StateDir::resolve(args.state.state_dir.as_deref())
-            .map(|d| d.path().to_owned())
-            .ok_or_else(|| {
-                super::ConfigError("no state directory: pass --state-dir DIR (or set HOME)".into())
-            })?;
-        let storage = Storage::open(&dir, args.spool_max_mb.saturating_mul(1024 * 1024))
-            .map_err(|e| super::ConfigError(format!("{e:#}")))?;
-        state_dir = Some(dir);
+        let dir = StateDir::resolve(args.state.state_dir.as_deref()).ok_or_else(|| {
+            super::ConfigError("no state directory: pass --state-dir DIR (or set HOME)".into())
+        })?;
+        let storage = match Storage::open(&dir, args.spool_max_mb.saturating_mul(1024 * 1024)) {
+            Ok(storage) => storage,
+            Err(e @ StorageError::StateDir(StateDirError::InUse(_))) => {
+                return Err(super::ConfigError(e.to_string()).into());
+            }
+            Err(e) => return Err(anyhow::Error::new(e)),
+        };
+        state_dir = Some(dir.path().to_owned());
         Sink::Api(Forwarder::start_with(
             api,
             ForwardOptions {
@@ -78,7 +82,7 @@ pub async fn run(args: CollectArgs) -> Result<()> {
                 send_alarms: true,
                 give_up: None,
             },
-            Some(storage),
+            storage,
         ))
     };
     let mut subscription = mqtt::subscribe(&settings, vec![filter.clone()])

@@ -1,0 +1,282 @@
+//! Sending leases to the API, and the verdict on each answer: delivered,
+//! set aside for good, or retry later (and when).
+//!
+//! POSTs run as child tasks, so a slow or dead API never stops the
+//! forwarder from taking readings. While the API is failing, one POST at a
+//! time. How soon the next attempt goes out depends on how it failed:
+//!
+//! - no answer at all (refused, reset, timed out): back off up to
+//!   `--retry-max`, but probe `GET /health` every [`PROBE_EVERY`]; the first
+//!   healthy answer ends the wait, so delivery resumes within about a second
+//!   of the API's return, while a dead API costs one failed connect a second;
+//! - an HTTP error (5xx, 429, 408: the API is up, something behind it is
+//!   not): its `Retry-After` (at least [`MIN_RETRY_AFTER`]), else back off
+//!   up to [`HTTP_RETRY_CAP`];
+//! - a setting is wrong (401/403, 3xx/404/405): back off up to
+//!   `--retry-max`: nothing changes until the owner fixes it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, info, warn};
+
+use super::batch::BatchKind;
+use super::queue::Lease;
+use crate::api::{ApiClient, PostError};
+use crate::backoff::Backoff;
+use crate::ratelimit::{RateLimiter, suppressed_note};
+
+/// How often `/health` is probed while the API does not answer.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// A probe that takes longer than this counts as no answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait between attempts while the API answers with errors.
+pub const HTTP_RETRY_CAP: Duration = Duration::from_secs(2);
+/// `Retry-After: 0` must not turn backoff off.
+pub const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// What became of a lease.
+#[derive(Debug)]
+pub enum Verdict {
+    /// The API took it.
+    Delivered,
+    /// The API refused it for good: keep it aside, do not resend.
+    SetAside {
+        /// The HTTP status.
+        status: u16,
+        /// The start of the API's answer.
+        body: String,
+    },
+    /// Not delivered: give it back and try again later.
+    Retry,
+}
+
+/// Why the API is failing, which decides how to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failing {
+    /// No answer at all: probe `/health`.
+    Unreachable,
+    /// It answered, with an error.
+    Answering,
+}
+
+/// POSTs in flight, backoff and probing.
+pub struct Dispatcher {
+    api: ApiClient,
+    retry_max: Duration,
+    concurrency: usize,
+    inflight: JoinSet<Result<(), PostError>>,
+    leases: HashMap<tokio::task::Id, Lease>,
+    backoff: Backoff,
+    /// No new POSTs before this.
+    paused_until: Option<Instant>,
+    failing: Option<(Instant, Failing)>,
+    probe: JoinSet<bool>,
+    next_probe: Option<Instant>,
+    limiter: RateLimiter,
+    /// POSTs started, and failed attempts, in all.
+    pub posts: u64,
+    /// Failed attempts in all.
+    pub failures: u64,
+}
+
+impl Dispatcher {
+    /// A dispatcher with `concurrency` POSTs at once while healthy.
+    pub fn new(api: ApiClient, concurrency: usize, retry: (Duration, Duration)) -> Dispatcher {
+        Dispatcher {
+            api,
+            retry_max: retry.1,
+            concurrency: concurrency.max(1),
+            inflight: JoinSet::new(),
+            leases: HashMap::new(),
+            backoff: Backoff::new(retry.0, retry.1),
+            paused_until: None,
+            failing: None,
+            probe: JoinSet::new(),
+            next_probe: None,
+            limiter: RateLimiter::new(Duration::from_secs(60)),
+            posts: 0,
+            failures: 0,
+        }
+    }
+
+    /// May another POST start now?
+    pub fn has_capacity(&self) -> bool {
+        if self.paused_until.is_some_and(|t| t > Instant::now()) {
+            return false;
+        }
+        let limit = if self.failing.is_some() {
+            1
+        } else {
+            self.concurrency
+        };
+        self.inflight.len() < limit
+    }
+
+    /// Nothing in flight.
+    pub fn idle(&self) -> bool {
+        self.inflight.is_empty()
+    }
+
+    /// Since when the API has been failing, if it is.
+    pub fn failing_since(&self) -> Option<Instant> {
+        self.failing.map(|(t, _)| t)
+    }
+
+    /// Starts a POST of `lease`.
+    pub fn send(&mut self, lease: Lease) {
+        let api = self.api.clone();
+        let batch = lease.batch.clone();
+        let handle = self.inflight.spawn(async move {
+            match batch.kind {
+                BatchKind::Measurements => api.post_measurements(&batch.device, batch.body).await,
+                BatchKind::Alarms => api.post_alarms(&batch.device, batch.body).await,
+            }
+        });
+        self.posts += 1;
+        self.leases.insert(handle.id(), lease);
+    }
+
+    /// The next thing that happens: a POST finishes (with its verdict), or
+    /// the wait after a failure ends (`None`: time to dispatch again). A due
+    /// probe is started on the way. Pending forever when nothing can happen.
+    pub async fn next_event(&mut self) -> Option<(Lease, Verdict)> {
+        enum Event {
+            Done(Result<(tokio::task::Id, Result<(), PostError>), tokio::task::JoinError>),
+            Unpaused,
+            ProbeDue,
+            Probed(bool),
+        }
+        let far = Instant::now() + Duration::from_secs(3600);
+        let (paused, probe_at) = (self.paused_until, self.next_probe);
+        let event = tokio::select! {
+            Some(done) = self.inflight.join_next_with_id(), if !self.inflight.is_empty() => {
+                Event::Done(done)
+            }
+            _ = sleep_until(paused.unwrap_or(far)), if paused.is_some() => Event::Unpaused,
+            _ = sleep_until(probe_at.unwrap_or(far)), if probe_at.is_some() => Event::ProbeDue,
+            Some(probed) = self.probe.join_next(), if !self.probe.is_empty() => {
+                Event::Probed(probed.unwrap_or(false))
+            }
+            else => std::future::pending::<Event>().await,
+        };
+        match event {
+            Event::Done(done) => {
+                let (id, result) = match done {
+                    Ok((id, result)) => (id, result),
+                    Err(e) => (
+                        e.id(),
+                        Err(PostError::Transient {
+                            reason: format!("request task failed: {e}"),
+                            retry_after: None,
+                            status: None,
+                        }),
+                    ),
+                };
+                let lease = self.leases.remove(&id)?;
+                let verdict = self.judge(result);
+                Some((lease, verdict))
+            }
+            Event::Unpaused => {
+                self.paused_until = None;
+                None
+            }
+            Event::ProbeDue => {
+                self.next_probe = Some(Instant::now() + PROBE_EVERY);
+                if self.probe.is_empty() {
+                    let api = self.api.clone();
+                    self.probe
+                        .spawn(async move { api.healthy(PROBE_TIMEOUT).await });
+                }
+                None
+            }
+            Event::Probed(healthy) => {
+                if healthy && self.failing.is_some_and(|(_, f)| f == Failing::Unreachable) {
+                    debug!("the API answers /health again: retrying now");
+                    self.paused_until = None;
+                    self.next_probe = None;
+                }
+                None
+            }
+        }
+    }
+
+    /// Stops every POST; returns their leases (not delivered, as far as
+    /// anyone knows).
+    pub fn abort_all(&mut self) -> Vec<Lease> {
+        self.inflight.abort_all();
+        self.probe.abort_all();
+        self.leases.drain().map(|(_, lease)| lease).collect()
+    }
+
+    fn judge(&mut self, result: Result<(), PostError>) -> Verdict {
+        match result {
+            Ok(()) => {
+                if let Some((since, _)) = self.failing.take() {
+                    info!(
+                        "API is taking data again after {:.0} s",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                self.backoff.reset();
+                self.next_probe = None;
+                Verdict::Delivered
+            }
+            Err(PostError::Rejected { status, body }) => Verdict::SetAside { status, body },
+            Err(err) => {
+                self.failed(&err);
+                Verdict::Retry
+            }
+        }
+    }
+
+    /// Decides how long to wait after a failed attempt, and says so.
+    fn failed(&mut self, err: &PostError) {
+        self.failures += 1;
+        let (how, delay) = match err {
+            PostError::Transient {
+                status: None,
+                retry_after,
+                ..
+            } => (
+                Failing::Unreachable,
+                retry_after.unwrap_or_else(|| self.backoff.next_delay()),
+            ),
+            PostError::Transient {
+                retry_after: Some(after),
+                ..
+            } => (Failing::Answering, (*after).max(MIN_RETRY_AFTER)),
+            PostError::Transient { .. } => (
+                Failing::Answering,
+                self.backoff.next_delay().min(HTTP_RETRY_CAP),
+            ),
+            _ => (Failing::Answering, self.backoff.next_delay()),
+        };
+        let delay = delay.min(self.retry_max.max(MIN_RETRY_AFTER));
+        let first = self.failing.is_none();
+        let since = self.failing.map_or_else(Instant::now, |(t, _)| t);
+        self.failing = Some((since, how));
+        self.next_probe = (how == Failing::Unreachable).then(|| Instant::now() + PROBE_EVERY);
+        let until = Instant::now() + delay;
+        self.paused_until = Some(self.paused_until.map_or(until, |t| t.max(until)));
+        let what = match err {
+            PostError::Misconfigured { status, body, hint } => {
+                format!("API answered HTTP {status} ({body}): {hint}; data is kept and retried")
+            }
+            other => format!("API not taking data ({other})"),
+        };
+        if first {
+            warn!("{what}; retrying in {:.1} s", delay.as_secs_f64());
+        } else if let Some(n) = self.limiter.allow("transient") {
+            warn!(
+                "{what}; still retrying (next in {:.1} s){}",
+                delay.as_secs_f64(),
+                suppressed_note(n)
+            );
+        } else {
+            debug!("{what}; retry in {:.1} s", delay.as_secs_f64());
+        }
+    }
+}

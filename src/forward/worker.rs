@@ -1,0 +1,335 @@
+//! The forwarding task: one loop that moves readings from the input channel
+//! through the batcher into the queue, leases from the queue to the
+//! dispatcher, and verdicts back to the queue. See the parent module.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, error, warn};
+
+use super::batch::{Batch, Batcher};
+use super::dead_letter::{DeadLetter, DeadLetters};
+use super::dispatch::{Dispatcher, Verdict};
+use super::queue::{Lease, Pushed, Queue};
+use super::{ForwardOptions, ForwardReport, ForwardStats, Overflow};
+use crate::api::ApiClient;
+use crate::ratelimit::{RateLimiter, suppressed_note};
+use crate::reading::{Reading, Timestamp};
+use crate::state_dir::StateLock;
+
+/// What a worker is made of.
+pub(super) struct Parts {
+    pub api: ApiClient,
+    pub opts: ForwardOptions,
+    pub queue: Box<dyn Queue>,
+    pub dead_letters: Option<Arc<DeadLetters>>,
+    /// Held until the worker has finished with the state directory.
+    pub lock: Option<StateLock>,
+}
+
+pub(super) struct Worker {
+    opts: ForwardOptions,
+    batcher: Batcher,
+    queue: Box<dyn Queue>,
+    dispatcher: Dispatcher,
+    dead_letters: Option<Arc<DeadLetters>>,
+    stats: Arc<ForwardStats>,
+    limiter: RateLimiter,
+    gave_up: bool,
+    _lock: Option<StateLock>,
+}
+
+impl Worker {
+    pub(super) fn new(parts: Parts, stats: Arc<ForwardStats>) -> Worker {
+        let opts = ForwardOptions {
+            batch_size: parts.opts.batch_size.max(1),
+            concurrency: parts.opts.concurrency.max(1),
+            ..parts.opts
+        };
+        let worker = Worker {
+            batcher: Batcher::new(opts.batch_size, opts.linger, opts.send_alarms),
+            dispatcher: Dispatcher::new(
+                parts.api,
+                opts.concurrency,
+                (opts.retry_initial, opts.retry_max),
+            ),
+            opts,
+            queue: parts.queue,
+            dead_letters: parts.dead_letters,
+            stats,
+            limiter: RateLimiter::new(Duration::from_secs(60)),
+            gave_up: false,
+            _lock: parts.lock,
+        };
+        worker.publish();
+        worker
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Reading>,
+        mut stop: watch::Receiver<bool>,
+    ) -> ForwardReport {
+        let mut input_open = true;
+        loop {
+            self.dispatch().await;
+            if !input_open && self.drained() {
+                break;
+            }
+            let deadline = self.batcher.next_deadline();
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                event = self.dispatcher.next_event() => {
+                    if let Some((lease, verdict)) = event {
+                        self.settle(lease, verdict).await;
+                    }
+                }
+                reading = rx.recv(), if input_open && self.has_room() => match reading {
+                    Some(reading) => self.accept(reading, &mut rx).await,
+                    None => {
+                        input_open = false;
+                        self.seal(true).await;
+                    }
+                },
+                _ = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                    self.seal(false).await;
+                }
+            }
+            if self.giving_up() {
+                break;
+            }
+        }
+        self.shutdown().await
+    }
+
+    /// Input closed: may it stop? Once memory is empty (whatever is left is
+    /// in the spool) and no delivery that could still succeed is in flight.
+    fn drained(&self) -> bool {
+        self.batcher.held() == 0
+            && self.queue.in_memory().batches == 0
+            && (self.dispatcher.idle() || self.dispatcher.failing_since().is_some())
+    }
+
+    /// Replay waits for room; collect never refuses a reading (its queue
+    /// spools or drops, counted).
+    fn has_room(&self) -> bool {
+        self.opts.overflow == Overflow::DropOldest
+            || self.queue.in_memory().measurements as usize + self.batcher.held()
+                < self.opts.queue_limit
+    }
+
+    /// Takes a reading, and whatever else is waiting, into the batcher.
+    async fn accept(&mut self, reading: Reading, rx: &mut mpsc::Receiver<Reading>) {
+        let mut sealed = Vec::new();
+        self.batcher.add(&reading, &mut sealed);
+        while self.has_room() {
+            match rx.try_recv() {
+                Ok(reading) => self.batcher.add(&reading, &mut sealed),
+                Err(_) => break,
+            }
+        }
+        self.push(sealed).await;
+    }
+
+    async fn seal(&mut self, all: bool) {
+        let mut sealed = Vec::new();
+        self.batcher.seal_due(all, &mut sealed);
+        self.push(sealed).await;
+    }
+
+    async fn push(&mut self, batches: Vec<Batch>) {
+        if !batches.is_empty() {
+            let pushed = self.queue.push(batches).await;
+            self.count_push(pushed);
+        }
+        self.publish();
+    }
+
+    fn count_push(&mut self, pushed: Pushed) {
+        if pushed.stored > 0 {
+            ForwardStats::add(&self.stats.spooled, pushed.stored);
+            let on_disk = self.queue.len().measurements - self.queue.in_memory().measurements;
+            debug!(
+                "spooled {} measurements; the spool holds {on_disk}",
+                pushed.stored
+            );
+        }
+        let dropped = pushed.evicted.measurements;
+        if dropped > 0 {
+            ForwardStats::add(&self.stats.dropped, dropped);
+            let which = if pushed.error.is_none() && self.queue.durable() {
+                "spool full (--spool-max-mb)"
+            } else {
+                "in-memory queue full (--queue-max)"
+            };
+            if let Some(k) = self.limiter.allow("dropped") {
+                warn!(
+                    "{which}: dropped the oldest {dropped} measurements, {} dropped so far{}",
+                    ForwardStats::get(&self.stats.dropped),
+                    suppressed_note(k)
+                );
+            }
+        }
+        // What a memory-only queue refuses cannot happen; a spool's refusals
+        // are the tiered queue's to keep. Anything left here is lost: count it.
+        let refused: u64 = pushed.refused.iter().map(|b| b.count as u64).sum();
+        if refused > 0 {
+            ForwardStats::add(&self.stats.dropped, refused);
+        }
+    }
+
+    /// Starts POSTs while the dispatcher has room and the queue has leases.
+    async fn dispatch(&mut self) {
+        while self.dispatcher.has_capacity() {
+            match self.queue.take(self.opts.batch_size).await {
+                Ok(Some(lease)) => self.dispatcher.send(lease),
+                Ok(None) => break,
+                Err(e) => {
+                    if let Some(k) = self.limiter.allow("take") {
+                        error!("cannot read the queue ({e}){}", suppressed_note(k));
+                    }
+                    break;
+                }
+            }
+        }
+        ForwardStats::set(&self.stats.posts, self.dispatcher.posts);
+        ForwardStats::set(&self.stats.failed_attempts, self.dispatcher.failures);
+        self.publish();
+    }
+
+    /// Acts on a verdict.
+    async fn settle(&mut self, lease: Lease, verdict: Verdict) {
+        match verdict {
+            Verdict::Delivered => {
+                let now_ms = Timestamp::now().unix_micros() / 1000;
+                ForwardStats::set(
+                    &self.stats.last_delivery_ms,
+                    u64::try_from(now_ms).unwrap_or(0),
+                );
+                let n = lease.batch.count as u64;
+                match lease.batch.kind {
+                    super::BatchKind::Measurements => ForwardStats::add(&self.stats.delivered, n),
+                    super::BatchKind::Alarms => {
+                        ForwardStats::add(&self.stats.alarms_delivered, 1);
+                    }
+                }
+                self.ack(lease).await;
+            }
+            Verdict::SetAside { status, body } => {
+                self.set_aside(&lease.batch, status, &body).await;
+                ForwardStats::add(&self.stats.rejected, lease.batch.count as u64);
+                self.ack(lease).await;
+            }
+            Verdict::Retry => {
+                let pushed = self.queue.give_back(lease).await;
+                self.count_push(pushed);
+            }
+        }
+        self.publish();
+    }
+
+    async fn ack(&mut self, lease: Lease) {
+        if let Err(e) = self.queue.ack(lease).await
+            && let Some(k) = self.limiter.allow("ack")
+        {
+            error!(
+                "cannot remove a delivered batch from the spool ({e}): it may be sent again{}",
+                suppressed_note(k)
+            );
+        }
+    }
+
+    /// Writes a refused batch to the dead letters, off the runtime.
+    async fn set_aside(&mut self, batch: &Batch, status: u16, body: &str) {
+        let kept = match &self.dead_letters {
+            Some(letters) => {
+                let (letters, batch, response) = (letters.clone(), batch.clone(), body.to_owned());
+                let written = tokio::task::spawn_blocking(move || {
+                    letters
+                        .write_or_log(&DeadLetter::Refused {
+                            batch: &batch,
+                            status,
+                            response: &response,
+                        })
+                        .then(|| format!(" in {}", letters.path().display()))
+                })
+                .await;
+                written.ok().flatten().unwrap_or_default()
+            }
+            None => String::new(),
+        };
+        if let Some(n) = self.limiter.allow(&format!("rejected {status}")) {
+            warn!(
+                "API refused a batch for device {} with HTTP {status} ({} measurements set aside{kept}): {body}{}",
+                batch.device,
+                batch.count,
+                suppressed_note(n)
+            );
+        }
+    }
+
+    fn giving_up(&mut self) -> bool {
+        let (Some(limit), Some(since)) = (self.opts.give_up, self.dispatcher.failing_since())
+        else {
+            return false;
+        };
+        if since.elapsed() < limit {
+            return false;
+        }
+        error!(
+            "giving up: the API has taken nothing for {:.0} s; {} measurements undelivered",
+            limit.as_secs_f64(),
+            self.queue.len().measurements + self.batcher.held() as u64
+        );
+        self.gave_up = true;
+        true
+    }
+
+    /// Stops: seals what is open, takes back what is in flight, and closes
+    /// the queue (a durable queue keeps the rest for the next start).
+    async fn shutdown(mut self) -> ForwardReport {
+        let mut sealed = Vec::new();
+        self.batcher.seal_due(true, &mut sealed);
+        if !sealed.is_empty() {
+            let pushed = self.queue.push(sealed).await;
+            self.count_push(pushed);
+        }
+        for lease in self.dispatcher.abort_all() {
+            // In flight at the stop: it may have arrived (at-least-once).
+            let pushed = self.queue.give_back(lease).await;
+            self.count_push(pushed);
+        }
+        let held = self.queue.len().measurements;
+        let durable = self.queue.durable();
+        let undelivered = self.queue.close().await;
+        let lost: u64 = undelivered.iter().map(|b| b.count as u64).sum();
+        let s = &self.stats;
+        ForwardStats::set(&s.queued, 0);
+        ForwardReport {
+            delivered: ForwardStats::get(&s.delivered),
+            alarms_delivered: ForwardStats::get(&s.alarms_delivered),
+            rejected: ForwardStats::get(&s.rejected),
+            dropped: ForwardStats::get(&s.dropped),
+            undelivered,
+            gave_up: self.gave_up,
+            left_in_spool: if durable { held - lost.min(held) } else { 0 },
+        }
+    }
+
+    /// Publishes the queue's size to the stats.
+    fn publish(&self) {
+        let (all, memory) = (self.queue.len(), self.queue.in_memory());
+        let s = &self.stats;
+        ForwardStats::set(&s.queued, memory.measurements + self.batcher.held() as u64);
+        ForwardStats::set(&s.spool_batches, all.batches.saturating_sub(memory.batches));
+        ForwardStats::set(
+            &s.spool_measurements,
+            all.measurements.saturating_sub(memory.measurements),
+        );
+        ForwardStats::set(&s.spool_bytes, all.bytes.saturating_sub(memory.bytes));
+    }
+}
