@@ -211,6 +211,9 @@ async fn an_api_answering_503_loses_nothing(broker: TestBroker) {
     assert!(api.measurements().is_empty());
     api.recover();
     let got = api.wait_for_measurements(20, T).await;
+    // The API has them; wait until collect has its answer too, or SIGTERM
+    // may abandon that POST (at-least-once) before the recovery is logged.
+    pv3.delivered(20).await;
     let stderr = pv3.stop().await;
 
     // Every reading, once, in the order received.

@@ -342,6 +342,17 @@ impl Collector {
         status
     }
 
+    /// Waits until the collector counts `n` measurements as accepted by the
+    /// API. The recording API sees a batch before the collector reads the
+    /// answer: stop only after this when the log or the report must show
+    /// the delivery.
+    pub async fn delivered(&self, n: u64) -> Value {
+        self.wait_status(&format!("{n} measurements delivered"), |s| {
+            number(s, "counters.delivered").is_some_and(|v| v >= n)
+        })
+        .await
+    }
+
     /// SIGTERM, asserts exit status 0, returns stderr. The handle stays
     /// (for `stdout()`); see [`Self::stop`].
     pub async fn stop_in_place(&mut self) -> String {
