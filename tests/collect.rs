@@ -11,65 +11,21 @@ use serde_json::Value;
 
 use support::api::{RecordingApi, parse_rfc3339_nanos};
 use support::broker::{InProcessBroker, Publisher, TestBroker};
+use support::collect::CollectRun;
 use support::fixtures::{
     DEVICE, EVERY_TOPIC_EXPECTED, every_topic, every_topic_alarms, every_topic_expected_keys,
     measurement_keys,
 };
-use support::proc::{Pv3Process, run_pv3};
+use support::proc::run_pv3;
 use support::{now_nanos, on_both_brokers};
 
 /// Generous: these machines are shared and slow. Waits end on the event,
 /// not on this.
 const T: Duration = Duration::from_secs(20);
 
-fn spawn_collect(broker_port: u16, api: &RecordingApi, extra: &[&str]) -> Pv3Process {
-    spawn_collect_env(broker_port, api, extra, &[])
-}
-
-fn spawn_collect_env(
-    broker_port: u16,
-    api: &RecordingApi,
-    extra: &[&str],
-    envs: &[(&str, &str)],
-) -> Pv3Process {
-    let port = broker_port.to_string();
-    let url = api.url();
-    let state = support::scratch_dir("collect");
-    let mut args = vec![
-        "collect",
-        "--state-dir",
-        state.to_str().expect("utf-8 path"),
-        "--mqtt-host",
-        "127.0.0.1",
-        "--mqtt-port",
-        &port,
-        "--api-url",
-        &url,
-        "--retry-max",
-        "0.2",
-        "--mqtt-reconnect-max",
-        "0.5",
-    ];
-    args.extend_from_slice(extra);
-    Pv3Process::spawn(&args, envs)
-}
-
-async fn subscribed(pv3: &Pv3Process) {
-    assert!(
-        pv3.wait_for_stderr("subscribed to", T).await,
-        "collect never subscribed:\n{}",
-        pv3.stderr()
-    );
-}
-
-async fn stop(mut pv3: Pv3Process) -> String {
-    let status = pv3.terminate(T).await;
-    assert!(
-        status.success(),
-        "collect exited with {status}:\n{}",
-        pv3.stderr()
-    );
-    pv3.stderr()
+/// `collect` from `broker_port` to `api`, with the harness's defaults.
+fn collect(broker_port: u16, api: &RecordingApi) -> CollectRun {
+    CollectRun::new(broker_port).api(api)
 }
 
 fn charge(power: i64) -> Vec<u8> {
@@ -89,8 +45,8 @@ fn values_of(items: &[Value], metric: &str) -> Vec<f64> {
 on_both_brokers!(every_topic_reaches_the_api_exactly);
 async fn every_topic_reaches_the_api_exactly(broker: TestBroker) {
     let api = RecordingApi::start().await;
-    let pv3 = spawn_collect(broker.port(), &api, &[]);
-    subscribed(&pv3).await;
+    let pv3 = collect(broker.port(), &api).spawn();
+    pv3.subscribed(1).await;
 
     let publisher = Publisher::connect(broker.port()).await;
     let before = now_nanos();
@@ -102,7 +58,7 @@ async fn every_topic_reaches_the_api_exactly(broker: TestBroker) {
     api.wait_for_measurements(EVERY_TOPIC_EXPECTED.len(), T)
         .await;
     api.wait_for_alarms(1, T).await;
-    let stderr = stop(pv3).await;
+    let stderr = pv3.stop().await;
     let after = now_nanos();
 
     // Exactly the expected measurements: none missing, none extra.
@@ -146,19 +102,11 @@ on_both_brokers!(every_device_with_plus_posts_to_each_devices_url);
 async fn every_device_with_plus_posts_to_each_devices_url(broker: TestBroker) {
     let api = RecordingApi::start().await;
     // The old unit file's environment variables, not flags.
-    let port = broker.port().to_string();
-    let url = api.url();
-    let state = support::scratch_dir("collect-env");
-    let pv3 = Pv3Process::spawn(
-        &["collect", "--retry-max", "0.2"],
-        &[
-            ("STATE_DIRECTORY", state.to_str().expect("utf-8 path")),
-            ("MQTT_HOST", "127.0.0.1"),
-            ("MQTT_PORT", &port),
-            ("API_URL", &url),
-            ("P3_DEVICE_ID", "+"),
-        ],
-    );
+    let pv3 = collect(broker.port(), &api)
+        .settings_in_env()
+        .env("P3_DEVICE_ID", "+")
+        .spawn();
+    pv3.subscribed(1).await;
     assert!(
         pv3.wait_for_stderr("subscribed to pv/PV3/+/#", T).await,
         "{}",
@@ -185,7 +133,7 @@ async fn every_device_with_plus_posts_to_each_devices_url(broker: TestBroker) {
         .publish("other/topic", charge(300), QoS::AtLeastOnce, false)
         .await;
     api.wait_for_measurements(2, T).await;
-    stop(pv3).await;
+    pv3.stop().await;
 
     let mut by_device: Vec<(String, f64)> = api
         .measurements()
@@ -217,14 +165,14 @@ on_both_brokers!(a_broker_that_appears_later_is_picked_up);
 async fn a_broker_that_appears_later_is_picked_up(mut broker: TestBroker) {
     let api = RecordingApi::start().await;
     broker.stop().await;
-    let pv3 = spawn_collect(broker.port(), &api, &[]);
+    let pv3 = collect(broker.port(), &api).spawn();
     assert!(
         pv3.wait_for_stderr("reconnecting in", T).await,
         "no reconnect warning:\n{}",
         pv3.stderr()
     );
     broker.restart().await;
-    subscribed(&pv3).await;
+    pv3.subscribed(1).await;
     let publisher = Publisher::connect(broker.port()).await;
     publisher
         .publish(
@@ -236,7 +184,7 @@ async fn a_broker_that_appears_later_is_picked_up(mut broker: TestBroker) {
         .await;
     let got = api.wait_for_measurements(1, T).await;
     assert_eq!(values_of(&got, "battery_power"), [42.0]);
-    let stderr = stop(pv3).await;
+    let stderr = pv3.stop().await;
     // Backoff, not a hot loop: a handful of attempts, each logged once.
     assert_eq!(
         stderr.matches("reconnecting in").count(),
@@ -249,8 +197,8 @@ on_both_brokers!(an_api_answering_503_loses_nothing);
 async fn an_api_answering_503_loses_nothing(broker: TestBroker) {
     let api = RecordingApi::start().await;
     api.fail_all(503);
-    let pv3 = spawn_collect(broker.port(), &api, &["--linger-ms", "20"]);
-    subscribed(&pv3).await;
+    let pv3 = collect(broker.port(), &api).linger_ms(20).spawn();
+    pv3.subscribed(1).await;
     let publisher = Publisher::connect(broker.port()).await;
     let topic = format!("pv/PV3/{DEVICE}/inverter/charge");
     for power in 0..20 {
@@ -263,7 +211,10 @@ async fn an_api_answering_503_loses_nothing(broker: TestBroker) {
     assert!(api.measurements().is_empty());
     api.recover();
     let got = api.wait_for_measurements(20, T).await;
-    let stderr = stop(pv3).await;
+    // The API has them; wait until collect has its answer too, or SIGTERM
+    // may abandon that POST (at-least-once) before the recovery is logged.
+    pv3.delivered(20).await;
+    let stderr = pv3.stop().await;
 
     // Every reading, once, in the order received.
     let expected: Vec<f64> = (0..20).map(f64::from).collect();
@@ -276,8 +227,8 @@ async fn an_api_answering_503_loses_nothing(broker: TestBroker) {
 on_both_brokers!(a_one_megabyte_payload_does_not_break_the_link);
 async fn a_one_megabyte_payload_does_not_break_the_link(broker: TestBroker) {
     let api = RecordingApi::start().await;
-    let pv3 = spawn_collect(broker.port(), &api, &[]);
-    subscribed(&pv3).await;
+    let pv3 = collect(broker.port(), &api).spawn();
+    pv3.subscribed(1).await;
     let publisher = Publisher::connect(broker.port()).await;
     let big = vec![b'x'; 1 << 20];
     publisher
@@ -306,7 +257,7 @@ async fn a_one_megabyte_payload_does_not_break_the_link(broker: TestBroker) {
         .await;
     let got = api.wait_for_measurements(1, T).await;
     assert_eq!(values_of(&got, "battery_power"), [7.0]);
-    let stderr = stop(pv3).await;
+    let stderr = pv3.stop().await;
     assert!(
         !stderr.contains("reconnecting"),
         "the link must survive:\n{stderr}"
@@ -324,13 +275,8 @@ async fn sigterm_delivers_what_is_queued_and_exits_0() {
     let broker = InProcessBroker::start().await;
     let api = RecordingApi::start().await;
     // A linger far beyond the test: only shutdown can flush the batch.
-    let pv3 = spawn_collect_env(
-        broker.port(),
-        &api,
-        &["--linger-ms", "60000"],
-        &[("RUST_LOG", "pv3=trace")],
-    );
-    subscribed(&pv3).await;
+    let pv3 = collect(broker.port(), &api).linger_ms(60_000).spawn();
+    pv3.subscribed(1).await;
     let publisher = Publisher::connect(broker.port()).await;
     let topic = format!("pv/PV3/{DEVICE}/inverter/charge");
     for power in [1, 2, 3] {
@@ -338,13 +284,9 @@ async fn sigterm_delivers_what_is_queued_and_exits_0() {
             .publish(&topic, charge(power), QoS::AtLeastOnce, false)
             .await;
     }
-    assert!(
-        support::wait_for(T, || pv3.stderr().matches("received pv/PV3/").count() == 3).await,
-        "{}",
-        pv3.stderr()
-    );
+    pv3.received(3).await;
     assert!(api.requests().is_empty());
-    stop(pv3).await;
+    pv3.stop().await;
     assert_eq!(
         values_of(&api.measurements(), "battery_power"),
         [1.0, 2.0, 3.0]
@@ -355,8 +297,11 @@ async fn sigterm_delivers_what_is_queued_and_exits_0() {
 async fn dry_run_prints_jsonl_and_sends_nothing() {
     let broker = InProcessBroker::start().await;
     let api = RecordingApi::start().await;
-    let pv3 = spawn_collect(broker.port(), &api, &["--dry-run", "--format", "jsonl"]);
-    subscribed(&pv3).await;
+    let mut pv3 = collect(broker.port(), &api)
+        .dry_run()
+        .args(&["--format", "jsonl"])
+        .spawn();
+    pv3.subscribed(1).await;
     let publisher = Publisher::connect(broker.port()).await;
     for record in every_topic() {
         publisher
@@ -369,12 +314,8 @@ async fn dry_run_prints_jsonl_and_sends_nothing() {
         "{}",
         pv3.stdout()
     );
-    let stdout = {
-        let mut pv3 = pv3;
-        let status = pv3.terminate(T).await;
-        assert!(status.success());
-        pv3.stdout()
-    };
+    pv3.stop_in_place().await;
+    let stdout = pv3.stdout();
     assert!(api.requests().is_empty(), "a dry run sends nothing");
     let items: Vec<Value> = stdout
         .lines()
@@ -400,8 +341,8 @@ async fn a_422_is_logged_with_its_body_and_set_aside() {
     let broker = InProcessBroker::start().await;
     let api = RecordingApi::start().await;
     api.fail_next(1, 422);
-    let pv3 = spawn_collect(broker.port(), &api, &["--linger-ms", "10"]);
-    subscribed(&pv3).await;
+    let pv3 = collect(broker.port(), &api).linger_ms(10).spawn();
+    pv3.subscribed(1).await;
     let publisher = Publisher::connect(broker.port()).await;
     let topic = format!("pv/PV3/{DEVICE}/inverter/charge");
     publisher
@@ -412,7 +353,7 @@ async fn a_422_is_logged_with_its_body_and_set_aside() {
         .publish(&topic, charge(2), QoS::AtLeastOnce, false)
         .await;
     let got = api.wait_for_measurements(1, T).await;
-    let stderr = stop(pv3).await;
+    let stderr = pv3.stop().await;
     assert_eq!(values_of(&got, "battery_power"), [2.0]);
     // Not retried: two requests in all.
     assert_eq!(api.requests().len(), 2);
@@ -427,8 +368,8 @@ async fn a_422_is_logged_with_its_body_and_set_aside() {
 async fn a_bad_message_is_skipped_and_the_next_one_goes_through() {
     let broker = InProcessBroker::start().await;
     let api = RecordingApi::start().await;
-    let pv3 = spawn_collect(broker.port(), &api, &[]);
-    subscribed(&pv3).await;
+    let pv3 = collect(broker.port(), &api).spawn();
+    pv3.subscribed(1).await;
     let publisher = Publisher::connect(broker.port()).await;
     let topic = format!("pv/PV3/{DEVICE}/inverter/charge");
     for bad in [&b"NaN"[..], b"[1,2", b"\xff\xfe", b"\"a string\""] {
@@ -440,7 +381,7 @@ async fn a_bad_message_is_skipped_and_the_next_one_goes_through() {
         .publish(&topic, charge(5), QoS::AtLeastOnce, false)
         .await;
     let got = api.wait_for_measurements(1, T).await;
-    let stderr = stop(pv3).await;
+    let stderr = pv3.stop().await;
     assert_eq!(values_of(&got, "battery_power"), [5.0]);
     // Rate-limited: one line for the topic, the rest counted.
     assert_eq!(stderr.matches("skipped a message").count(), 1, "{stderr}");
@@ -451,16 +392,13 @@ async fn the_api_token_is_sent_and_never_logged() {
     let broker = InProcessBroker::start().await;
     let api = RecordingApi::start().await;
     api.fail_next(1, 401);
-    let pv3 = spawn_collect_env(
-        broker.port(),
-        &api,
-        &["-vv", "--linger-ms", "10"],
-        &[
-            ("API_TOKEN", "s3cret-t0ken"),
-            ("MQTT_PASSWORD", "mqtt-pa55"),
-        ],
-    );
-    subscribed(&pv3).await;
+    let pv3 = collect(broker.port(), &api)
+        .linger_ms(10)
+        .args(&["-vv"])
+        .env("API_TOKEN", "s3cret-t0ken")
+        .env("MQTT_PASSWORD", "mqtt-pa55")
+        .spawn();
+    pv3.subscribed(1).await;
     let publisher = Publisher::connect(broker.port()).await;
     publisher
         .publish(
@@ -471,7 +409,7 @@ async fn the_api_token_is_sent_and_never_logged() {
         )
         .await;
     let got = api.wait_for_measurements(1, T).await;
-    let stderr = stop(pv3).await;
+    let stderr = pv3.stop().await;
     assert_eq!(values_of(&got, "battery_power"), [9.0]);
     let requests = api.requests();
     assert_eq!(requests.len(), 2, "the 401 is retried, not dropped");

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use support::broker::{Mosquitto, find_executable};
-use support::proc::Pv3Process;
+use support::collect::{CollectRun, Collector};
 
 /// Generous: these machines are shared and slow. Waits end on the event,
 /// not on this.
@@ -395,57 +395,28 @@ async fn launch(bin: &Path, dir: &Path, port: u16) -> Result<Child, String> {
 
 /// `pv3 collect --dry-run --format jsonl` over TLS to `broker` as USER with
 /// `password`, trusting `ca` (None: the "system" roots). Reconnects quickly
-/// so that a second attempt comes within the test's waits; `verbose` (-vv)
-/// logs those attempts, and everything else a leak could hide in.
-fn spawn_collect(
-    broker: &TlsBroker,
-    ca: Option<&str>,
-    password: &str,
-    verbose: bool,
-    envs: &[(&str, &str)],
-) -> Pv3Process {
-    let port = broker.port().to_string();
-    let mut args = if verbose { vec!["-vv"] } else { vec![] };
-    args.extend([
-        "collect",
-        "--mqtt-host",
-        "localhost",
-        "--mqtt-port",
-        &port,
-        "--mqtt-tls",
-        "--mqtt-username",
-        USER,
-        "--mqtt-password",
-        password,
-        "--mqtt-reconnect-max",
-        "0.5",
-        "--dry-run",
-        "--format",
-        "jsonl",
-    ]);
-    if let Some(ca) = ca {
-        args.extend(["--mqtt-ca", ca]);
+/// so that a second attempt comes within the test's waits. A dry run keeps
+/// no state, so these tests wait on the log.
+fn collect(broker: &TlsBroker, ca: Option<&str>, password: &str) -> CollectRun {
+    let run = CollectRun::new(broker.port())
+        .host("localhost")
+        .reconnect_max("0.5")
+        .dry_run()
+        .args(&["--format", "jsonl", "--mqtt-tls"])
+        .args(&["--mqtt-username", USER, "--mqtt-password", password]);
+    match ca {
+        Some(ca) => run.args(&["--mqtt-ca", ca]),
+        None => run,
     }
-    Pv3Process::spawn(&args, envs)
 }
+
+/// `-vv`: logs the reconnect attempts, and everything else a leak could
+/// hide in.
+const VERBOSE: &[&str] = &["-vv"];
 
 /// Waits until at least `n` stderr lines satisfy `pred`.
-async fn wait_for_lines(pv3: &Pv3Process, n: usize, pred: impl Fn(&str) -> bool) -> bool {
-    support::wait_for(T, || {
-        pv3.stderr_lines().iter().filter(|l| pred(l)).count() >= n
-    })
-    .await
-}
-
-/// SIGTERM, then asserts a clean exit; returns stderr.
-async fn stop(mut pv3: Pv3Process) -> String {
-    let status = pv3.terminate(T).await;
-    assert!(
-        status.success(),
-        "collect exited with {status}:\n{}",
-        pv3.stderr(),
-    );
-    pv3.stderr()
+async fn wait_for_lines(pv3: &Collector, n: usize, pred: impl Fn(&str) -> bool) -> bool {
+    pv3.wait_for_stderr_lines(n, pred, T).await
 }
 
 // ---------------------------------------------------------------------------
@@ -458,12 +429,8 @@ async fn tls_and_password_work() {
         return;
     };
     let ca = broker.ca();
-    let pv3 = spawn_collect(&broker, Some(&ca), PASSWORD, false, &[]);
-    assert!(
-        pv3.wait_for_stderr("subscribed to", T).await,
-        "collect never subscribed:\n{}",
-        pv3.stderr(),
-    );
+    let pv3 = collect(&broker, Some(&ca), PASSWORD).spawn();
+    pv3.subscribed(1).await;
 
     let topic = format!("pv/PV3/{DEVICE}/inverter/charge");
     broker.publish(&topic, r#"{"power":591}"#).await;
@@ -473,7 +440,7 @@ async fn tls_and_password_work() {
         pv3.stderr()
     );
     let stdout = pv3.stdout_lines();
-    let stderr = stop(pv3).await;
+    let stderr = pv3.stop().await;
 
     assert_eq!(stdout.len(), 1, "one reading expected: {stdout:?}");
     let reading: Value = serde_json::from_str(&stdout[0]).expect("the line is JSON");
@@ -492,7 +459,9 @@ async fn wrong_password_is_reported_clearly() {
     };
     const WRONG: &str = "n0t-the-r1ght-0ne";
     let ca = broker.ca();
-    let mut pv3 = spawn_collect(&broker, Some(&ca), WRONG, true, &[]);
+    let mut pv3 = collect(&broker, Some(&ca), WRONG)
+        .global_args(VERBOSE)
+        .spawn();
     let refused = "connection refused by the broker";
     assert!(
         pv3.wait_for_stderr(refused, T).await,
@@ -524,7 +493,7 @@ async fn wrong_password_is_reported_clearly() {
         pv3.stdout()
     );
 
-    let stderr = stop(pv3).await;
+    let stderr = pv3.stop().await;
     assert_eq!(
         stderr.matches("WARN").count(),
         1,
@@ -543,13 +512,10 @@ async fn tls_with_an_unknown_ca_fails_with_a_clear_error() {
     // them by an unrelated CA so that the outcome does not depend on
     // whether this machine has any roots installed.
     let other_ca = broker.path("other-ca.pem").display().to_string();
-    let mut pv3 = spawn_collect(
-        &broker,
-        None,
-        PASSWORD,
-        true,
-        &[("SSL_CERT_FILE", &other_ca)],
-    );
+    let mut pv3 = collect(&broker, None, PASSWORD)
+        .global_args(VERBOSE)
+        .env("SSL_CERT_FILE", &other_ca)
+        .spawn();
     let endpoint = format!("localhost:{}", broker.port());
     let tls_problem = |l: &str| {
         let lower = l.to_lowercase();
@@ -589,5 +555,5 @@ async fn tls_with_an_unknown_ca_fails_with_a_clear_error() {
         "nothing to print: {}",
         pv3.stdout()
     );
-    stop(pv3).await;
+    pv3.stop().await;
 }

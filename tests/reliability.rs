@@ -12,53 +12,20 @@ use serde_json::Value;
 
 use support::api::RecordingApi;
 use support::broker::{InProcessBroker, Publisher, TestBroker};
+use support::collect::{CollectRun, number};
 use support::fixtures::DEVICE;
 use support::on_both_brokers;
-use support::proc::Pv3Process;
 use support::proxy::TcpProxy;
 
 const T: Duration = Duration::from_secs(30);
 
-fn collect(broker_port: u16, api_url: &str, state: &Path, extra: &[&str]) -> Pv3Process {
-    let port = broker_port.to_string();
-    let mut args = vec![
-        "collect",
-        "--mqtt-host",
-        "127.0.0.1",
-        "--mqtt-port",
-        &port,
-        "--api-url",
-        api_url,
-        "--state-dir",
-        state.to_str().expect("utf-8 path"),
-        "--retry-max",
-        "0.2",
-        "--mqtt-reconnect-max",
-        "0.3",
-    ];
-    if !extra.contains(&"--linger-ms") {
-        args.extend_from_slice(&["--linger-ms", "20"]);
-    }
-    args.extend_from_slice(extra);
-    Pv3Process::spawn(&args, &[("RUST_LOG", "pv3=trace")])
-}
-
-async fn subscribed(pv3: &Pv3Process, times: usize) {
-    assert!(
-        support::wait_for(T, || pv3.stderr().matches("subscribed to").count() >= times).await,
-        "not subscribed {times} time(s):\n{}",
-        pv3.stderr()
-    );
-}
-
-/// Waits until the spool holds exactly `n` measurements (per the log).
-async fn spool_holds(pv3: &Pv3Process, n: usize) {
-    let needle = format!("the spool holds {n}\n");
-    assert!(
-        support::wait_for(T, || pv3.stderr().contains(&needle)).await,
-        "the spool never held {n}:\n{}",
-        pv3.stderr()
-    );
+/// `collect` keeping its state in `state`, with debug logs (shown when a
+/// test fails).
+fn collect(broker_port: u16, api_url: &str, state: &Path) -> CollectRun {
+    CollectRun::new(broker_port)
+        .api_url(api_url)
+        .state_dir(state)
+        .env("RUST_LOG", "pv3=debug")
 }
 
 async fn publish_charges(port: u16, range: std::ops::Range<i64>) {
@@ -94,12 +61,6 @@ fn files_in(dir: &Path) -> Vec<String> {
     names
 }
 
-async fn stop(mut pv3: Pv3Process) -> String {
-    let status = pv3.terminate(T).await;
-    assert!(status.success(), "exit {status}:\n{}", pv3.stderr());
-    pv3.stderr()
-}
-
 // ------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,11 +68,11 @@ async fn the_healthy_path_writes_only_the_status_file() {
     let broker = InProcessBroker::start().await;
     let api = RecordingApi::start().await;
     let state = tempfile::tempdir().expect("tempdir");
-    let pv3 = collect(broker.port(), &api.url(), state.path(), &[]);
-    subscribed(&pv3, 1).await;
+    let pv3 = collect(broker.port(), &api.url(), state.path()).spawn();
+    pv3.subscribed(1).await;
     publish_charges(broker.port(), 0..50).await;
     api.wait_for_measurements(50, T).await;
-    let stderr = stop(pv3).await;
+    let stderr = pv3.stop().await;
     assert!(!stderr.contains("spooling"), "{stderr}");
     assert_eq!(files_in(state.path()), ["status.json"]);
     let status: Value =
@@ -129,21 +90,17 @@ async fn an_api_refusing_connections_for_a_while_loses_nothing() {
     let mut api = RecordingApi::start().await;
     api.stop().await;
     let state = tempfile::tempdir().expect("tempdir");
-    let pv3 = collect(broker.port(), &api.url(), state.path(), &[]);
-    subscribed(&pv3, 1).await;
+    let pv3 = collect(broker.port(), &api.url(), state.path()).spawn();
+    pv3.subscribed(1).await;
     publish_charges(broker.port(), 0..100).await;
-    spool_holds(&pv3, 100).await;
+    pv3.spool_holds(100).await;
     assert!(files_in(state.path()).contains(&"spool.redb".to_string()));
     api.restart().await;
     api.wait_for_measurements(100, T).await;
-    assert!(
-        support::wait_for(T, || pv3.stderr().contains("spool drained")).await,
-        "{}",
-        pv3.stderr()
-    );
+    pv3.spool_drained().await;
     publish_charges(broker.port(), 100..110).await;
     api.wait_for_measurements(110, T).await;
-    stop(pv3).await;
+    pv3.stop().await;
     assert_eq!(powers(&api.measurements()), (0..110).collect::<Vec<_>>());
     // Drained spools are deleted: nothing left on the SD card.
     assert_eq!(files_in(state.path()), ["status.json"]);
@@ -154,13 +111,13 @@ async fn a_503_outage_spools_and_drains_in_order(broker: TestBroker) {
     let api = RecordingApi::start().await;
     api.fail_all(503);
     let state = tempfile::tempdir().expect("tempdir");
-    let pv3 = collect(broker.port(), &api.url(), state.path(), &[]);
-    subscribed(&pv3, 1).await;
+    let pv3 = collect(broker.port(), &api.url(), state.path()).spawn();
+    pv3.subscribed(1).await;
     publish_charges(broker.port(), 0..60).await;
-    spool_holds(&pv3, 60).await;
+    pv3.spool_holds(60).await;
     api.recover();
     api.wait_for_measurements(60, T).await;
-    let stderr = stop(pv3).await;
+    let stderr = pv3.stop().await;
     assert_eq!(powers(&api.measurements()), (0..60).collect::<Vec<_>>());
     assert!(stderr.contains("spooling to"), "{stderr}");
 }
@@ -171,20 +128,19 @@ async fn sigkill_with_a_full_spool_then_restart_delivers_everything() {
     let api = RecordingApi::start().await;
     api.fail_all(503);
     let state = tempfile::tempdir().expect("tempdir");
-    let mut first = collect(broker.port(), &api.url(), state.path(), &[]);
-    subscribed(&first, 1).await;
+    let first = collect(broker.port(), &api.url(), state.path()).spawn();
+    first.subscribed(1).await;
     publish_charges(broker.port(), 0..80).await;
-    spool_holds(&first, 80).await;
-    first.kill();
-    first.wait_exit(T).await.expect("killed");
+    first.spool_holds(80).await;
+    first.kill().await;
 
     api.recover();
-    let second = collect(broker.port(), &api.url(), state.path(), &[]);
+    let second = collect(broker.port(), &api.url(), state.path()).spawn();
     api.wait_for_measurements(80, T).await;
-    subscribed(&second, 1).await;
+    second.subscribed(1).await;
     publish_charges(broker.port(), 80..90).await;
     api.wait_for_measurements(90, T).await;
-    let stderr = stop(second).await;
+    let stderr = second.stop().await;
     assert!(stderr.contains("from an earlier run"), "{stderr}");
     assert_eq!(powers(&api.measurements()), (0..90).collect::<Vec<_>>());
 }
@@ -196,30 +152,22 @@ async fn sigterm_during_an_outage_keeps_memory_in_the_spool() {
     api.fail_all(503);
     let state = tempfile::tempdir().expect("tempdir");
     // A long linger: the last readings are still in memory at SIGTERM.
-    let first = collect(
-        broker.port(),
-        &api.url(),
-        state.path(),
-        &["--linger-ms", "60000", "--batch-size", "10"],
-    );
-    subscribed(&first, 1).await;
+    let first = collect(broker.port(), &api.url(), state.path())
+        .linger_ms(60_000)
+        .args(&["--batch-size", "10"])
+        .spawn();
+    first.subscribed(1).await;
     publish_charges(broker.port(), 0..25).await;
     // 20 in two full batches (one failed, then spooled), 5 in memory.
-    spool_holds(&first, 20).await;
-    assert!(
-        support::wait_for(T, || first.stderr().matches("received pv/PV3").count()
-            == 25)
-        .await,
-        "{}",
-        first.stderr()
-    );
-    let stderr = stop(first).await;
+    first.spool_holds(20).await;
+    first.received(25).await;
+    let stderr = first.stop().await;
     assert!(stderr.contains("25 left in the spool"), "{stderr}");
 
     api.recover();
-    let second = collect(broker.port(), &api.url(), state.path(), &[]);
+    let second = collect(broker.port(), &api.url(), state.path()).spawn();
     api.wait_for_measurements(25, T).await;
-    stop(second).await;
+    second.stop().await;
     assert_eq!(powers(&api.measurements()), (0..25).collect::<Vec<_>>());
 }
 
@@ -228,21 +176,18 @@ async fn a_cut_broker_link_is_restored(broker: TestBroker) {
     let api = RecordingApi::start().await;
     let proxy = TcpProxy::start(broker.port()).await;
     let state = tempfile::tempdir().expect("tempdir");
-    let pv3 = collect(proxy.port(), &api.url(), state.path(), &[]);
-    subscribed(&pv3, 1).await;
+    let pv3 = collect(proxy.port(), &api.url(), state.path()).spawn();
+    pv3.subscribed(1).await;
     publish_charges(broker.port(), 0..10).await;
     api.wait_for_measurements(10, T).await;
     proxy.cut();
-    assert!(
-        support::wait_for(T, || pv3.stderr().contains("reconnecting in")).await,
-        "{}",
-        pv3.stderr()
-    );
+    pv3.wait_status("a lost broker link", |s| s["broker_connected"] == false)
+        .await;
     proxy.restore();
-    subscribed(&pv3, 2).await;
+    pv3.subscribed(2).await;
     publish_charges(broker.port(), 10..20).await;
     api.wait_for_measurements(20, T).await;
-    stop(pv3).await;
+    pv3.stop().await;
     assert_eq!(powers(&api.measurements()), (0..20).collect::<Vec<_>>());
 }
 
@@ -253,15 +198,15 @@ async fn a_real_mosquitto_restart_is_survived() {
     };
     let api = RecordingApi::start().await;
     let state = tempfile::tempdir().expect("tempdir");
-    let pv3 = collect(broker.port(), &api.url(), state.path(), &[]);
-    subscribed(&pv3, 1).await;
+    let pv3 = collect(broker.port(), &api.url(), state.path()).spawn();
+    pv3.subscribed(1).await;
     publish_charges(broker.port(), 0..5).await;
     api.wait_for_measurements(5, T).await;
     broker.restart().await;
-    subscribed(&pv3, 2).await;
+    pv3.subscribed(2).await;
     publish_charges(broker.port(), 5..10).await;
     api.wait_for_measurements(10, T).await;
-    stop(pv3).await;
+    pv3.stop().await;
     assert_eq!(powers(&api.measurements()), (0..10).collect::<Vec<_>>());
 }
 
@@ -270,21 +215,20 @@ async fn a_silent_link_is_reconnected_by_the_watchdog() {
     let broker = InProcessBroker::start().await;
     let api = RecordingApi::start().await;
     let state = tempfile::tempdir().expect("tempdir");
-    let pv3 = collect(
-        broker.port(),
-        &api.url(),
-        state.path(),
-        &["--stale-after", "0.5"],
-    );
-    subscribed(&pv3, 2).await;
+    let pv3 = collect(broker.port(), &api.url(), state.path())
+        .args(&["--stale-after", "0.5"])
+        .spawn();
+    pv3.subscribed(2).await;
+    // Logged before the second subscription; the wait only covers the
+    // reader thread catching up with the pipe.
     assert!(
-        pv3.stderr().contains("connected but no message"),
+        pv3.wait_for_stderr("connected but no message", T).await,
         "{}",
         pv3.stderr()
     );
     publish_charges(broker.port(), 0..3).await;
     api.wait_for_measurements(3, T).await;
-    stop(pv3).await;
+    pv3.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,13 +237,10 @@ async fn a_full_spool_drops_the_oldest_and_says_how_many() {
     let api = RecordingApi::start().await;
     api.fail_all(503);
     let state = tempfile::tempdir().expect("tempdir");
-    let pv3 = collect(
-        broker.port(),
-        &api.url(),
-        state.path(),
-        &["--spool-max-mb", "1", "--batch-size", "100"],
-    );
-    subscribed(&pv3, 1).await;
+    let pv3 = collect(broker.port(), &api.url(), state.path())
+        .args(&["--spool-max-mb", "1", "--batch-size", "100"])
+        .spawn();
+    pv3.subscribed(1).await;
     // 100 CT readings a message, ~150 bytes of JSON each: 100 messages
     // ≈ 1.5 MB, past the 1 MiB limit.
     let item = r#"{"channel":"LOCAL","measurement":"Power","type":"Active","value":VALUE}"#;
@@ -317,25 +258,17 @@ async fn a_full_spool_drops_the_oldest_and_says_how_many() {
             )
             .await;
     }
-    assert!(
-        support::wait_for(T, || pv3.stderr().contains("spool full")).await,
-        "{}",
-        pv3.stderr()
-    );
-    assert!(
-        support::wait_for(T, || pv3.stderr().matches("received pv/PV3").count() == 100).await,
-        "{}",
-        pv3.stderr()
-    );
+    pv3.wait_status("a full spool and all 100 messages in", |s| {
+        number(s, "counters.dropped").is_some_and(|n| n > 0)
+            && number(s, "counters.received") == Some(100)
+    })
+    .await;
     api.recover();
     let stderr_so_far = pv3.stderr();
     // Wait until drained, then compare what arrived with what was dropped.
-    assert!(
-        support::wait_for(T, || pv3.stderr().contains("spool drained")).await,
-        "{}",
-        pv3.stderr()
-    );
-    let stderr = stop(pv3).await;
+    pv3.spool_drained().await;
+    let stderr = pv3.stop().await;
+    assert!(stderr.contains("spool full"), "{stderr}");
     let dropped: u64 = stderr
         .lines()
         .find(|l| l.contains("stopped:"))
@@ -366,13 +299,13 @@ async fn a_422_goes_to_rejected_jsonl_and_delivery_goes_on() {
     let api = RecordingApi::start().await;
     api.fail_next(1, 422);
     let state = tempfile::tempdir().expect("tempdir");
-    let pv3 = collect(broker.port(), &api.url(), state.path(), &[]);
-    subscribed(&pv3, 1).await;
+    let pv3 = collect(broker.port(), &api.url(), state.path()).spawn();
+    pv3.subscribed(1).await;
     publish_charges(broker.port(), 0..1).await;
     api.wait_for_requests(1, T).await;
     publish_charges(broker.port(), 1..3).await;
     api.wait_for_measurements(2, T).await;
-    stop(pv3).await;
+    pv3.stop().await;
     assert_eq!(powers(&api.measurements()), [1, 2]);
     let text = std::fs::read_to_string(state.path().join("rejected.jsonl")).expect("dead letters");
     let lines: Vec<Value> = text
@@ -401,11 +334,11 @@ async fn a_corrupt_spool_is_moved_aside_and_collection_goes_on() {
         b"torn write, not a database",
     )
     .expect("write");
-    let pv3 = collect(broker.port(), &api.url(), state.path(), &[]);
-    subscribed(&pv3, 1).await;
+    let pv3 = collect(broker.port(), &api.url(), state.path()).spawn();
+    pv3.subscribed(1).await;
     publish_charges(broker.port(), 0..3).await;
     api.wait_for_measurements(3, T).await;
-    let stderr = stop(pv3).await;
+    let stderr = pv3.stop().await;
     assert!(stderr.contains("moved aside"), "{stderr}");
     assert!(
         files_in(state.path())
@@ -419,8 +352,8 @@ async fn thousands_of_bad_messages_do_not_take_collect_down() {
     let broker = InProcessBroker::start().await;
     let api = RecordingApi::start().await;
     let state = tempfile::tempdir().expect("tempdir");
-    let pv3 = collect(broker.port(), &api.url(), state.path(), &[]);
-    subscribed(&pv3, 1).await;
+    let pv3 = collect(broker.port(), &api.url(), state.path()).spawn();
+    pv3.subscribed(1).await;
     let publisher = Publisher::connect(broker.port()).await;
     let hostile: Vec<Vec<u8>> = vec![
         b"NaN".to_vec(),
@@ -444,7 +377,7 @@ async fn thousands_of_bad_messages_do_not_take_collect_down() {
     }
     publish_charges(broker.port(), 0..3).await;
     api.wait_for_measurements(3, T).await;
-    let stderr = stop(pv3).await;
+    let stderr = pv3.stop().await;
     assert_eq!(powers(&api.measurements()), [0, 1, 2]);
     // Rate-limited: at most one line per topic a minute.
     let lines = stderr.matches("skipped a message").count();
@@ -459,14 +392,22 @@ async fn two_collectors_in_a_share_group_split_the_traffic(broker: TestBroker) {
         tempfile::tempdir().expect("tempdir"),
     );
     let group = ["--share-group", "pv3"];
-    let a = collect(broker.port(), &api.url(), state_a.path(), &group);
-    let b = collect(broker.port(), &api.url(), state_b.path(), &group);
-    subscribed(&a, 1).await;
-    subscribed(&b, 1).await;
-    assert!(a.stderr().contains("$share/pv3/pv/PV3/"), "{}", a.stderr());
+    let a = collect(broker.port(), &api.url(), state_a.path())
+        .args(&group)
+        .spawn();
+    let b = collect(broker.port(), &api.url(), state_b.path())
+        .args(&group)
+        .spawn();
+    a.subscribed(1).await;
+    b.subscribed(1).await;
+    assert!(
+        a.wait_for_stderr("$share/pv3/pv/PV3/", T).await,
+        "{}",
+        a.stderr()
+    );
     publish_charges(broker.port(), 0..200).await;
     api.wait_for_measurements(200, T).await;
-    let (stderr_a, stderr_b) = (stop(a).await, stop(b).await);
+    let (stderr_a, stderr_b) = (a.stop().await, b.stop().await);
     // Every reading exactly once, across the two.
     let mut got = powers(&api.measurements());
     got.sort_unstable();
@@ -491,9 +432,9 @@ async fn a_second_collector_on_the_same_state_dir_is_refused() {
     let broker = InProcessBroker::start().await;
     let api = RecordingApi::start().await;
     let state = tempfile::tempdir().expect("tempdir");
-    let first = collect(broker.port(), &api.url(), state.path(), &[]);
-    subscribed(&first, 1).await;
-    let mut second = collect(broker.port(), &api.url(), state.path(), &[]);
+    let first = collect(broker.port(), &api.url(), state.path()).spawn();
+    first.subscribed(1).await;
+    let mut second = collect(broker.port(), &api.url(), state.path()).spawn();
     let status = second.wait_exit(T).await.expect("refused at once");
     assert_eq!(status.code(), Some(2), "{}", second.stderr());
     assert!(
@@ -501,7 +442,7 @@ async fn a_second_collector_on_the_same_state_dir_is_refused() {
         "{}",
         second.stderr()
     );
-    stop(first).await;
+    first.stop().await;
 }
 
 /// What pv3 told "systemd": the datagrams on a NOTIFY_SOCKET of our own.
@@ -543,30 +484,21 @@ async fn systemd_hears_ready_watchdog_only_while_data_flows_and_stopping() {
     let api = RecordingApi::start().await;
     let state = tempfile::tempdir().expect("tempdir");
     let systemd = FakeSystemd::new();
-    let port = broker.port().to_string();
-    let url = api.url();
-    let socket = systemd.path.to_str().expect("utf-8").to_owned();
-    let pv3 = Pv3Process::spawn(
-        &[
-            "collect",
-            "--mqtt-host",
-            "127.0.0.1",
-            "--mqtt-port",
-            &port,
-            "--api-url",
-            &url,
-            "--state-dir",
-            state.path().to_str().expect("utf-8"),
-        ],
+    let socket = systemd.path.to_str().expect("utf-8");
+    let mut pv3 = collect(broker.port(), &api.url(), state.path())
+        .env("NOTIFY_SOCKET", socket)
         // A 0.4 s watchdog: pv3 pings every 0.2 s, but only while messages
         // flow.
-        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "400000")],
-    );
+        .env("WATCHDOG_USEC", "400000")
+        .spawn();
     let ready = tokio::task::block_in_place(|| systemd.next(T));
     assert_eq!(ready.as_deref(), Some("READY=1\n"), "{}", pv3.stderr());
+    // status.json is written before READY is sent, so it is there to read
+    // (the log line, from another thread's pipe, may not be yet).
+    let subscriptions = pv3.status().and_then(|s| number(&s, "subscriptions"));
     assert!(
-        pv3.stderr().contains("subscribed to"),
-        "READY only once subscribed"
+        subscriptions.is_some_and(|n| n >= 1),
+        "READY only once subscribed: {subscriptions:?}"
     );
     // No data yet: no watchdog pings (a silent P3 gets the service restarted).
     let quiet = tokio::task::block_in_place(|| systemd.next(Duration::from_secs(1)));
@@ -575,7 +507,6 @@ async fn systemd_hears_ready_watchdog_only_while_data_flows_and_stopping() {
     let ping = tokio::task::block_in_place(|| systemd.next(T));
     assert_eq!(ping.as_deref(), Some("WATCHDOG=1\n"));
     api.wait_for_measurements(1, T).await;
-    let mut pv3 = pv3;
     pv3.sigterm();
     let stopping = tokio::task::block_in_place(|| {
         loop {

@@ -194,6 +194,25 @@ impl Pv3Process {
         self.stderr.wait(timeout, |t| t.contains(substr)).await
     }
 
+    /// Waits until at least `n` stderr lines satisfy `pred` (false on
+    /// timeout or on EOF). Woken by each new line, not by polling.
+    pub async fn wait_for_stderr_lines(
+        &self,
+        n: usize,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> bool {
+        self.stderr
+            .wait(timeout, |t| t.lines().filter(|l| pred(l)).count() >= n)
+            .await
+    }
+
+    /// True once the process has closed its stderr (it exited, as a rule):
+    /// lets a wait give up at once instead of running into its timeout.
+    pub fn stderr_closed(&self) -> bool {
+        self.stderr.eof()
+    }
+
     /// Waits until stdout contains `substr` (false on timeout or on EOF).
     pub async fn wait_for_stdout(&self, substr: &str, timeout: Duration) -> bool {
         self.stdout.wait(timeout, |t| t.contains(substr)).await
