@@ -699,6 +699,32 @@ fn install_service_writes_updates_and_removes_under_a_root() {
 }
 
 #[test]
+fn install_service_uninstall_dry_run_lists_the_plan_and_removes_nothing() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root_dir = root.path().to_string_lossy().into_owned();
+    let bin = bin_path();
+    let out = install(&["--root", &root_dir, "--binary", &bin], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let before = files_under(root.path());
+    let out = install(&["--root", &root_dir, "--uninstall", "--dry-run"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let text = stdout(&out);
+    for line in [
+        "systemctl disable --now pv3-collector.service",
+        "/etc/systemd/system/pv3-collector.service",
+        "/etc/pv3/collector.env",
+        "systemctl daemon-reload",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+    }
+    assert_eq!(
+        files_under(root.path()),
+        before,
+        "a dry run removes nothing"
+    );
+}
+
+#[test]
 fn install_service_user_unit_goes_to_the_users_config() {
     let root = tempfile::tempdir().expect("tempdir");
     let root_dir = root.path().to_string_lossy().into_owned();
