@@ -3,14 +3,17 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use pv3::cli::{Cli, Command};
 use pv3::cmd::{self, ConfigError};
 
 fn main() -> ExitCode {
-    // Bad usage exits here with clap's message and code 2.
-    let cli = Cli::parse();
+    // Bad usage exits here with clap's message and code 2. The matches are
+    // kept: install-service asks them which settings were given.
+    let matches = Cli::command().get_matches();
+    let cli =
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     pv3::logging::init(cli.verbosity());
     // The long-running commands (collect, sniff) move a few messages a
     // second: one thread spares the Pi the cross-thread wake-ups (measured:
@@ -31,7 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cmd::run(cli)) {
+    match runtime.block_on(cmd::run(cli, &matches)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pv3: error: {e:#}");

@@ -699,6 +699,32 @@ fn install_service_writes_updates_and_removes_under_a_root() {
 }
 
 #[test]
+fn install_service_uninstall_dry_run_lists_the_plan_and_removes_nothing() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root_dir = root.path().to_string_lossy().into_owned();
+    let bin = bin_path();
+    let out = install(&["--root", &root_dir, "--binary", &bin], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let before = files_under(root.path());
+    let out = install(&["--root", &root_dir, "--uninstall", "--dry-run"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let text = stdout(&out);
+    for line in [
+        "systemctl disable --now pv3-collector.service",
+        "/etc/systemd/system/pv3-collector.service",
+        "/etc/pv3/collector.env",
+        "systemctl daemon-reload",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+    }
+    assert_eq!(
+        files_under(root.path()),
+        before,
+        "a dry run removes nothing"
+    );
+}
+
+#[test]
 fn install_service_user_unit_goes_to_the_users_config() {
     let root = tempfile::tempdir().expect("tempdir");
     let root_dir = root.path().to_string_lossy().into_owned();
@@ -753,6 +779,57 @@ fn install_service_refuses_without_root() {
         assert_eq!(out.status.code(), Some(2), "{}", show(&out));
         assert!(stderr(&out).contains("sudo"));
     }
+}
+
+/// A new option of `collect` cannot be forgotten by install-service: going
+/// by clap's own description of both commands, each option of `collect`
+/// either goes to the env file, under the variable install-service takes it
+/// from, or is on install-service's skip list with a reason.
+#[test]
+fn every_collect_option_reaches_the_service_or_is_skipped_on_purpose() {
+    use clap::CommandFactory;
+    use pv3::cmd::install_service::{Coverage, coverage};
+
+    let cli = pv3::cli::Cli::command();
+    let sub = |name: &str| {
+        cli.find_subcommand(name)
+            .unwrap_or_else(|| panic!("no {name} subcommand"))
+    };
+    let (collect, install) = (sub("collect"), sub("install-service"));
+    let coverage = coverage();
+    let mut in_env_file = 0;
+    for arg in collect.get_arguments() {
+        let flag = format!(
+            "--{}",
+            arg.get_long().expect("collect takes no positionals")
+        );
+        let how = coverage
+            .iter()
+            .find(|(f, _)| *f == flag)
+            .map(|(_, how)| how)
+            .unwrap_or_else(|| panic!("{flag} is not covered: {coverage:?}"));
+        let Coverage::EnvFile(key) = how else {
+            assert_ne!(
+                how,
+                &Coverage::Forgotten,
+                "{flag}: give it an env = ... or add it to SKIPPED in src/cmd/install_service/settings.rs"
+            );
+            continue;
+        };
+        in_env_file += 1;
+        let setter = install
+            .get_arguments()
+            .find(|a| a.get_env().and_then(|v| v.to_str()) == Some(key.as_str()))
+            .unwrap_or_else(|| {
+                panic!("{flag} ({key}) goes to the env file, but install-service has no option to set it: flatten its group into InstallServiceArgs")
+            });
+        assert_eq!(setter.get_id(), arg.get_id(), "{key}");
+        assert!(
+            setter.get_value_parser().type_id() == arg.get_value_parser().type_id(),
+            "{flag}: install-service parses it to another type than collect"
+        );
+    }
+    assert!(in_env_file >= 11, "{coverage:?}");
 }
 
 /// The env file as `sh` reads it: systemd's EnvironmentFile= quoting is

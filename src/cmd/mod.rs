@@ -22,14 +22,14 @@ use crate::mqtt::{self, MqttSettings};
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// Runs the chosen command.
-pub async fn run(cli: Cli) -> Result<()> {
+/// Runs the chosen command; `matches` is what clap parsed into `cli`.
+pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     match cli.command {
         Command::Collect(args) => collect::run(args).await,
         Command::Sniff(args) => sniff::run(args).await,
         Command::Replay(args) => replay::run(args).await,
         Command::CheckApi(args) => check_api::run(args).await,
-        Command::InstallService(args) => install_service::run(args),
+        Command::InstallService(args) => install_service::run(args, matches),
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -1,0 +1,177 @@
+//! The checks of the local collector, from the `status.json` it rewrites
+//! every few seconds in its state directory.
+
+use std::io::ErrorKind;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Check, CheckResult, Outcome, human_secs, parse_time};
+use crate::reading::Timestamp;
+use crate::state_dir::{SERVICE_DIR, STATUS_FILE, StateDir};
+use crate::status::{self, Status};
+
+/// A collector whose status file is older than this is not running: it
+/// rewrites the file every few seconds.
+const COLLECTOR_STALE_SECS: f64 = 60.0;
+
+/// The collector's rows, when there is a status file: from `given`
+/// (`--state-dir` or `$STATE_DIRECTORY`), else the user's state directory,
+/// else the system service's. None when there is no status file at all.
+pub(super) fn checks(given: Option<&Path>, max_age: Duration) -> Vec<CheckResult> {
+    let mut dirs: Vec<StateDir> = StateDir::resolve(given).into_iter().collect();
+    if given.is_none() {
+        dirs.push(StateDir::new(SERVICE_DIR));
+    }
+    for dir in &dirs {
+        match status::read(dir.path()) {
+            Ok(Some(status)) => return judge(dir, &status, max_age.as_secs_f64()),
+            Ok(None) => {}
+            Err(e) => {
+                let denied = e
+                    .root_cause()
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == ErrorKind::PermissionDenied);
+                if denied && given.is_none() {
+                    return vec![CheckResult::new(
+                        Check::CollectorRunning,
+                        Outcome::Skip,
+                        format!(
+                            "{} is readable by root only: run with sudo to include the service's status",
+                            dir.status().display()
+                        ),
+                    )];
+                }
+                return vec![CheckResult::new(
+                    Check::CollectorRunning,
+                    Outcome::Fail,
+                    format!("{e:#}"),
+                )];
+            }
+        }
+    }
+    Vec::new()
+}
+
+/// Seconds since the RFC 3339 time `text`, never negative; `None` when
+/// there is no time or it does not parse.
+fn age(now: Timestamp, text: Option<&str>) -> Option<f64> {
+    text.and_then(parse_time)
+        .map(|t| now.seconds_since(t).max(0.0))
+}
+
+/// Running, MQTT and delivery rows; only the first when the status file
+/// cannot say whether the collector runs.
+fn judge(dir: &StateDir, s: &Status, max_age: f64) -> Vec<CheckResult> {
+    let now = Timestamp::now();
+    let file = dir.status();
+    let Some(updated) = age(now, Some(&s.updated_at)) else {
+        return vec![CheckResult::new(
+            Check::CollectorRunning,
+            Outcome::Fail,
+            format!(
+                "{} has no readable updated_at (\"{}\")",
+                file.display(),
+                s.updated_at
+            ),
+        )];
+    };
+    if updated > COLLECTOR_STALE_SECS {
+        let not_running = format!(
+            "{} last updated {} ago: the collector is not running (systemctl status pv3-collector)",
+            file.display(),
+            human_secs(updated)
+        );
+        return vec![
+            CheckResult::new(Check::CollectorRunning, Outcome::Fail, not_running),
+            CheckResult::new(Check::CollectorMqtt, Outcome::Skip, "collector not running"),
+            CheckResult::new(
+                Check::CollectorDelivery,
+                Outcome::Skip,
+                "collector not running",
+            ),
+        ];
+    }
+    let uptime = age(now, Some(&s.started_at))
+        .map(|a| format!(", up {}", human_secs(a)))
+        .unwrap_or_default();
+    let running = CheckResult::new(
+        Check::CollectorRunning,
+        Outcome::Pass,
+        format!(
+            "pid {}, pv3 {}{uptime}, {STATUS_FILE} updated {} ago",
+            s.pid,
+            s.pv3_version,
+            human_secs(updated)
+        ),
+    );
+    vec![running, mqtt(s, now, max_age), delivery(dir, s, now)]
+}
+
+/// Connected to the broker, and hearing from the P3?
+fn mqtt(s: &Status, now: Timestamp, max_age: f64) -> CheckResult {
+    let message_age = age(now, s.last_message_at.as_deref());
+    let last_message = match message_age {
+        Some(age) => format!("last message {} ago", human_secs(age)),
+        None => "no message yet".to_owned(),
+    };
+    if !s.broker_connected {
+        CheckResult::new(
+            Check::CollectorMqtt,
+            Outcome::Warn,
+            format!(
+                "not connected to {} ({last_message}): is the P3 on, and --mqtt-host right?",
+                s.broker
+            ),
+        )
+    } else if message_age.is_some_and(|age| age > max_age) {
+        CheckResult::new(
+            Check::CollectorMqtt,
+            Outcome::Warn,
+            format!(
+                "connected to {}, but {last_message} (over --max-age): is --device-id right?",
+                s.broker
+            ),
+        )
+    } else {
+        CheckResult::new(
+            Check::CollectorMqtt,
+            Outcome::Pass,
+            format!("connected to {}, {last_message}", s.broker),
+        )
+    }
+}
+
+/// Delivering, with nothing waiting, dropped or refused?
+fn delivery(dir: &StateDir, s: &Status, now: Timestamp) -> CheckResult {
+    let last_delivery = match age(now, s.last_delivery_at.as_deref()) {
+        Some(age) => format!("last delivery {} ago", human_secs(age)),
+        None => "nothing delivered yet".to_owned(),
+    };
+    let c = &s.counters;
+    let detail = format!(
+        "{last_delivery}; spool {} batches ({} measurements); {} dropped, {} rejected",
+        s.spool_batches, s.spool_measurements, c.dropped, c.rejected
+    );
+    let mut problems = Vec::new();
+    if s.spool_batches > 0 || s.spool_measurements > 0 {
+        problems.push("the spool is waiting for the API".to_owned());
+    }
+    if c.dropped > 0 {
+        problems.push("readings were dropped because the queue or spool was full".to_owned());
+    }
+    if c.rejected > 0 {
+        problems.push(format!(
+            "the API refused some (see {})",
+            dir.dead_letters().display()
+        ));
+    }
+    if problems.is_empty() {
+        CheckResult::new(Check::CollectorDelivery, Outcome::Pass, detail)
+    } else {
+        CheckResult::new(
+            Check::CollectorDelivery,
+            Outcome::Warn,
+            format!("{detail}: {}", problems.join("; ")),
+        )
+    }
+}
