@@ -121,10 +121,10 @@ fn read_into(
         let mut pipeline = Pipeline::new(5.0, None);
         while let Some(msg) = subscription.recv().await {
             read.fetch_add(1, Ordering::SeqCst);
-            if let Ok(Some(reading)) = pipeline.process(&msg.topic, &msg.payload, msg.received) {
-                if forwarder.send(reading).await.is_err() {
-                    break;
-                }
+            if let Ok(Some(reading)) = pipeline.process(&msg.topic, &msg.payload, msg.received)
+                && forwarder.send(reading).await.is_err()
+            {
+                break;
             }
         }
     })
