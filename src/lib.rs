@@ -22,6 +22,7 @@ pub mod forward;
 pub mod logging;
 pub mod mqtt;
 pub mod output;
+pub mod outputs;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod reading;

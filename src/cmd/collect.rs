@@ -4,7 +4,6 @@
 //! spool and `status.json` in the state directory, and talks to systemd
 //! (READY once subscribed, WATCHDOG only while messages flow, STOPPING).
 
-use std::io::BufWriter;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +15,8 @@ use tracing::{info, trace, warn};
 use crate::cli::CollectArgs;
 use crate::forward::{ForwardOptions, ForwardStats, Forwarder, Overflow, Storage, StorageError};
 use crate::mqtt::{self, Message};
-use crate::output::{Format, Printer, is_broken_pipe};
+use crate::output::Format;
+use crate::outputs::{ApiOutput, Output, StdoutOutput};
 use crate::pipeline::Pipeline;
 use crate::ratelimit::{RateLimiter, suppressed_note};
 use crate::reading::Timestamp;
@@ -36,12 +36,6 @@ fn status_every() -> Duration {
         .map_or(STATUS_EVERY, Duration::from_millis)
 }
 
-/// Where decoded readings go.
-enum Sink {
-    Api(Forwarder),
-    Print(Printer<BufWriter<std::io::Stdout>>),
-}
-
 pub async fn run(args: CollectArgs) -> Result<()> {
     let mut settings = super::mqtt_settings(&args.mqtt, "collect");
     settings.stale_after = Some(args.stale_after);
@@ -53,9 +47,11 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         None => mqtt::device_filter(&args.device.device_id),
     };
     let mut state_dir = None;
-    let mut sink = if args.dry_run {
+    let mut api_stats = None;
+    let mut outputs: Vec<Box<dyn Output>> = Vec::new();
+    if args.dry_run {
         let format = args.format.unwrap_or_else(Format::default_for_stdout);
-        Sink::Print(Printer::new(BufWriter::new(std::io::stdout()), format))
+        outputs.push(Box::new(StdoutOutput::new(format)));
     } else {
         let api = super::api_client(&args.api)?;
         let dir = StateDir::resolve(args.state.state_dir.as_deref()).ok_or_else(|| {
@@ -69,31 +65,21 @@ pub async fn run(args: CollectArgs) -> Result<()> {
             Err(e) => return Err(anyhow::Error::new(e)),
         };
         state_dir = Some(dir.path().to_owned());
-        Sink::Api(Forwarder::start_with(
-            api,
-            ForwardOptions {
-                batch_size: args.batch_size as usize,
-                linger: Duration::from_millis(args.linger_ms),
-                concurrency: 1,
-                queue_limit: usize::try_from(args.queue_max).unwrap_or(usize::MAX),
-                overflow: Overflow::DropOldest,
-                retry_initial: Duration::from_millis(500),
-                retry_max: args.delivery.retry_max,
-                send_alarms: true,
-                give_up: None,
-            },
-            storage,
-        ))
-    };
+        let forwarder = Forwarder::start_with(api, forward_options(&args), storage);
+        let output = ApiOutput::new(forwarder, args.shutdown_grace);
+        api_stats = Some(output.stats());
+        outputs.push(Box::new(output));
+    }
     let mut subscription = mqtt::subscribe(&settings, vec![filter.clone()])
         .map_err(|e| super::ConfigError(format!("{e:#}")))?;
     info!(
         "pv3 collect {}: {} ({filter}) → {}",
         env!("CARGO_PKG_VERSION"),
         settings.endpoint(),
-        match &sink {
-            Sink::Api(_) => args.api.api_url.to_string(),
-            Sink::Print(_) => "stdout (dry run)".to_string(),
+        if args.dry_run {
+            "stdout (dry run)".to_string()
+        } else {
+            args.api.api_url.to_string()
         }
     );
 
@@ -112,6 +98,7 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         state_dir,
         settings.endpoint(),
         subscription.connected_flag(),
+        api_stats,
     );
     let mut status_timer = tokio::time::interval(status_every());
     let mut subscribed = subscription.subscribed();
@@ -130,14 +117,14 @@ pub async fn run(args: CollectArgs) -> Result<()> {
                 let Some(msg) = msg else { break };
                 last_message = Some(tokio::time::Instant::now());
                 status.last_message = Some(msg.received);
-                if !handle(&msg, &mut pipeline, &mut sink, &mut warnings).await {
+                if !handle(&msg, &mut pipeline, &mut outputs, &mut warnings).await {
                     break;
                 }
             }
             Ok(()) = subscribed.changed() => {
                 if *subscribed.borrow_and_update() {
                     status.subscriptions += 1;
-                    status.write(&pipeline, &sink);
+                    status.write(&pipeline);
                     notify_systemd(&[sd_notify::NotifyState::Ready]);
                 }
             }
@@ -147,58 +134,52 @@ pub async fn run(args: CollectArgs) -> Result<()> {
                     notify_systemd(&[sd_notify::NotifyState::Watchdog]);
                 }
             }
-            _ = status_timer.tick() => status.write(&pipeline, &sink),
-            _ = stats_timer.tick() => log_progress(&pipeline, &sink),
+            _ = status_timer.tick() => status.write(&pipeline),
+            _ = stats_timer.tick() => log_progress(&pipeline, &outputs),
         }
     }
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     subscription.close().await;
 
-    match sink {
-        Sink::Api(forwarder) => {
-            let stats = forwarder.stats();
-            let report = forwarder.finish(Some(args.shutdown_grace)).await;
-            status.connected.store(false, Ordering::Relaxed);
-            status.write_stats(&pipeline, &stats);
-            let lost = report.undelivered_measurements();
-            info!(
-                "stopped: {} messages received, {} measurements delivered, {} rejected, {} dropped, {} left in the spool for the next start",
-                pipeline.counts.messages(),
-                report.delivered,
-                report.rejected,
-                report.dropped,
-                report.left_in_spool
-            );
-            if !report.undelivered.is_empty() {
-                warn!(
-                    "{lost} measurements and {} alarm updates were still queued when the {:.0} s shutdown grace ran out, and are lost",
-                    report.undelivered_alarms(),
-                    args.shutdown_grace.as_secs_f64()
-                );
-            }
-        }
-        Sink::Print(mut printer) => {
-            if let Err(e) = printer.flush()
-                && !is_broken_pipe(&e)
-            {
-                return Err(e.into());
-            }
+    let received = pipeline.counts.messages();
+    let mut result = Ok(());
+    for output in outputs {
+        let name = output.name();
+        if let Err(e) = output.finish(received).await {
+            warn!("output {name}: {e:#}");
+            result = Err(e);
         }
     }
-    Ok(())
+    status.connected.store(false, Ordering::Relaxed);
+    status.write(&pipeline);
+    result
 }
 
-/// Decodes one message and hands it to the sink. `false` when output has
-/// gone away (a closed pipe in a dry run) and collect should stop.
+fn forward_options(args: &CollectArgs) -> ForwardOptions {
+    ForwardOptions {
+        batch_size: args.batch_size as usize,
+        linger: Duration::from_millis(args.linger_ms),
+        concurrency: 1,
+        queue_limit: usize::try_from(args.queue_max).unwrap_or(usize::MAX),
+        overflow: Overflow::DropOldest,
+        retry_initial: Duration::from_millis(500),
+        retry_max: args.delivery.retry_max,
+        send_alarms: true,
+        give_up: None,
+    }
+}
+
+/// Decodes one message and hands it to every output. `false` when an
+/// output has gone away (a closed pipe in a dry run) and collect should stop.
 async fn handle(
     msg: &Message,
     pipeline: &mut Pipeline,
-    sink: &mut Sink,
+    outputs: &mut [Box<dyn Output>],
     warnings: &mut RateLimiter,
 ) -> bool {
     trace!("received {} ({} bytes)", msg.topic, msg.payload.len());
     let reading = match pipeline.process(&msg.topic, &msg.payload, msg.received) {
-        Ok(Some(reading)) => reading,
+        Ok(Some(reading)) => Arc::new(reading),
         Ok(None) => return true,
         Err(e) => {
             let key = crate::decode::split_topic(&msg.topic).map_or("", |(_, suffix)| suffix);
@@ -208,43 +189,26 @@ async fn handle(
             return true;
         }
     };
-    match sink {
-        Sink::Api(forwarder) => forwarder.send(reading).await.is_ok(),
-        Sink::Print(printer) => match printer.print(&reading).and_then(|()| printer.flush()) {
-            Ok(()) => true,
-            Err(e) => {
-                if !is_broken_pipe(&e) {
-                    warn!("cannot write to stdout: {e}");
-                }
-                false
-            }
-        },
+    for output in outputs.iter_mut() {
+        if output.send(reading.clone()).await.is_err() {
+            return false;
+        }
     }
+    true
 }
 
-fn log_progress(pipeline: &Pipeline, sink: &Sink) {
+fn log_progress(pipeline: &Pipeline, outputs: &[Box<dyn Output>]) {
     let c = &pipeline.counts;
-    match sink {
-        Sink::Api(forwarder) => {
-            let s = forwarder.stats();
-            info!(
-                "received {} messages ({} decode errors); delivered {} measurements, {} queued, {} failed ({} rejected, {} dropped)",
-                c.messages(),
-                c.errors,
-                ForwardStats::get(&s.delivered),
-                ForwardStats::get(&s.queued),
-                ForwardStats::get(&s.rejected) + ForwardStats::get(&s.dropped),
-                ForwardStats::get(&s.rejected),
-                ForwardStats::get(&s.dropped),
-            );
-        }
-        Sink::Print(_) => info!(
-            "received {} messages ({} decode errors), {} measurements printed",
-            c.messages(),
-            c.errors,
-            c.measurements
-        ),
-    }
+    let said: Vec<String> = outputs
+        .iter()
+        .filter_map(|o| o.progress().map(|p| format!("{}: {p}", o.name())))
+        .collect();
+    info!(
+        "received {} messages ({} decode errors); {}",
+        c.messages(),
+        c.errors,
+        said.join("; ")
+    );
 }
 
 /// Tells systemd, when it is listening (`NOTIFY_SOCKET`); a no-op otherwise.
@@ -261,13 +225,20 @@ struct StatusWriter {
     dir: Option<PathBuf>,
     base: Status,
     connected: Arc<AtomicBool>,
+    /// The API output's counters (none in a dry run).
+    stats: Option<Arc<ForwardStats>>,
     last_message: Option<Timestamp>,
     subscriptions: u64,
     failed_once: bool,
 }
 
 impl StatusWriter {
-    fn new(dir: Option<PathBuf>, broker: String, connected: Arc<AtomicBool>) -> Self {
+    fn new(
+        dir: Option<PathBuf>,
+        broker: String,
+        connected: Arc<AtomicBool>,
+        stats: Option<Arc<ForwardStats>>,
+    ) -> Self {
         let now = Timestamp::now().to_rfc3339();
         StatusWriter {
             dir,
@@ -281,20 +252,15 @@ impl StatusWriter {
                 ..Status::default()
             },
             connected,
+            stats,
             last_message: None,
             subscriptions: 0,
             failed_once: false,
         }
     }
 
-    fn write(&mut self, pipeline: &Pipeline, sink: &Sink) {
-        if let Sink::Api(forwarder) = sink {
-            self.write_stats(pipeline, &forwarder.stats());
-        }
-    }
-
-    fn write_stats(&mut self, pipeline: &Pipeline, stats: &ForwardStats) {
-        let Some(dir) = self.dir.clone() else {
+    fn write(&mut self, pipeline: &Pipeline) {
+        let (Some(dir), Some(stats)) = (self.dir.clone(), self.stats.clone()) else {
             return;
         };
         let get = ForwardStats::get;

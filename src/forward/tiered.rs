@@ -16,6 +16,12 @@ use super::batch::Batch;
 use super::queue::{Lease, Len, MemoryQueue, Pushed, Queue, QueueError, QueueFuture, Tier};
 use crate::ratelimit::{RateLimiter, suppressed_note};
 
+/// Measurements a drained POST may merge, at least: an outage leaves many
+/// small spooled batches (one per linger), and one POST each would make
+/// draining slow. (Issue 10 asks for `--batch-size` to bound these too, with
+/// a 413 splitting the batch; until then this keeps the drain rate.)
+const DRAIN_MERGE: usize = 1000;
+
 /// See the module docs.
 pub struct Tiered {
     memory: MemoryQueue,
@@ -112,7 +118,7 @@ impl Queue for Tiered {
                 let spilled = self.spill(Vec::new()).await;
                 self.carry.absorb(spilled);
             }
-            match self.spool.take(max).await {
+            match self.spool.take(max.max(DRAIN_MERGE)).await {
                 Ok(Some(lease)) => return Ok(Some(lease)),
                 Ok(None) => {}
                 Err(e) => {
