@@ -15,7 +15,7 @@
 //! fresh one started: pv3 keeps collecting, and says so loudly.
 //!
 //! Everything here blocks on the disk: the forwarder calls it from a thread
-//! of its own ([`crate::forward`]'s spool queue), never from the runtime.
+//! of its own (the forwarder's spool queue), never from the runtime.
 
 use std::path::{Path, PathBuf};
 
