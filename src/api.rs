@@ -18,6 +18,7 @@ use crate::secret::Secret;
 /// How much of an error response body is kept for the log.
 const ERROR_BODY_LIMIT: usize = 2048;
 
+/// Why a POST failed, sorted by what the forwarder should do with the batch.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PostError {
     /// Connection refused/reset, timeout, 408, 429, 5xx: worth retrying.
@@ -36,15 +37,25 @@ pub enum PostError {
     /// retried until the owner fixes `hint`.
     #[error("HTTP {status}: {body}")]
     Misconfigured {
+        /// The HTTP status.
         status: u16,
+        /// The start of the response body, on one line.
         body: String,
+        /// Which setting to check, for the log.
         hint: &'static str,
     },
     /// Any other non-2xx answer: the body will never be accepted as is.
     #[error("HTTP {status}: {body}")]
-    Rejected { status: u16, body: String },
+    Rejected {
+        /// The HTTP status (0: no request was made, the URL could not be built).
+        status: u16,
+        /// The start of the response body (or why the URL failed), on one line.
+        body: String,
+    },
 }
 
+/// A client for one PV3 Monitor API: base URL, token and HTTP settings.
+/// Cheap to clone; clones share the connection pool.
 #[derive(Clone, Debug)]
 pub struct ApiClient {
     http: reqwest::Client,
@@ -68,6 +79,8 @@ pub fn parse_api_url(text: &str) -> Result<Url, String> {
 }
 
 impl ApiClient {
+    /// A client for the API at `base`, sending `token` as a bearer token;
+    /// `timeout` bounds each request. Redirects are errors, not followed.
     pub fn new(base: Url, token: Option<&Secret>, timeout: Duration) -> Result<Self> {
         crate::tls::ensure_provider();
         let token = match token {
@@ -91,13 +104,14 @@ impl ApiClient {
         Ok(ApiClient { http, base, token })
     }
 
+    /// The base URL, as given; `check-api` reports it.
     pub fn base(&self) -> &Url {
         &self.base
     }
 
     /// `base` + path segments, each percent-encoded (device ids come from
     /// topics and may hold anything).
-    pub fn url(&self, segments: &[&str]) -> Result<Url> {
+    fn url(&self, segments: &[&str]) -> Result<Url> {
         let mut url = self.base.clone();
         {
             let Ok(mut path) = url.path_segments_mut() else {

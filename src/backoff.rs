@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+/// The delays between retries of one thing (an API, a broker connection):
+/// longer after each failure, short again after a success.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     initial: Duration,
@@ -15,6 +17,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Steps start at `initial` (at least 1 ms) and double up to `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
         Backoff {
             initial: initial.max(Duration::from_millis(1)),
@@ -34,12 +37,9 @@ impl Backoff {
         half + half.mul_f64(fastrand::f64())
     }
 
+    /// Starts again from `initial`: call it after a success.
     pub fn reset(&mut self) {
         self.attempt = 0;
-    }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempt
     }
 }
 

@@ -12,23 +12,45 @@
 //! [`pipeline`] joins the decoder and the SOC filter; nothing outside
 //! [`decode`] knows what a payload looks like.
 
+#![warn(missing_docs)]
+
+// The PV3 Monitor API client.
 pub mod api;
+// Retry delays with jitter, for the API and MQTT.
 pub mod backoff;
+// Capture files: what `sniff` writes and `replay` reads.
 pub mod capture;
+// The command line (clap definitions).
 pub mod cli;
+// One module per subcommand.
 pub mod cmd;
+// P3 topics and payloads to measurements and alarm states.
 pub mod decode;
+// Batching, queueing, retry and delivery to the API.
 pub mod forward;
+// Logging set-up.
 pub mod logging;
+// The MQTT connection: options, reconnects, subscriptions.
 pub mod mqtt;
+// Printing readings for `--dry-run`.
 pub mod output;
+// Where `collect` sends readings (the API, stdout).
 pub mod outputs;
+// Decode + SOC filter, with the counts the summaries report.
 pub mod pipeline;
+// Warnings that log at most once per window.
 pub mod ratelimit;
+// The data model every stage shares.
 pub mod reading;
+// Strings kept out of logs (passwords, tokens).
 pub mod secret;
+// Holds back one-off SOC jumps.
 pub mod soc_filter;
+// The on-disk store behind the forwarder's spool.
 pub mod spool;
+// The state directory and what lives in it.
 pub mod state_dir;
+// `status.json`: what a running collector says about itself.
 pub mod status;
+// TLS set-up for MQTT and HTTP.
 pub mod tls;

@@ -12,6 +12,7 @@ use tabled::{Table, Tabled};
 
 use crate::reading::{DryRunAlarms, DryRunMeasurement, Reading};
 
+/// How `--dry-run` prints readings (`--format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// One JSON object per line.
@@ -44,6 +45,8 @@ struct Row {
 /// Rows per printed table.
 const TABLE_CHUNK: usize = 200;
 
+/// Prints readings to `out` in one [`Format`], reusing its buffers from one
+/// reading to the next.
 pub struct Printer<W: Write> {
     out: W,
     format: Format,
@@ -52,6 +55,7 @@ pub struct Printer<W: Write> {
 }
 
 impl<W: Write> Printer<W> {
+    /// A printer writing `format` to `out` (stdout, or a buffer in tests).
     pub fn new(out: W, format: Format) -> Self {
         Printer {
             out,
@@ -61,6 +65,8 @@ impl<W: Write> Printer<W> {
         }
     }
 
+    /// Prints one reading: JSON Lines are written at once, table rows wait
+    /// for a full chunk or [`flush`](Self::flush).
     pub fn print(&mut self, reading: &Reading) -> io::Result<()> {
         match self.format {
             Format::Jsonl => self.print_jsonl(reading),

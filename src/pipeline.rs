@@ -23,27 +23,35 @@ pub struct DecodeCounts {
     pub unknown: u64,
     /// Not a P3 topic at all.
     pub foreign: u64,
+    /// Payloads the decoder could not read.
     pub errors: u64,
     /// Items or fields skipped inside decoded messages.
     pub skipped_items: u64,
+    /// Measurements passed on, after the SOC filter (`soc_raw` included).
     pub measurements: u64,
 }
 
 impl DecodeCounts {
+    /// Messages seen: the sum of the first five counts.
     pub fn messages(&self) -> u64 {
         self.decoded + self.empty + self.unknown + self.foreign + self.errors
     }
 }
 
+/// Decoder and SOC filter for one stream of messages, with the filter's
+/// per-device state and the counts.
 pub struct Pipeline {
     filter: SocFilter,
     /// `--device-id` given to replay: overrides the topic's device.
     device_override: Option<Arc<str>>,
     origins: HashMap<String, Origin>,
+    /// What happened to the messages so far, for the command's summary.
     pub counts: DecodeCounts,
 }
 
 impl Pipeline {
+    /// `soc_threshold` as for [`SocFilter::new`] (0 turns the filter off);
+    /// `device_override` replaces the device of every topic.
     pub fn new(soc_threshold: f64, device_override: Option<&str>) -> Self {
         Pipeline {
             filter: SocFilter::new(soc_threshold),

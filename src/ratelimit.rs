@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 /// grow the map without bound).
 const MAX_KEYS: usize = 1024;
 
+/// One log line per key per window, counting what it held back.
 pub struct RateLimiter {
     window: Duration,
     keys: HashMap<String, (Instant, u64)>,
 }
 
 impl RateLimiter {
+    /// At most one line per key every `window`.
     pub fn new(window: Duration) -> Self {
         RateLimiter {
             window,

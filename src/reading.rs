@@ -30,10 +30,12 @@ impl Timestamp {
         Timestamp(micros)
     }
 
+    /// `micros` microseconds after the Unix epoch (negative: before it).
     pub const fn from_unix_micros(micros: i64) -> Self {
         Timestamp(micros)
     }
 
+    /// Microseconds since the Unix epoch, for arithmetic.
     pub const fn unix_micros(self) -> i64 {
         self.0
     }
@@ -44,6 +46,7 @@ impl Timestamp {
         Ok(Self::from_datetime(dt))
     }
 
+    /// The same instant as `dt`, to the microsecond.
     pub fn from_datetime(dt: OffsetDateTime) -> Self {
         let nanos = dt.unix_timestamp_nanos();
         Timestamp(i64::try_from(nanos / 1000).unwrap_or(if nanos < 0 {
@@ -63,7 +66,7 @@ impl Timestamp {
     ///
     /// Hand-rolled rather than going through `time` or `core::fmt`: replay
     /// and collect format one of these per measurement they send or print.
-    pub fn write_rfc3339(self, out: &mut String) {
+    fn write_rfc3339(self, out: &mut String) {
         let mut buf = [0u8; 24];
         match self.format_into(&mut buf) {
             Some(text) => out.push_str(text),
@@ -122,6 +125,7 @@ impl Timestamp {
         std::str::from_utf8(buf).ok()
     }
 
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, milliseconds) as a new string.
     pub fn to_rfc3339(self) -> String {
         let mut s = String::with_capacity(24);
         self.write_rfc3339(&mut s);
@@ -173,6 +177,7 @@ pub struct Measurement {
 }
 
 impl Measurement {
+    /// A value of `metric`, with `unit` exactly as the backend expects it.
     pub fn new(metric: impl Into<Cow<'static, str>>, value: f64, unit: &'static str) -> Self {
         Measurement {
             metric: metric.into(),
@@ -190,27 +195,36 @@ pub type AlarmStates = BTreeMap<String, bool>;
 /// readings decoded from one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
+    /// The device (from the topic, or replay's `--device-id`).
     pub device_id: Arc<str>,
+    /// The full MQTT topic; the API's `source_topic`.
     pub topic: Arc<str>,
 }
 
 /// What one message decodes to, once it is tied to its origin and time.
 #[derive(Clone, Debug)]
 pub struct Reading {
+    /// Where the message came from.
     pub origin: Origin,
+    /// When it was received (live) or captured (replay).
     pub timestamp: Timestamp,
+    /// The decoded values, after the SOC filter.
     pub measurements: Vec<Measurement>,
+    /// The alarm flags, for an alarms message; `None` otherwise.
     pub alarms: Option<AlarmStates>,
 }
 
 /// Longest `source_topic` the API stores.
-pub const MAX_SOURCE_TOPIC: usize = 100;
+const MAX_SOURCE_TOPIC: usize = 100;
 
 /// The API's measurement object (`POST .../measurements/batch` takes a list
 /// of these). The device is in the URL, not the body.
 pub struct ApiMeasurement<'a> {
+    /// The metric, value and unit.
     pub measurement: &'a Measurement,
+    /// When it was measured.
     pub timestamp: Timestamp,
+    /// The MQTT topic; sent as null when longer than the API stores.
     pub source_topic: &'a str,
 }
 
@@ -233,9 +247,13 @@ impl Serialize for ApiMeasurement<'_> {
 /// One line of `--dry-run --format jsonl` output for a measurement
 /// (`cli.md` fixes the field order shown there; we keep it).
 pub struct DryRunMeasurement<'a> {
+    /// The device it belongs to.
     pub device_id: &'a str,
+    /// When it was measured.
     pub timestamp: Timestamp,
+    /// The metric, value and unit.
     pub measurement: &'a Measurement,
+    /// The MQTT topic it came from.
     pub source_topic: &'a str,
 }
 
@@ -254,9 +272,13 @@ impl Serialize for DryRunMeasurement<'_> {
 
 /// One line of `--dry-run --format jsonl` output for alarm states.
 pub struct DryRunAlarms<'a> {
+    /// The device they belong to.
     pub device_id: &'a str,
+    /// When they were reported.
     pub timestamp: Timestamp,
+    /// The MQTT topic they came from.
     pub source_topic: &'a str,
+    /// Every flag in the message, on or off.
     pub alarms: &'a AlarmStates,
 }
 

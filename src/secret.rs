@@ -4,10 +4,14 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// A secret setting. `Debug` prints `Secret(***)`, so it cannot leak through a
+/// log line or a derived `Debug` of the struct that holds it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
+    /// The value itself, for where it must go (an auth header, the MQTT
+    /// login) and nowhere else.
     pub fn expose(&self) -> &str {
         &self.0
     }

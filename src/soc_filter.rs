@@ -16,7 +16,7 @@ use crate::reading::{Measurement, Timestamp};
 
 /// Readings this far apart (seconds) are never compared: the older value says
 /// nothing about the newer one any more.
-pub const GAP_SECONDS: f64 = 300.0;
+const GAP_SECONDS: f64 = 300.0;
 
 /// Floating-point slack, so that a step of exactly the threshold is not a jump.
 const TOLERANCE: f64 = 1e-9;
@@ -54,7 +54,7 @@ impl SocFilter {
         }
     }
 
-    pub fn is_enabled(&self) -> bool {
+    fn is_enabled(&self) -> bool {
         self.threshold > 0.0
     }
 

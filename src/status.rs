@@ -8,32 +8,45 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-pub use crate::state_dir::STATUS_FILE as FILE_NAME;
+use crate::state_dir::STATUS_FILE as FILE_NAME;
 
+/// What `status.json` holds: who wrote it, the broker connection, the last
+/// activity, the counters and the spool.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// Format version of this file.
     pub version: u32,
+    /// The collector's process id.
     pub pid: u32,
+    /// The version of pv3 that wrote the file.
     pub pv3_version: String,
-    /// RFC 3339 UTC times; `None` for "never".
+    /// When the collector started (RFC 3339 UTC, like every time here).
     pub started_at: String,
+    /// When the file was last written; `check-api` judges staleness by it.
     pub updated_at: String,
+    /// The MQTT broker, as `host:port`.
     pub broker: String,
+    /// Whether the MQTT connection is up.
     pub broker_connected: bool,
     /// Subscriptions confirmed by the broker since start (one per
     /// connection: it goes up again after each reconnect).
     #[serde(default)]
     pub subscriptions: u64,
+    /// When the last MQTT message arrived; `None` for never.
     pub last_message_at: Option<String>,
+    /// When the API last accepted a batch; `None` for never.
     pub last_delivery_at: Option<String>,
+    /// Totals since start.
     pub counters: Counters,
-    /// Batches waiting in the on-disk spool, and their measurements.
+    /// Batches waiting in the on-disk spool.
     pub spool_batches: u64,
+    /// Measurements in those batches.
     pub spool_measurements: u64,
+    /// Bytes the spool holds.
     pub spool_bytes: u64,
 }
 
+/// The collector's totals since it started.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
     /// MQTT messages received.
@@ -50,7 +63,7 @@ pub struct Counters {
     pub decode_errors: u64,
 }
 
-pub fn path(state_dir: &Path) -> PathBuf {
+fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE_NAME)
 }
 

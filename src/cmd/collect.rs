@@ -36,6 +36,8 @@ fn status_every() -> Duration {
         .map_or(STATUS_EVERY, Duration::from_millis)
 }
 
+/// `pv3 collect`: runs until SIGINT or SIGTERM. Bad settings come back as a
+/// [`ConfigError`](super::ConfigError) (exit code 2).
 pub async fn run(args: CollectArgs) -> Result<()> {
     let mut settings = super::mqtt_settings(&args.mqtt, "collect");
     settings.stale_after = Some(args.stale_after);

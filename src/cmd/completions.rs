@@ -24,6 +24,7 @@ pub const GENERATED: &[(CompletionTarget, &str)] = &[
     (CompletionTarget::Man, "docs/pv3.1"),
 ];
 
+/// `pv3 completions`: writes the script or the man page to stdout.
 pub fn run(args: CompletionsArgs) -> Result<()> {
     let text = render(args.shell)?;
     let mut out = std::io::stdout().lock();
@@ -35,7 +36,7 @@ pub fn run(args: CompletionsArgs) -> Result<()> {
 
 /// The completion script for `target`, or the man page for
 /// [`CompletionTarget::Man`].
-pub fn render(target: CompletionTarget) -> Result<Vec<u8>> {
+fn render(target: CompletionTarget) -> Result<Vec<u8>> {
     let shell = match target {
         CompletionTarget::Bash => Shell::Bash,
         CompletionTarget::Zsh => Shell::Zsh,
@@ -63,7 +64,7 @@ fn hide_env_values(cmd: clap::Command) -> clap::Command {
 
 /// One man page, `pv3(1)`, with a section per command (its synopsis,
 /// options and examples), then exit status, environment and files.
-pub fn man_page() -> Result<Vec<u8>> {
+fn man_page() -> Result<Vec<u8>> {
     let mut root = command();
     root.build();
     let man = clap_mangen::Man::new(root.clone());
