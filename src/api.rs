@@ -154,7 +154,7 @@ impl ApiClient {
         })?;
         let status = resp.status();
         if status.is_success() {
-            return Ok(());
+            return check_answer(status, error_body(resp).await);
         }
         let retry_after = retry_after(&resp);
         let body = error_body(resp).await;
@@ -212,6 +212,26 @@ fn classify(status: StatusCode, body: String, retry_after: Option<Duration>) -> 
         },
         _ => PostError::Rejected { status: code, body },
     }
+}
+
+/// A 2xx is a delivery only when it is the API's own answer, a JSON object
+/// (`{"created": n, ...}` for a batch, `{"alarms_updated": ...}` for
+/// alarms). A captive portal or a misrouted proxy answers 200 with a page:
+/// that is a setting to fix, and the data is kept.
+fn check_answer(status: StatusCode, body: String) -> Result<(), PostError> {
+    let is_object = serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v.is_object());
+    if is_object {
+        return Ok(());
+    }
+    let mut shown: String = body.chars().take(120).collect();
+    if shown.len() < body.len() {
+        shown.push('…');
+    }
+    Err(PostError::Misconfigured {
+        status: status.as_u16(),
+        body: shown,
+        hint: "the answer is not PV3 Monitor's JSON: is --api-url / API_URL the API, not a proxy's login page?",
+    })
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare enough to ignore).

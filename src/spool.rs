@@ -35,10 +35,21 @@ const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 /// costs nothing in drain speed.
 const CACHE_BYTES: usize = 4 << 20;
 
-fn create(path: &Path) -> Result<Database, DatabaseError> {
-    redb::Builder::new()
-        .set_cache_size(CACHE_BYTES)
-        .create(path)
+/// How the spool opens (or creates) its database file: redb's own file
+/// backend, unless a test puts a faulty disk in between (with
+/// `redb::Builder::create_with_backend`; see `tests/faults.rs`).
+pub type Opener = std::sync::Arc<dyn Fn(&Path) -> Result<Database, DatabaseError> + Send + Sync>;
+
+/// redb's file backend, with the spool's cache size.
+pub fn file_opener() -> Opener {
+    std::sync::Arc::new(|path: &Path| builder().create(path))
+}
+
+/// The redb settings every spool uses.
+pub fn builder() -> redb::Builder {
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(CACHE_BYTES);
+    builder
 }
 
 /// What a push had to drop to stay under the size limit.
@@ -65,6 +76,10 @@ pub struct Record {
 pub struct Spool {
     db: Database,
     path: PathBuf,
+    /// The limit on stored value bytes: half the file's limit, because
+    /// redb's copy-on-write pages and free space make the file up to about
+    /// twice the data it holds (measured); this keeps the file itself
+    /// within `--spool-max-mb`.
     max_bytes: u64,
     next_seq: u64,
     /// Sum of stored value sizes (the limit's measure; the file itself is
@@ -79,6 +94,12 @@ impl Spool {
     /// cannot open is moved aside (`spool.redb.corrupt-<unix time>`) and
     /// replaced.
     pub fn open(dir: &StateDir, max_bytes: u64) -> Result<Spool> {
+        Spool::open_with(dir, max_bytes, &file_opener())
+    }
+
+    /// [`Self::open`] through `opener`.
+    pub fn open_with(dir: &StateDir, max_bytes: u64, opener: &Opener) -> Result<Spool> {
+        let create = |path: &Path| opener(path);
         std::fs::create_dir_all(dir.path())
             .with_context(|| format!("cannot create state directory {}", dir.path().display()))?;
         let path = dir.spool();
@@ -117,7 +138,7 @@ impl Spool {
         let mut spool = Spool {
             db,
             path,
-            max_bytes,
+            max_bytes: max_bytes / 2,
             next_seq: 0,
             bytes: 0,
             records: 0,
@@ -325,8 +346,9 @@ mod tests {
     #[test]
     fn drops_the_oldest_past_the_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
-        // Each value: 4 bytes of weight + 1 byte.
-        let mut spool = open(dir.path(), 15).expect("open");
+        // Each value: 4 bytes of weight + 1 byte; values may fill half the
+        // file limit.
+        let mut spool = open(dir.path(), 30).expect("open");
         for w in 1..=3 {
             assert_eq!(spool.push(&[(w, b"x")]).expect("push"), Evicted::default());
         }

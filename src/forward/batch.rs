@@ -69,6 +69,37 @@ impl Batch {
         })
     }
 
+    /// A measurement batch of two or more, cut into two halves (a proxy
+    /// refused it as too large); `None` when it cannot be cut.
+    pub fn halves(&self) -> Option<(Batch, Batch)> {
+        if self.kind != BatchKind::Measurements || self.count < 2 {
+            return None;
+        }
+        let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&self.body).ok()?;
+        if items.len() < 2 {
+            return None;
+        }
+        let (front, back) = items.split_at(items.len() / 2);
+        let part = |items: &[&serde_json::value::RawValue]| {
+            let mut body = Vec::with_capacity(self.body.len() / 2 + 2);
+            body.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(item.get().as_bytes());
+            }
+            body.push(b']');
+            Batch {
+                device: self.device.clone(),
+                kind: BatchKind::Measurements,
+                body: Bytes::from(body),
+                count: items.len(),
+            }
+        };
+        Some((part(front), part(back)))
+    }
+
     /// Can `next` be sent in the same POST, after this one?
     pub fn joins(&self, next: &Batch) -> bool {
         self.kind == BatchKind::Measurements
@@ -257,6 +288,21 @@ mod tests {
         assert!(!a.joins(&batch("B", m, "[2]", 1)));
         assert!(!a.joins(&batch("A", BatchKind::Alarms, "{}", 0)));
         assert!(!batch("A", BatchKind::Alarms, "{}", 0).joins(&a));
+    }
+
+    #[test]
+    fn a_batch_cuts_into_two_valid_halves() {
+        let m = BatchKind::Measurements;
+        let (a, b) = batch("A", m, r#"[{"v":1},{"v":[2,3]},{"v":"4,5"}]"#, 3)
+            .halves()
+            .expect("halves");
+        assert_eq!((&a.body[..], a.count), (&br#"[{"v":1}]"#[..], 1));
+        assert_eq!(
+            (&b.body[..], b.count),
+            (&br#"[{"v":[2,3]},{"v":"4,5"}]"#[..], 2)
+        );
+        assert!(batch("A", m, "[1]", 1).halves().is_none());
+        assert!(batch("A", BatchKind::Alarms, "{}", 0).halves().is_none());
     }
 
     #[test]

@@ -51,6 +51,12 @@ pub enum Verdict {
     },
     /// Not delivered: give it back and try again later.
     Retry,
+    /// `413`: the body is too large for something between pv3 and the API
+    /// (a proxy's limit). Smaller POSTs will do.
+    TooLarge {
+        /// The start of the answer.
+        body: String,
+    },
 }
 
 /// Why the API is failing, which decides how to wait.
@@ -224,6 +230,7 @@ impl Dispatcher {
                 self.next_probe = None;
                 Verdict::Delivered
             }
+            Err(PostError::Rejected { status: 413, body }) => Verdict::TooLarge { body },
             Err(PostError::Rejected { status, body }) => Verdict::SetAside { status, body },
             Err(err) => {
                 self.failed(&err);

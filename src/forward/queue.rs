@@ -179,6 +179,9 @@ pub trait Queue: Send {
 #[derive(Debug, Default)]
 pub struct MemoryQueue {
     items: VecDeque<(u64, Batch)>,
+    /// When each batch held (leased ones too) was pushed, by key: keys
+    /// grow with time, so the first is the oldest.
+    born: std::collections::BTreeMap<u64, std::time::Instant>,
     next_key: u64,
     /// Held, leased included.
     len: Len,
@@ -202,8 +205,10 @@ impl MemoryQueue {
 
     /// Appends without waiting; returns what had to be dropped.
     pub fn push_now(&mut self, batches: Vec<Batch>) -> Len {
+        let now = std::time::Instant::now();
         for batch in batches {
             self.len.add(&batch);
+            self.born.insert(self.next_key, now);
             self.items.push_back((self.next_key, batch));
             self.next_key += 1;
         }
@@ -218,9 +223,10 @@ impl MemoryQueue {
     pub fn evict_over(&mut self, limit: u64) -> Len {
         let mut evicted = Len::default();
         while self.len.measurements > limit {
-            let Some((_, oldest)) = self.items.pop_front() else {
+            let Some((key, oldest)) = self.items.pop_front() else {
                 break;
             };
+            self.born.remove(&key);
             self.len.sub(&oldest);
             evicted.add(&oldest);
         }
@@ -244,13 +250,23 @@ impl MemoryQueue {
         for part in &lease.parts {
             self.len.sub(part);
         }
+        for key in &lease.keys {
+            self.born.remove(key);
+        }
+    }
+
+    /// How long the oldest batch held (leased or not) has waited.
+    pub fn oldest_age(&self) -> Option<std::time::Duration> {
+        self.born.first_key_value().map(|(_, t)| t.elapsed())
     }
 
     /// Removes every batch not leased, oldest first.
     pub fn drain_unleased(&mut self) -> Vec<Batch> {
-        let batches: Vec<Batch> = self.items.drain(..).map(|(_, b)| b).collect();
-        for b in &batches {
-            self.len.sub(b);
+        let mut batches = Vec::with_capacity(self.items.len());
+        for (key, b) in self.items.drain(..) {
+            self.born.remove(&key);
+            self.len.sub(&b);
+            batches.push(b);
         }
         batches
     }

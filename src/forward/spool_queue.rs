@@ -10,7 +10,14 @@
 //! works again once there is room.
 //!
 //! Only one lease is out at a time: spooled batches go out strictly in
-//! order.
+//! order. A delivered lease whose removal fails (a full disk) is remembered
+//! and skipped, and its removal retried with every later operation, so it is
+//! never sent twice in one run (after a restart it may be: at-least-once).
+//!
+//! No spool content can crash pv3: a panic inside redb (a page corrupted on
+//! disk in a way its checksums did not catch) is caught on the spool thread;
+//! the file is moved aside (`spool.redb.corrupt-<time>`) and a fresh spool
+//! started. This needs `panic = "unwind"`, which the release profile keeps.
 
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
@@ -21,7 +28,7 @@ use tracing::{error, warn};
 use super::batch::Batch;
 use super::dead_letter::{DeadLetter, DeadLetters};
 use super::queue::{Lease, Len, Pushed, Queue, QueueError, QueueFuture, Tier};
-use crate::spool::{Evicted, Record, Spool};
+use crate::spool::{Evicted, Opener, Record, Spool, file_opener};
 use crate::state_dir::StateDir;
 
 /// Records read ahead when taking a lease.
@@ -42,6 +49,8 @@ pub struct SpoolQueue {
     len: Len,
     /// The key of the last record of the lease that is out.
     leased: Option<u64>,
+    /// Delivered, but their removal failed: never leased again.
+    unremoved: Vec<(u64, Batch)>,
     path: std::path::PathBuf,
 }
 
@@ -53,19 +62,36 @@ impl SpoolQueue {
         max_bytes: u64,
         dead_letters: Arc<DeadLetters>,
     ) -> anyhow::Result<SpoolQueue> {
-        let spool = if dir.spool().exists() {
-            Some(Spool::open(dir, max_bytes)?)
-        } else {
-            None
-        };
-        let len = spool.as_ref().map_or(Len::default(), counters);
-        let (tx, rx) = std_mpsc::channel();
-        let thread = SpoolThread {
+        SpoolQueue::open_with(dir, max_bytes, dead_letters, file_opener())
+    }
+
+    /// [`Self::open`] through `opener` (a test's faulty disk).
+    pub fn open_with(
+        dir: &StateDir,
+        max_bytes: u64,
+        dead_letters: Arc<DeadLetters>,
+        opener: Opener,
+    ) -> anyhow::Result<SpoolQueue> {
+        let mut thread = SpoolThread {
             dir: dir.clone(),
             max_bytes,
-            spool,
+            spool: None,
             dead_letters,
+            opener,
+            last_len: Len::default(),
         };
+        if dir.spool().exists()
+            && let Err(e) = thread.guarded("open", |t| t.with_spool(false, |_| Ok(())))
+        {
+            // Moved aside (unreadable): collection goes on with an empty
+            // spool. Still there: in use, or the disk refuses: a real error.
+            if dir.spool().exists() {
+                return Err(e);
+            }
+            warn!("{e:#}");
+        }
+        let len = thread.len();
+        let (tx, rx) = std_mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("pv3-spool".into())
             .spawn(move || thread.run(rx))?;
@@ -74,6 +100,7 @@ impl SpoolQueue {
             thread: Some(thread),
             len,
             leased: None,
+            unremoved: Vec::new(),
             path: dir.spool(),
         })
     }
@@ -99,12 +126,26 @@ impl SpoolQueue {
     }
 }
 
+impl SpoolQueue {
+    /// Retries removing what was delivered but could not be removed.
+    async fn retry_removals(&mut self) {
+        if self.unremoved.is_empty() {
+            return;
+        }
+        let keys: Vec<u64> = self.unremoved.iter().map(|(k, _)| *k).collect();
+        if self.call(|r| Cmd::Remove(keys, r)).await.is_ok() {
+            self.unremoved.clear();
+        }
+    }
+}
+
 impl Queue for SpoolQueue {
     fn push(&mut self, batches: Vec<Batch>) -> QueueFuture<'_, Pushed> {
         Box::pin(async move {
             if batches.is_empty() {
                 return Pushed::default();
             }
+            self.retry_removals().await;
             let records = batches
                 .iter()
                 .map(|b| (u32::try_from(b.count).unwrap_or(u32::MAX), b.encode()))
@@ -130,12 +171,17 @@ impl Queue for SpoolQueue {
 
     fn take(&mut self, max: usize) -> QueueFuture<'_, Result<Option<Lease>, QueueError>> {
         Box::pin(async move {
-            if self.leased.is_some() || self.len.batches == 0 {
+            self.retry_removals().await;
+            if self.leased.is_some() || self.len().batches == 0 {
                 return Ok(None);
             }
-            let records = self.call(|r| Cmd::Read(None, LOOKAHEAD, r)).await?;
+            let n = LOOKAHEAD + self.unremoved.len();
+            let records = self.call(|r| Cmd::Read(None, n, r)).await?;
             let mut items = std::collections::VecDeque::new();
             for record in records {
+                if self.unremoved.iter().any(|(k, _)| *k == record.key) {
+                    continue;
+                }
                 match Batch::decode(&record.data, record.weight) {
                     Some(batch) => items.push_back((record.key, batch)),
                     // The thread set unreadable records aside already.
@@ -153,7 +199,13 @@ impl Queue for SpoolQueue {
     fn ack(&mut self, lease: Lease) -> QueueFuture<'_, Result<(), QueueError>> {
         Box::pin(async move {
             self.leased = None;
-            self.call(|r| Cmd::Remove(lease.keys, r)).await
+            let keys = lease.keys.clone();
+            let removed = self.call(|r| Cmd::Remove(keys, r)).await;
+            if removed.is_err() {
+                self.unremoved
+                    .extend(lease.keys.into_iter().zip(lease.parts));
+            }
+            removed
         })
     }
 
@@ -164,7 +216,11 @@ impl Queue for SpoolQueue {
     }
 
     fn len(&self) -> Len {
-        self.len
+        let mut len = self.len;
+        for (_, batch) in &self.unremoved {
+            len.sub(batch);
+        }
+        len
     }
 
     fn durable(&self) -> bool {
@@ -203,6 +259,9 @@ struct SpoolThread {
     /// Open while it holds something (or until an error closes it).
     spool: Option<Spool>,
     dead_letters: Arc<DeadLetters>,
+    opener: Opener,
+    /// What it held when last open: its size while an error keeps it closed.
+    last_len: Len,
 }
 
 impl SpoolThread {
@@ -210,19 +269,23 @@ impl SpoolThread {
         while let Ok(cmd) = rx.recv() {
             match cmd {
                 Cmd::Push(records, reply) => {
-                    let result = self.with_spool(true, |s| {
-                        let refs: Vec<(u32, &[u8])> =
-                            records.iter().map(|(w, d)| (*w, d.as_slice())).collect();
-                        s.push(&refs)
+                    let result = self.guarded("write", |t| {
+                        t.with_spool(true, |s| {
+                            let refs: Vec<(u32, &[u8])> =
+                                records.iter().map(|(w, d)| (*w, d.as_slice())).collect();
+                            s.push(&refs)
+                        })
                     });
                     let _ = reply.send((result.map(Option::unwrap_or_default), self.len()));
                 }
                 Cmd::Read(after, n, reply) => {
-                    let result = self.read(after, n);
+                    let result = self.guarded("read", |t| t.read(after, n));
                     let _ = reply.send((result, self.len()));
                 }
                 Cmd::Remove(keys, reply) => {
-                    let result = self.with_spool(false, |s| s.remove(&keys)).map(|_| ());
+                    let result = self
+                        .guarded("write", |t| t.with_spool(false, |s| s.remove(&keys)))
+                        .map(|_| ());
                     self.close_if_empty();
                     let _ = reply.send((result, self.len()));
                 }
@@ -230,8 +293,58 @@ impl SpoolThread {
         }
     }
 
-    fn len(&self) -> Len {
-        self.spool.as_ref().map_or(Len::default(), counters)
+    fn len(&mut self) -> Len {
+        match &self.spool {
+            Some(spool) => self.last_len = counters(spool),
+            None if !self.dir.spool().exists() => self.last_len = Len::default(),
+            None => {}
+        }
+        self.last_len
+    }
+
+    /// Runs `op`, turning a panic inside redb into an error: the database is
+    /// dropped, its file moved aside, and the next operation starts afresh.
+    fn guarded<T>(
+        &mut self,
+        what: &str,
+        op: impl FnOnce(&mut Self) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&mut *self))) {
+            Ok(result) => result,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                let spool = self.spool.take();
+                // Dropping a database redb gave up on may panic too.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(spool)));
+                let aside = self.move_aside();
+                anyhow::bail!(
+                    "the spool could not {what} its file ({why}): it is unreadable; {aside}"
+                )
+            }
+        }
+    }
+
+    /// Moves the spool file aside; says where, for the log.
+    fn move_aside(&self) -> String {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (from, to) = (self.dir.spool(), self.dir.spool_aside(stamp));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {
+                error!(
+                    "spool {} is unreadable: moved aside to {} (what it held is not sent; inspect it there); starting an empty one",
+                    from.display(),
+                    to.display()
+                );
+                format!("moved aside to {}", to.display())
+            }
+            Err(e) => format!("and cannot be moved aside ({e})"),
+        }
     }
 
     /// Runs `op` on the spool, opening it first (only with `create`, or when
@@ -243,7 +356,7 @@ impl SpoolThread {
         op: impl FnOnce(&mut Spool) -> anyhow::Result<T>,
     ) -> anyhow::Result<Option<T>> {
         if self.spool.is_none() && (create || self.dir.spool().exists()) {
-            self.spool = Some(Spool::open(&self.dir, self.max_bytes)?);
+            self.spool = Some(Spool::open_with(&self.dir, self.max_bytes, &self.opener)?);
         }
         let Some(spool) = self.spool.as_mut() else {
             return Ok(None);

@@ -16,11 +16,9 @@ use super::batch::Batch;
 use super::queue::{Lease, Len, MemoryQueue, Pushed, Queue, QueueError, QueueFuture, Tier};
 use crate::ratelimit::{RateLimiter, suppressed_note};
 
-/// Measurements a drained POST may merge, at least: an outage leaves many
-/// small spooled batches (one per linger), and one POST each would make
-/// draining slow. (Issue 10 asks for `--batch-size` to bound these too, with
-/// a 413 splitting the batch; until then this keeps the drain rate.)
-const DRAIN_MERGE: usize = 1000;
+/// How long a batch may wait in memory, unacknowledged, before it is
+/// spooled whatever the reason (a failing, hanging or slow API).
+pub const SPOOL_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// See the module docs.
 pub struct Tiered {
@@ -29,6 +27,8 @@ pub struct Tiered {
     spooling: bool,
     /// Measurements memory may hold.
     limit: u64,
+    /// Spool what has waited longer than this, unacknowledged.
+    max_age: std::time::Duration,
     limiter: RateLimiter,
     /// Counts of spills made while taking, reported with the next push.
     carry: Pushed,
@@ -44,9 +44,25 @@ impl Tiered {
             spool,
             spooling,
             limit,
+            max_age: SPOOL_AFTER,
             limiter: RateLimiter::new(std::time::Duration::from_secs(60)),
             carry: Pushed::default(),
         }
+    }
+
+    /// Spools what memory has held unacknowledged for longer than `age`
+    /// (default [`SPOOL_AFTER`]).
+    pub fn spool_after(mut self, age: std::time::Duration) -> Tiered {
+        self.max_age = age;
+        self
+    }
+
+    /// Memory has held something unacknowledged for too long (a slow or
+    /// hanging API): bound what a power cut could take.
+    fn too_old(&self) -> bool {
+        self.memory
+            .oldest_age()
+            .is_some_and(|age| age > self.max_age)
     }
 
     /// Sending from the spool.
@@ -102,6 +118,12 @@ impl Queue for Tiered {
                         self.start_spooling("in-memory queue full", Vec::new())
                             .await,
                     );
+                } else if self.too_old() {
+                    let why = format!(
+                        "readings unacknowledged for over {:.0} s",
+                        self.max_age.as_secs_f64()
+                    );
+                    pushed.absorb(self.start_spooling(&why, Vec::new()).await);
                 }
             }
             pushed
@@ -118,7 +140,7 @@ impl Queue for Tiered {
                 let spilled = self.spill(Vec::new()).await;
                 self.carry.absorb(spilled);
             }
-            match self.spool.take(max.max(DRAIN_MERGE)).await {
+            match self.spool.take(max).await {
                 Ok(Some(lease)) => return Ok(Some(lease)),
                 Ok(None) => {}
                 Err(e) => {

@@ -19,6 +19,9 @@ use crate::ratelimit::{RateLimiter, suppressed_note};
 use crate::reading::{Reading, Timestamp};
 use crate::state_dir::StateLock;
 
+/// How soon to look at the queue again after it could not be read.
+const TAKE_RETRY: Duration = Duration::from_secs(1);
+
 /// What a worker is made of.
 pub(super) struct Parts {
     pub api: ApiClient,
@@ -38,6 +41,12 @@ pub(super) struct Worker {
     stats: Arc<ForwardStats>,
     limiter: RateLimiter,
     gave_up: bool,
+    /// Measurements per POST: `--batch-size`, lowered for good after a 413.
+    post_limit: usize,
+    /// While isolating a refused item in a merged POST: at most this many.
+    bisect: Option<usize>,
+    /// The queue could not be read (a disk error): look again then.
+    retry_take: Option<Instant>,
     _lock: Option<StateLock>,
 }
 
@@ -48,7 +57,7 @@ impl Worker {
             concurrency: parts.opts.concurrency.max(1),
             ..parts.opts
         };
-        let worker = Worker {
+        let mut worker = Worker {
             batcher: Batcher::new(opts.batch_size, opts.linger, opts.send_alarms),
             dispatcher: Dispatcher::new(
                 parts.api,
@@ -61,8 +70,12 @@ impl Worker {
             stats,
             limiter: RateLimiter::new(Duration::from_secs(60)),
             gave_up: false,
+            post_limit: 0,
+            bisect: None,
+            retry_take: None,
             _lock: parts.lock,
         };
+        worker.post_limit = worker.opts.batch_size;
         worker.publish();
         worker
     }
@@ -97,6 +110,9 @@ impl Worker {
                 },
                 _ = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
                     self.seal(false).await;
+                }
+                _ = sleep_until(self.retry_take.unwrap_or(far)), if self.retry_take.is_some() => {
+                    self.retry_take = None;
                 }
             }
             if self.giving_up() {
@@ -185,13 +201,17 @@ impl Worker {
     /// Starts POSTs while the dispatcher has room and the queue has leases.
     async fn dispatch(&mut self) {
         while self.dispatcher.has_capacity() {
-            match self.queue.take(self.opts.batch_size).await {
+            let max = self
+                .bisect
+                .map_or(self.post_limit, |b| b.min(self.post_limit));
+            match self.queue.take(max).await {
                 Ok(Some(lease)) => self.dispatcher.send(lease),
                 Ok(None) => break,
                 Err(e) => {
                     if let Some(k) = self.limiter.allow("take") {
                         error!("cannot read the queue ({e}){}", suppressed_note(k));
                     }
+                    self.retry_take = Some(Instant::now() + TAKE_RETRY);
                     break;
                 }
             }
@@ -217,8 +237,17 @@ impl Worker {
                         ForwardStats::add(&self.stats.alarms_delivered, 1);
                     }
                 }
+                self.bisect = None;
                 self.ack(lease).await;
             }
+            Verdict::SetAside { .. } if lease.parts.len() > 1 => {
+                // One part may be the bad one: send fewer at a time until it
+                // is alone, so the good ones are not set aside with it.
+                self.bisect = Some((lease.batch.count / 2).max(1));
+                let pushed = self.queue.give_back(lease).await;
+                self.count_push(pushed);
+            }
+            Verdict::TooLarge { body } => self.too_large(lease, body).await,
             Verdict::SetAside { status, body } => {
                 self.set_aside(&lease.batch, status, &body).await;
                 ForwardStats::add(&self.stats.rejected, lease.batch.count as u64);
@@ -230,6 +259,38 @@ impl Worker {
             }
         }
         self.publish();
+    }
+
+    /// A 413: fewer measurements per POST from now on; a single batch is
+    /// cut in two; a single measurement cannot be made smaller (set aside).
+    async fn too_large(&mut self, lease: Lease, body: String) {
+        let n = lease.batch.count;
+        let halves = match lease.parts.as_slice() {
+            [one] => one.halves(),
+            _ => None,
+        };
+        if n > 1 && self.post_limit > n / 2 {
+            self.post_limit = (n / 2).max(1);
+            warn!(
+                "the API (or a proxy before it) refused {n} measurements in one POST as too large (HTTP 413): sending at most {} per POST from now on (lower --batch-size to match)",
+                self.post_limit
+            );
+        }
+        if lease.parts.len() > 1 {
+            let pushed = self.queue.give_back(lease).await;
+            self.count_push(pushed);
+        } else if let Some((front, back)) = halves {
+            let pushed = self.queue.push(vec![front, back]).await;
+            let refused = !pushed.refused.is_empty();
+            self.count_push(pushed);
+            if !refused {
+                self.ack(lease).await;
+            }
+        } else {
+            self.set_aside(&lease.batch, 413, &body).await;
+            ForwardStats::add(&self.stats.rejected, n as u64);
+            self.ack(lease).await;
+        }
     }
 
     async fn ack(&mut self, lease: Lease) {
@@ -307,6 +368,10 @@ impl Worker {
         let durable = self.queue.durable();
         let undelivered = self.queue.close().await;
         let lost: u64 = undelivered.iter().map(|b| b.count as u64).sum();
+        if durable && lost > 0 {
+            // Neither delivered nor kept: say so in every count.
+            ForwardStats::add(&self.stats.dropped, lost);
+        }
         let s = &self.stats;
         ForwardStats::set(&s.queued, 0);
         ForwardReport {

@@ -66,6 +66,11 @@ struct Faults {
     fail_all: Option<u16>,
     delay: Duration,
     retry_after: Option<u64>,
+    /// POST bodies larger than this get 413, as from a proxy's size limit.
+    max_body: Option<usize>,
+    /// Every POST gets `200` with an HTML page (a captive portal, a
+    /// misrouted proxy) and is not recorded.
+    html: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -248,6 +253,16 @@ impl RecordingApi {
     /// request is recorded after the delay.
     pub fn set_delay(&self, delay: Duration) {
         lock(&self.store.data).faults.delay = delay;
+    }
+
+    /// POST bodies over `bytes` get `413 Payload Too Large` (`None`: no limit).
+    pub fn set_max_body(&self, bytes: Option<usize>) {
+        lock(&self.store.data).faults.max_body = bytes;
+    }
+
+    /// Every POST gets `200 OK` with an HTML page until turned off.
+    pub fn answer_html(&self, on: bool) {
+        lock(&self.store.data).faults.html = on;
     }
 
     /// Adds `Retry-After: secs` to injected failures.
@@ -461,6 +476,8 @@ struct Response {
     status: u16,
     body: Value,
     retry_after: Option<u64>,
+    /// Send this HTML page instead of `body`.
+    html: Option<&'static str>,
 }
 
 fn reason(status: u16) -> &'static str {
@@ -565,9 +582,15 @@ async fn serve_conn(mut stream: TcpStream, store: Arc<Store>) {
         };
         store.changes.send_modify(|v| *v = v.wrapping_add(1));
 
-        let body_bytes = serde_json::to_vec(&resp.body).unwrap_or_default();
+        let (content_type, body_bytes) = match resp.html {
+            Some(page) => ("text/html", page.as_bytes().to_vec()),
+            None => (
+                "application/json",
+                serde_json::to_vec(&resp.body).unwrap_or_default(),
+            ),
+        };
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: {}\r\n",
+            "HTTP/1.1 {} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: {}\r\n",
             resp.status,
             reason(resp.status),
             body_bytes.len(),
@@ -610,6 +633,7 @@ fn detail(status: u16, msg: &str) -> Response {
         status,
         body: json!({ "detail": msg }),
         retry_after: None,
+        html: None,
     }
 }
 
@@ -618,6 +642,7 @@ fn ok(status: u16, body: Value) -> Response {
         status,
         body,
         retry_after: None,
+        html: None,
     }
 }
 
@@ -659,6 +684,18 @@ fn respond(data: &mut Data, method: &str, target: &str, body: &[u8]) -> Response
                 status,
                 body: json!({ "detail": "injected" }),
                 retry_after: data.faults.retry_after,
+                html: None,
+            };
+        }
+        if data.faults.max_body.is_some_and(|max| body.len() > max) {
+            return detail(413, "Payload Too Large");
+        }
+        if data.faults.html {
+            return Response {
+                status: 200,
+                body: Value::Null,
+                retry_after: None,
+                html: Some("<html><body>Welcome! Please log in.</body></html>"),
             };
         }
     }
