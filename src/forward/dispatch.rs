@@ -242,26 +242,7 @@ impl Dispatcher {
     /// Decides how long to wait after a failed attempt, and says so.
     fn failed(&mut self, err: &PostError) {
         self.failures += 1;
-        let (how, delay) = match err {
-            PostError::Transient {
-                status: None,
-                retry_after,
-                ..
-            } => (
-                Failing::Unreachable,
-                retry_after.unwrap_or_else(|| self.backoff.next_delay()),
-            ),
-            PostError::Transient {
-                retry_after: Some(after),
-                ..
-            } => (Failing::Answering, (*after).max(MIN_RETRY_AFTER)),
-            PostError::Transient { .. } => (
-                Failing::Answering,
-                self.backoff.next_delay().min(HTTP_RETRY_CAP),
-            ),
-            _ => (Failing::Answering, self.backoff.next_delay()),
-        };
-        let delay = delay.min(self.retry_max.max(MIN_RETRY_AFTER));
+        let (how, delay) = wait_after(err, &mut self.backoff, self.retry_max);
         let first = self.failing.is_none();
         let since = self.failing.map_or_else(Instant::now, |(t, _)| t);
         self.failing = Some((since, how));
@@ -285,5 +266,82 @@ impl Dispatcher {
         } else {
             debug!("{what}; retry in {:.1} s", delay.as_secs_f64());
         }
+    }
+}
+
+/// How to wait after `err`: see the module docs.
+fn wait_after(err: &PostError, backoff: &mut Backoff, retry_max: Duration) -> (Failing, Duration) {
+    let (how, delay) = match err {
+        PostError::Transient {
+            status: None,
+            retry_after,
+            ..
+        } => (
+            Failing::Unreachable,
+            retry_after.unwrap_or_else(|| backoff.next_delay()),
+        ),
+        PostError::Transient {
+            retry_after: Some(after),
+            ..
+        } => (Failing::Answering, (*after).max(MIN_RETRY_AFTER)),
+        PostError::Transient { .. } => {
+            (Failing::Answering, backoff.next_delay().min(HTTP_RETRY_CAP))
+        }
+        _ => (Failing::Answering, backoff.next_delay()),
+    };
+    (how, delay.min(retry_max.max(MIN_RETRY_AFTER)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transient(status: Option<u16>, retry_after: Option<u64>) -> PostError {
+        PostError::Transient {
+            reason: String::new(),
+            retry_after: retry_after.map(Duration::from_secs),
+            status,
+        }
+    }
+
+    #[test]
+    fn retry_after_zero_does_not_turn_backoff_off() {
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(60));
+        let (_, delay) = wait_after(
+            &transient(Some(503), Some(0)),
+            &mut backoff,
+            Duration::from_secs(60),
+        );
+        assert_eq!(delay, MIN_RETRY_AFTER);
+        let (_, delay) = wait_after(
+            &transient(Some(429), Some(30)),
+            &mut backoff,
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            delay,
+            Duration::from_secs(30),
+            "a longer Retry-After is honoured"
+        );
+    }
+
+    #[test]
+    fn an_api_that_answers_is_retried_within_the_cap_one_that_does_not_is_probed() {
+        let mut backoff = Backoff::new(Duration::from_secs(8), Duration::from_secs(60));
+        for _ in 0..10 {
+            let (how, delay) = wait_after(
+                &transient(Some(503), None),
+                &mut backoff,
+                Duration::from_secs(60),
+            );
+            assert_eq!(how, Failing::Answering);
+            assert!(delay <= HTTP_RETRY_CAP, "{delay:?}");
+        }
+        let (how, _) = wait_after(
+            &transient(None, None),
+            &mut backoff,
+            Duration::from_secs(60),
+        );
+        assert_eq!(how, Failing::Unreachable, "no answer: probe /health");
     }
 }
