@@ -77,10 +77,12 @@ pub struct Spool {
     db: Database,
     path: PathBuf,
     /// The limit on stored value bytes: half the file's limit, because
-    /// redb's copy-on-write pages and free space make the file up to about
-    /// twice the data it holds (measured); this keeps the file itself
-    /// within `--spool-max-mb`.
+    /// redb's copy-on-write pages and free space make the file about twice
+    /// the data it holds (measured); lowered further if the file still
+    /// outgrows `file_limit`.
     max_bytes: u64,
+    /// `--spool-max-mb`: the file's own size limit.
+    file_limit: u64,
     next_seq: u64,
     /// Sum of stored value sizes (the limit's measure; the file itself is
     /// larger by redb's pages and free space).
@@ -139,6 +141,7 @@ impl Spool {
             db,
             path,
             max_bytes: max_bytes / 2,
+            file_limit: max_bytes,
             next_seq: 0,
             bytes: 0,
             records: 0,
@@ -216,7 +219,18 @@ impl Spool {
         self.bytes += bytes;
         self.records += records.len() as u64;
         self.weight += weight;
+        self.fit_file();
         self.evict()
+    }
+
+    /// The file may not shrink, but it must not grow past its limit: when
+    /// it has, hold less data so that freed pages are reused instead.
+    fn fit_file(&mut self) {
+        let file = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        if file > self.file_limit {
+            let lower = (self.bytes / 10 * 8).max(self.file_limit / 4);
+            self.max_bytes = self.max_bytes.min(lower);
+        }
     }
 
     fn evict(&mut self) -> Result<Evicted> {
@@ -365,6 +379,32 @@ mod tests {
             (spool.records(), spool.weight(), spool.bytes()),
             (3, 12, 15)
         );
+    }
+
+    #[test]
+    fn the_file_stays_within_the_limit_while_evicting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let max = 4 << 20;
+        let mut spool = open(dir.path(), max).expect("open");
+        // ~170-byte values, like spooled measurements, in commits of 50,
+        // pushing twice the limit through, with removals from the front.
+        let value = vec![b'x'; 170];
+        for round in 0..1000 {
+            let records: Vec<(u32, &[u8])> = (0..50).map(|_| (1, value.as_slice())).collect();
+            spool.push(&records).expect("push");
+            if round % 3 == 0 {
+                let oldest: Vec<u64> = spool
+                    .read(None, 20)
+                    .expect("read")
+                    .iter()
+                    .map(|r| r.key)
+                    .collect();
+                spool.remove(&oldest).expect("remove");
+            }
+        }
+        let file = std::fs::metadata(spool.path()).expect("stat").len();
+        assert!(spool.bytes() <= max / 2);
+        assert!(file <= max, "spool file {file} bytes, limit {max}");
     }
 
     #[test]
