@@ -18,6 +18,10 @@ pub struct Status {
     pub version: u32,
     /// The collector's process id.
     pub pid: u32,
+    /// The kernel's boot id when the collector started (Linux): a reader on
+    /// the same machine and boot can check `pid` for life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
     /// The version of pv3 that wrote the file.
     pub pv3_version: String,
     /// When the collector started (RFC 3339 UTC, like every time here).
@@ -44,6 +48,25 @@ pub struct Status {
     pub spool_measurements: u64,
     /// Bytes the spool holds.
     pub spool_bytes: u64,
+}
+
+/// This machine's boot id (`/proc/sys/kernel/random/boot_id`), where there
+/// is one.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// Is `pid` a running pv3 on this machine? `None` when it cannot tell (no
+/// `/proc`).
+pub fn pid_is_pv3(pid: u32) -> Option<bool> {
+    if !Path::new("/proc/self").exists() {
+        return None;
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+    Some(comm.is_some_and(|c| c.trim_end() == "pv3"))
 }
 
 /// The collector's totals since it started.

@@ -1008,3 +1008,28 @@ fn which(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_api_tells_a_killed_collector_at_once() {
+    let broker = support::broker::InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().to_string_lossy().into_owned();
+    let collector = support::collect::CollectRun::new(broker.port())
+        .api(&api)
+        .state_dir(dir.path())
+        .spawn();
+    collector.subscribed(1).await;
+    let (_, report, _) = check_json(&api.url(), &["--state-dir", &state]).await;
+    assert_eq!(status_of(&report, "collector running"), "pass", "{report:#}");
+
+    collector.kill().await;
+    // status.json is seconds old, but its process is gone.
+    let (code, report, out) = check_json(&api.url(), &["--state-dir", &state]).await;
+    assert_eq!(code, Some(1), "{}", show(&out));
+    assert_eq!(status_of(&report, "collector running"), "fail", "{report:#}");
+    let detail = detail_of(&report, "collector running");
+    assert!(detail.contains("not running"), "{detail}");
+    assert!(detail.contains("journalctl"), "{detail}");
+    assert_eq!(status_of(&report, "collector MQTT"), "skip");
+}

@@ -247,6 +247,7 @@ impl StatusWriter {
             base: Status {
                 version: 1,
                 pid: std::process::id(),
+                boot_id: status::boot_id(),
                 pv3_version: env!("CARGO_PKG_VERSION").to_string(),
                 started_at: now.clone(),
                 updated_at: now,

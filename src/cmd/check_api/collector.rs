@@ -75,11 +75,22 @@ fn judge(dir: &StateDir, s: &Status, max_age: f64) -> Vec<CheckResult> {
             ),
         )];
     };
-    if updated > COLLECTOR_STALE_SECS {
+    let dead = s.boot_id.is_some()
+        && s.boot_id == status::boot_id()
+        && status::pid_is_pv3(s.pid) == Some(false);
+    if dead || updated > COLLECTOR_STALE_SECS {
+        let why = if dead {
+            format!(
+                "pid {} of {} (updated {} ago) is gone",
+                s.pid,
+                file.display(),
+                human_secs(updated)
+            )
+        } else {
+            format!("{} last updated {} ago", file.display(), human_secs(updated))
+        };
         let not_running = format!(
-            "{} last updated {} ago: the collector is not running (systemctl status pv3-collector)",
-            file.display(),
-            human_secs(updated)
+            "{why}: the collector is not running (systemctl status pv3-collector; journalctl -u pv3-collector -e says why it stopped)"
         );
         return vec![
             CheckResult::new(Check::CollectorRunning, Outcome::Fail, not_running),
