@@ -1021,15 +1021,51 @@ async fn check_api_tells_a_killed_collector_at_once() {
         .spawn();
     collector.subscribed(1).await;
     let (_, report, _) = check_json(&api.url(), &["--state-dir", &state]).await;
-    assert_eq!(status_of(&report, "collector running"), "pass", "{report:#}");
+    assert_eq!(
+        status_of(&report, "collector running"),
+        "pass",
+        "{report:#}"
+    );
 
     collector.kill().await;
     // status.json is seconds old, but its process is gone.
     let (code, report, out) = check_json(&api.url(), &["--state-dir", &state]).await;
     assert_eq!(code, Some(1), "{}", show(&out));
-    assert_eq!(status_of(&report, "collector running"), "fail", "{report:#}");
+    assert_eq!(
+        status_of(&report, "collector running"),
+        "fail",
+        "{report:#}"
+    );
     let detail = detail_of(&report, "collector running");
     assert!(detail.contains("not running"), "{detail}");
     assert!(detail.contains("journalctl"), "{detail}");
     assert_eq!(status_of(&report, "collector MQTT"), "skip");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_api_names_the_likely_cause() {
+    let api = RecordingApi::start().await;
+    api.seed_measurement(DEVICE, "soc", 50.0, "%", &rfc3339_ago(1));
+
+    // The backend is up (/, /health answer) but its database is down.
+    api.fail_reads(Some(500));
+    let (code, report, out) = check_json(&api.url(), &[]).await;
+    assert_eq!(code, Some(1), "{}", show(&out));
+    assert_eq!(status_of(&report, "health"), "pass", "{report:#}");
+    for row in ["device known", "fresh data"] {
+        assert_eq!(status_of(&report, row), "fail", "{report:#}");
+        assert!(
+            detail_of(&report, row).contains("database"),
+            "{row}: {report:#}"
+        );
+    }
+    api.fail_reads(None);
+
+    // A base URL with /api on the end: pv3 adds /api itself.
+    let url = format!("{}/api", api.url());
+    let (code, report, out) = check_json(&url, &[]).await;
+    assert_eq!(code, Some(1), "{}", show(&out));
+    let detail = detail_of(&report, "device known");
+    assert!(detail.contains("base URL"), "{detail}");
+    assert!(!detail.contains("collector running"), "{detail}");
 }

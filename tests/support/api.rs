@@ -71,6 +71,9 @@ struct Faults {
     /// Every POST gets `200` with an HTML page (a captive portal, a
     /// misrouted proxy) and is not recorded.
     html: bool,
+    /// Every `GET /api/...` gets this status (the backend's database is
+    /// down: `/` and `/health` still answer).
+    fail_reads: Option<u16>,
 }
 
 #[derive(Clone, Debug)]
@@ -258,6 +261,12 @@ impl RecordingApi {
     /// POST bodies over `bytes` get `413 Payload Too Large` (`None`: no limit).
     pub fn set_max_body(&self, bytes: Option<usize>) {
         lock(&self.store.data).faults.max_body = bytes;
+    }
+
+    /// Every `GET /api/...` gets `status` (`None`: back to normal), as when
+    /// the backend is up and its database is not.
+    pub fn fail_reads(&self, status: Option<u16>) {
+        lock(&self.store.data).faults.fail_reads = status;
     }
 
     /// Every POST gets `200 OK` with an HTML page until turned off.
@@ -672,6 +681,12 @@ fn respond(data: &mut Data, method: &str, target: &str, body: &[u8]) -> Response
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let segs: Vec<&str> = if segs == [""] { Vec::new() } else { segs };
 
+    if method == "GET"
+        && segs.first() == Some(&"api")
+        && let Some(status) = data.faults.fail_reads
+    {
+        return detail(status, "Internal Server Error");
+    }
     if method == "POST" {
         let injected = if data.faults.fail_next > 0 {
             data.faults.fail_next -= 1;

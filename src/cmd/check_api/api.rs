@@ -288,6 +288,14 @@ impl<'a> Checker<'a> {
         let (elapsed, answer) = self.get(&["api", "devices", id]).await;
         let check = match answer {
             Err(e) => CheckResult::new(NAME, Outcome::Fail, e),
+            Ok(a) if a.status == 404 && self.base_ends_in_api() => CheckResult::new(
+                NAME,
+                Outcome::Fail,
+                format!(
+                    "HTTP 404: --api-url {} ends in /api, and pv3 adds /api itself: give the base URL, like http://host:8800",
+                    self.client.base()
+                ),
+            ),
             Ok(a) if a.status == 404 => CheckResult::new(
                 NAME,
                 Outcome::Fail,
@@ -299,6 +307,15 @@ impl<'a> Checker<'a> {
             Ok(_) => CheckResult::new(NAME, Outcome::Pass, format!("{id} is known to the API")),
         };
         check.timed(elapsed)
+    }
+
+    /// A base URL like `http://host:8800/api`: pv3 adds `/api` itself.
+    fn base_ends_in_api(&self) -> bool {
+        self.client
+            .base()
+            .path()
+            .trim_end_matches('/')
+            .ends_with("/api")
     }
 
     /// `GET /api/devices/{id}/current`: the newest timestamp and its age.
@@ -488,6 +505,10 @@ fn http_failure(a: &Answer) -> String {
             a.location.as_deref().unwrap_or("?")
         ),
         404 => format!("HTTP 404{body}: is --api-url the API's base URL?"),
+        500..=599 => format!(
+            "HTTP {}{body}: the API answers but cannot read its data: most likely its database (PostgreSQL/TimescaleDB) is down; see the backend's logs",
+            a.status
+        ),
         code => format!("HTTP {code}{body}"),
     }
 }

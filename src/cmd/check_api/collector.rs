@@ -87,7 +87,11 @@ fn judge(dir: &StateDir, s: &Status, max_age: f64) -> Vec<CheckResult> {
                 human_secs(updated)
             )
         } else {
-            format!("{} last updated {} ago", file.display(), human_secs(updated))
+            format!(
+                "{} last updated {} ago",
+                file.display(),
+                human_secs(updated)
+            )
         };
         let not_running = format!(
             "{why}: the collector is not running (systemctl status pv3-collector; journalctl -u pv3-collector -e says why it stopped)"
