@@ -44,6 +44,13 @@ pub enum PostError {
         /// Which setting to check, for the log.
         hint: &'static str,
     },
+    /// The request timed out after it was sent: the API may have stored it
+    /// or not. Worth retrying, after asking the API what it holds.
+    #[error("{reason}")]
+    Unknown {
+        /// What went wrong, for the log.
+        reason: String,
+    },
     /// Any other non-2xx answer: the body will never be accepted as is.
     #[error("HTTP {status}: {body}")]
     Rejected {
@@ -147,10 +154,18 @@ impl ApiClient {
         if let Some(token) = &self.token {
             req = req.header(AUTHORIZATION, token.clone());
         }
-        let resp = req.send().await.map_err(|e| PostError::Transient {
-            reason: describe_error(&e),
-            retry_after: None,
-            status: None,
+        let resp = req.send().await.map_err(|e| {
+            if e.is_timeout() && !e.is_connect() {
+                PostError::Unknown {
+                    reason: describe_error(&e),
+                }
+            } else {
+                PostError::Transient {
+                    reason: describe_error(&e),
+                    retry_after: None,
+                    status: None,
+                }
+            }
         })?;
         let status = resp.status();
         if status.is_success() {
@@ -172,6 +187,59 @@ impl ApiClient {
             req = req.header(AUTHORIZATION, token.clone());
         }
         req.send().await.is_ok_and(|r| r.status().is_success())
+    }
+
+    /// `GET /api/devices/{id}/history`: the (metric, timestamp) pairs the API
+    /// holds for `metrics` between `start` and `end` (inclusive), with
+    /// timestamps cut to milliseconds (what pv3 sends).
+    pub async fn history(
+        &self,
+        device: &str,
+        metrics: &[&str],
+        start: crate::reading::Timestamp,
+        end: crate::reading::Timestamp,
+    ) -> Result<Vec<(String, i64)>, HistoryError> {
+        let mut url = self
+            .url(&["api", "devices", device, "history"])
+            .map_err(|e| HistoryError::Failed(e.to_string()))?;
+        url.query_pairs_mut()
+            .append_pair("metrics", &metrics.join(","))
+            .append_pair("start", &start.to_rfc3339())
+            .append_pair("end", &end.to_rfc3339());
+        let mut req = self.http.get(url);
+        if let Some(token) = &self.token {
+            req = req.header(AUTHORIZATION, token.clone());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| HistoryError::Failed(describe_error(&e)))?;
+        let status = resp.status();
+        if matches!(status.as_u16(), 404 | 405) {
+            return Err(HistoryError::Unsupported(status.as_u16()));
+        }
+        if !status.is_success() {
+            let body = error_body(resp).await;
+            return Err(HistoryError::Failed(format!("HTTP {status}: {body}")));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| HistoryError::Failed(describe_error(&e)))?;
+        #[derive(serde::Deserialize)]
+        struct Row {
+            metric_name: String,
+            timestamp: Option<String>,
+        }
+        let rows: Vec<Row> = serde_json::from_slice(&bytes)
+            .map_err(|e| HistoryError::Failed(format!("not a list of rows: {e}")))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let ts = crate::reading::Timestamp::parse_rfc3339(r.timestamp.as_deref()?).ok()?;
+                Some((r.metric_name, ts.unix_micros().div_euclid(1000)))
+            })
+            .collect())
     }
 
     /// `GET` a path under the base URL; for `check-api`.
@@ -212,6 +280,18 @@ fn classify(status: StatusCode, body: String, retry_after: Option<Duration>) -> 
         },
         _ => PostError::Rejected { status: code, body },
     }
+}
+
+/// Why [`ApiClient::history`] has no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HistoryError {
+    /// The API has no history endpoint (an older backend, or not PV3
+    /// Monitor): 404 or 405.
+    #[error("the API has no history endpoint (HTTP {0})")]
+    Unsupported(u16),
+    /// It failed this time.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// A 2xx is a delivery only when it is the API's own answer, a JSON object

@@ -847,8 +847,88 @@ fn respond(data: &mut Data, method: &str, target: &str, body: &[u8]) -> Response
                 None => detail(404, "No measurements found"),
             }
         }
+        ("GET", ["api", "devices", id, "history"]) => {
+            let device = percent_decode(id);
+            history(data, &device, target)
+        }
         _ => detail(404, "Not Found"),
     }
+}
+
+/// `GET /api/devices/{id}/history?metrics=a,b&start=T&end=T` as the real
+/// backend answers it: rows of the listed metrics with `start <= timestamp
+/// <= end` (inclusive; the last 24 hours when left out), ordered by time,
+/// timestamps at microsecond precision in Python's `+00:00` form.
+fn history(data: &Data, device: &str, target: &str) -> Response {
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| percent_decode(&v.replace('+', " ")))
+    };
+    let Some(metrics) = param("metrics") else {
+        return detail(422, "metrics: field required");
+    };
+    let metrics: Vec<&str> = metrics.split(',').collect();
+    let now = super::now_nanos();
+    let bound = |name: &str, default: i128| match param(name) {
+        Some(text) => parse_rfc3339_nanos(&text).ok_or(()),
+        None => Ok(default),
+    };
+    let (Ok(start), Ok(end)) = (
+        bound("start", now - 86_400 * 1_000_000_000),
+        bound("end", now),
+    ) else {
+        return detail(422, "start/end: invalid datetime");
+    };
+    let mut rows: Vec<(i128, Value)> = all_rows(data)
+        .into_iter()
+        .filter(|r| r.device == device && metrics.contains(&metric_name(&r.value).as_str()))
+        .filter_map(|r| {
+            let ts = r.value.get("timestamp")?.as_str()?;
+            // Stored with microsecond precision.
+            let micros = parse_rfc3339_nanos(ts)? / 1000;
+            Some((micros * 1000, r.value))
+        })
+        .filter(|(ns, _)| (start..=end).contains(ns))
+        .collect();
+    rows.sort_by_key(|(ns, _)| *ns);
+    let list: Vec<Value> = rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, (ns, v))| {
+            json!({
+                "id": i + 1,
+                "device_id": device,
+                "metric_name": v.get("metric_name").cloned().unwrap_or(Value::Null),
+                "metric_value": v.get("metric_value").cloned().unwrap_or(Value::Null),
+                "unit": v.get("unit").cloned().unwrap_or(Value::Null),
+                "source_topic": v.get("source_topic").cloned().unwrap_or(Value::Null),
+                "timestamp": python_isoformat(ns),
+            })
+        })
+        .collect();
+    ok(200, Value::Array(list))
+}
+
+/// `2026-11-27T14:19:27.357000+00:00`, as Python's `isoformat()` writes a
+/// UTC datetime with microseconds.
+fn python_isoformat(nanos: i128) -> String {
+    let Ok(dt) = time::OffsetDateTime::from_unix_timestamp_nanos(nanos) else {
+        return String::new();
+    };
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+        dt.year(),
+        u8::from(dt.month()),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        dt.microsecond()
+    )
 }
 
 fn metric_name(v: &Value) -> String {
