@@ -110,7 +110,7 @@ impl Report {
 }
 
 pub async fn run(args: CheckApiArgs) -> Result<()> {
-    let client = super::api_client(&args.api).map_err(|e| super::ConfigError(format!("{e:#}")))?;
+    let client = super::api_client(&args.api)?;
     let checker = Checker::new(client, &args);
     let report = checker.run().await;
     print(&report, args.format)?;

@@ -57,13 +57,17 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         Sink::Print(Printer::new(BufWriter::new(std::io::stdout()), format))
     } else {
         let api = super::api_client(&args.api)?;
-        let dir = crate::state_dir::StateDir::resolve(args.state.state_dir.as_deref())
-            .map(|d| d.path().to_owned())
+        let state = crate::state_dir::StateDir::resolve(args.state.state_dir.as_deref())
             .ok_or_else(|| {
-                super::ConfigError("no state directory: pass --state-dir DIR (or set HOME)".into())
+                super::ConfigError(anyhow::anyhow!(
+                    "no state directory: pass --state-dir DIR (or set HOME)"
+                ))
             })?;
-        let storage = Storage::open(&dir, args.spool_max_mb.saturating_mul(1024 * 1024))
-            .map_err(|e| super::ConfigError(format!("{e:#}")))?;
+        // Another collector on it is a mistake (exit 2), an I/O fault is not
+        // (exit 1): the lock tells them apart before Storage takes it again.
+        drop(state.lock()?);
+        let dir = state.path().to_owned();
+        let storage = Storage::open(&dir, args.spool_max_mb.saturating_mul(1024 * 1024))?;
         state_dir = Some(dir);
         Sink::Api(Forwarder::start_with(
             api,
@@ -81,8 +85,8 @@ pub async fn run(args: CollectArgs) -> Result<()> {
             Some(storage),
         ))
     };
-    let mut subscription = mqtt::subscribe(&settings, vec![filter.clone()])
-        .map_err(|e| super::ConfigError(format!("{e:#}")))?;
+    let mut subscription =
+        mqtt::subscribe(&settings, vec![filter.clone()]).map_err(super::ConfigError)?;
     info!(
         "pv3 collect {}: {} ({filter}) → {}",
         env!("CARGO_PKG_VERSION"),

@@ -21,7 +21,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::CommandFactory;
 use clap::parser::ValueSource;
 use tracing::warn;
@@ -126,9 +126,10 @@ fn config_home() -> Result<PathBuf> {
     }
     match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         Some(home) => Ok(PathBuf::from(home).join(".config")),
-        None => {
-            Err(ConfigError("--user needs the home directory, but HOME is not set".into()).into())
-        }
+        None => Err(ConfigError(anyhow!(
+            "--user needs the home directory, but HOME is not set"
+        ))
+        .into()),
     }
 }
 
@@ -140,7 +141,7 @@ pub fn run(args: InstallServiceArgs) -> Result<()> {
         } else {
             "install the service"
         };
-        return Err(ConfigError(format!(
+        return Err(ConfigError(anyhow!(
             "install-service needs root to {what} under /etc/systemd/system: run it with sudo, or use --user for a user service (--dry-run shows what it would do)"
         ))
         .into());
@@ -295,13 +296,13 @@ fn binary(args: &InstallServiceArgs) -> Result<PathBuf> {
             .context("cannot tell where this pv3 binary is: pass --binary PATH")?,
     };
     let path = fs::canonicalize(&given).map_err(|e| {
-        ConfigError(format!(
+        ConfigError(anyhow!(
             "--binary {}: {e}: give the path of an installed pv3",
             given.display()
         ))
     })?;
     if !path.is_file() {
-        return Err(ConfigError(format!("--binary {}: not a file", path.display())).into());
+        return Err(ConfigError(anyhow!("--binary {}: not a file", path.display())).into());
     }
     Ok(path)
 }
@@ -329,7 +330,7 @@ fn hidden_from_service(path: &Path, what: &str, flag: &str, real: bool) -> Resul
         )
     };
     if real {
-        Err(ConfigError(message).into())
+        Err(ConfigError(anyhow!(message)).into())
     } else {
         warn!("{message}");
         Ok(())
@@ -392,7 +393,7 @@ fn settings(
     let ca = match &m.mqtt_ca {
         Some(path) if is_given("mqtt_ca") => {
             let abs = fs::canonicalize(path).map_err(|e| {
-                ConfigError(format!(
+                ConfigError(anyhow!(
                     "--mqtt-ca {}: {e}: give the path of the broker's CA certificate",
                     path.display()
                 ))
@@ -453,7 +454,7 @@ fn settings(
         };
         if let Some(setting) = setting {
             if setting.value.contains(['\n', '\r', '\0']) {
-                return Err(ConfigError(format!(
+                return Err(ConfigError(anyhow!(
                     "{key} holds a line break, which an env file cannot"
                 ))
                 .into());
@@ -696,13 +697,13 @@ SystemCallErrorNumber=EPERM
 /// and `$` doubled so systemd does not expand them.
 fn exec_path(binary: &Path) -> Result<String> {
     let text = binary.to_str().ok_or_else(|| {
-        ConfigError(format!(
+        ConfigError(anyhow!(
             "the binary path {} is not UTF-8: pass --binary with a plain path",
             binary.display()
         ))
     })?;
     if !binary.is_absolute() || text.contains(['\n', '\r', '\0']) {
-        return Err(ConfigError(format!(
+        return Err(ConfigError(anyhow!(
             "the binary path {text:?} cannot go into a unit file: pass --binary with a plain absolute path"
         ))
         .into());

@@ -340,8 +340,7 @@ async fn to_api(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
 
 async fn to_mqtt(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
     let settings = super::mqtt_settings(&args.mqtt, "replay");
-    let options =
-        mqtt::client_options(&settings).map_err(|e| super::ConfigError(format!("{e:#}")))?;
+    let options = mqtt::client_options(&settings).map_err(super::ConfigError)?;
     let (client, mut eventloop) = AsyncClient::new(options, 256);
     // The event loop runs on its own task; publishing awaits the client.
     let endpoint = settings.endpoint();

@@ -161,8 +161,8 @@ pub async fn run(args: SniffArgs) -> Result<()> {
             None => Box::new(io::stdout()),
         },
     );
-    let mut subscription = mqtt::subscribe(&settings, filters.clone())
-        .map_err(|e| super::ConfigError(format!("{e:#}")))?;
+    let mut subscription =
+        mqtt::subscribe(&settings, filters.clone()).map_err(super::ConfigError)?;
     info!(
         "pv3 sniff: {} ({}) → {}",
         settings.endpoint(),
