@@ -22,6 +22,7 @@ use pv3::capture::{Record, parse_line};
 use pv3::decode::{Outcome, decode};
 use pv3::pipeline::Pipeline;
 use pv3::reading::ApiMeasurement;
+use pv3::topic::P3Topic;
 
 const SAMPLE: &str = include_str!("../examples/p3-sample.jsonl");
 
@@ -47,7 +48,7 @@ fn one_per_topic(records: &[Record]) -> Vec<&Record> {
 }
 
 fn suffix(topic: &str) -> &str {
-    pv3::decode::split_topic(topic).map_or(topic, |(_, s)| s)
+    P3Topic::parse(topic).map_or(topic, |t| t.suffix)
 }
 
 fn bench_per_topic(c: &mut Criterion) {

@@ -467,7 +467,7 @@ fn parse_share_group(text: &str) -> Result<String, String> {
 }
 
 fn parse_filter(text: &str) -> Result<String, String> {
-    crate::mqtt::validate_filter(text)?;
+    crate::topic::validate_filter(text)?;
     Ok(text.to_owned())
 }
 
@@ -492,24 +492,18 @@ fn parse_time(text: &str) -> Result<crate::reading::Timestamp, String> {
 }
 
 fn parse_device_id_exact(text: &str) -> Result<String, String> {
-    if text == "+" {
+    if text == crate::topic::ANY_DEVICE {
         return Err("must name one device (+ is for collect and sniff)".into());
     }
     parse_device_id(text)
 }
 
 fn parse_device_id(text: &str) -> Result<String, String> {
-    if text == "+" {
+    if text == crate::topic::ANY_DEVICE {
         return Ok(text.to_owned());
     }
-    if text.is_empty() {
-        return Err("cannot be empty (use + for every device)".into());
-    }
-    if text.contains(['/', '#', '+']) || text.chars().any(char::is_control) {
-        return Err(format!(
-            "'{text}' is not a device id: no '/', '#', '+' or control characters (use + alone for every device)"
-        ));
-    }
+    crate::topic::validate_device(text)
+        .map_err(|e| format!("{e} (use + alone for every device)"))?;
     Ok(text.to_owned())
 }
 

@@ -31,3 +31,4 @@ pub mod spool;
 pub mod state_dir;
 pub mod status;
 pub mod tls;
+pub mod topic;

@@ -1,5 +1,5 @@
 //! The MQTT side: connection options, the event loop, backoff and
-//! resubscription.
+//! resubscription, and a publishing connection for replay.
 //!
 //! rumqttc reconnects when its event loop is polled again after an error;
 //! this module adds what a service needs around that: a jittered,
@@ -8,18 +8,19 @@
 //! them), clear log lines, and a channel of received messages stamped with
 //! their receive time. The poll task never awaits a client call (rumqttc's
 //! request channel is drained by that same task: awaiting it there can
-//! deadlock); it only uses `try_*` calls.
+//! deadlock); it only uses `try_*` calls. Topic names and filters are
+//! [`crate::topic`]'s business.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, SubscribeFilter,
-    SubscribeReasonCode, TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
+    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -32,58 +33,69 @@ use crate::secret::Secret;
 /// Largest packet accepted from the broker. rumqttc's default (10 KiB)
 /// drops the connection on a larger payload; P3 payloads are small, but a
 /// broker shared with other devices may carry big ones.
-pub const MAX_PACKET_SIZE: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_PACKET_SIZE: usize = 16 * 1024 * 1024;
 
+/// How to reach the broker, and how to behave towards it.
 #[derive(Debug, Clone)]
-pub struct MqttSettings {
-    pub host: String,
-    pub port: u16,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    pub tls: bool,
-    pub ca_file: Option<PathBuf>,
-    pub client_id: String,
-    pub keep_alive: Duration,
-    pub reconnect_initial: Duration,
-    pub reconnect_max: Duration,
+pub(crate) struct MqttSettings {
+    /// Broker host name or address.
+    pub(crate) host: String,
+    /// Broker port.
+    pub(crate) port: u16,
+    /// User name, if the broker wants one.
+    pub(crate) username: Option<String>,
+    /// Password for `username`.
+    pub(crate) password: Option<Secret>,
+    /// Connect over TLS.
+    pub(crate) tls: bool,
+    /// PEM file of the CA to trust instead of the system's roots.
+    pub(crate) ca_file: Option<PathBuf>,
+    /// MQTT client id.
+    pub(crate) client_id: String,
+    /// MQTT keep-alive interval.
+    pub(crate) keep_alive: Duration,
+    /// First delay before reconnecting; it doubles up to `reconnect_max`.
+    pub(crate) reconnect_initial: Duration,
+    /// Longest delay between reconnection attempts.
+    pub(crate) reconnect_max: Duration,
     /// Connected but no message for this long: drop the link and reconnect
     /// (a broker that accepts connections but has stopped forwarding).
-    pub stale_after: Option<Duration>,
+    pub(crate) stale_after: Option<Duration>,
 }
 
 impl MqttSettings {
     /// `host:port` for messages.
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
 }
 
 /// A client id of the form `pv3-<command>-<random>`.
-pub fn default_client_id(command: &str) -> String {
+pub(crate) fn default_client_id(command: &str) -> String {
     let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
         .take(8)
         .collect();
     format!("pv3-{command}-{}", suffix.to_lowercase())
 }
 
-/// The filter that covers one device (`+` for every device).
-pub fn device_filter(device: &str) -> String {
-    format!("pv/PV3/{device}/#")
-}
-
 /// One received PUBLISH.
 #[derive(Debug, Clone)]
-pub struct Message {
-    pub topic: String,
-    pub payload: Bytes,
-    pub qos: u8,
-    pub retain: bool,
-    pub received: Timestamp,
+pub(crate) struct Message {
+    /// The full topic.
+    pub(crate) topic: String,
+    /// The payload, as received.
+    pub(crate) payload: Bytes,
+    /// 0, 1 or 2.
+    pub(crate) qos: u8,
+    /// Sent by the broker as a retained message.
+    pub(crate) retain: bool,
+    /// When pv3 received it (UTC).
+    pub(crate) received: Timestamp,
 }
 
 /// A live subscription: messages arrive on [`Subscription::recv`] across
 /// reconnects until [`Subscription::close`].
-pub struct Subscription {
+pub(crate) struct Subscription {
     rx: mpsc::Receiver<Message>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -92,28 +104,29 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub async fn recv(&mut self) -> Option<Message> {
+    /// The next message; `None` once the event loop has stopped.
+    pub(crate) async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await
     }
 
     /// Are more messages already waiting?
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         !self.rx.is_empty()
     }
 
     /// Becomes `true` at the first SUBACK (systemd's READY=1).
-    pub fn subscribed(&self) -> watch::Receiver<bool> {
+    pub(crate) fn subscribed(&self) -> watch::Receiver<bool> {
         self.subscribed.clone()
     }
 
     /// A flag that is `true` while the broker link is up, for status
     /// reporting.
-    pub fn connected_flag(&self) -> Arc<AtomicBool> {
+    pub(crate) fn connected_flag(&self) -> Arc<AtomicBool> {
         self.connected.clone()
     }
 
     /// Disconnects politely (bounded wait) and stops the event loop.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self.stop.send(true);
         if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
             .await
@@ -126,7 +139,7 @@ impl Subscription {
 
 /// rumqttc options for `settings`: clean session, the raised packet limit,
 /// credentials and TLS. Fails only on a CA file that cannot be used.
-pub fn client_options(settings: &MqttSettings) -> Result<MqttOptions> {
+pub(crate) fn client_options(settings: &MqttSettings) -> Result<MqttOptions> {
     let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     options
         .set_keep_alive(settings.keep_alive)
@@ -150,7 +163,7 @@ pub fn client_options(settings: &MqttSettings) -> Result<MqttOptions> {
 /// Connects (in the background, retrying forever) and subscribes to
 /// `filters` after every connect. Fails only on settings that can never
 /// work (a bad CA file).
-pub fn subscribe(settings: &MqttSettings, filters: Vec<String>) -> Result<Subscription> {
+pub(crate) fn subscribe(settings: &MqttSettings, filters: Vec<String>) -> Result<Subscription> {
     let options = client_options(settings)?;
     let (tx, rx) = mpsc::channel(1024);
     let (stop, stop_rx) = watch::channel(false);
@@ -211,10 +224,7 @@ async fn poll_loop(
                     break;
                 }
                 _ = stop.changed() => {
-                    let _ = client.try_disconnect();
-                    // Let the event loop send the DISCONNECT, briefly.
-                    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
-                    connected.store(false, Ordering::Relaxed);
+                    disconnect(&client, &mut eventloop, &connected).await;
                     return;
                 }
             };
@@ -296,6 +306,94 @@ async fn poll_loop(
     }
 }
 
+/// Asks for a polite DISCONNECT and lets the event loop send it, briefly.
+async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, connected: &AtomicBool) {
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+    connected.store(false, Ordering::Relaxed);
+}
+
+/// A connection that only publishes (replay `--to-mqtt`), with the options
+/// of [`client_options`]. It makes one attempt and never reconnects: a
+/// reconnect would silently drop what rumqttc had in flight, so any
+/// connection error ends it, and [`Publisher::failed`] says why.
+pub(crate) struct Publisher {
+    client: AsyncClient,
+    task: JoinHandle<()>,
+    failure: mpsc::Receiver<String>,
+}
+
+impl Publisher {
+    /// Starts connecting in the background. Fails only on settings that
+    /// can never work (a bad CA file).
+    pub(crate) fn connect(settings: &MqttSettings) -> Result<Publisher> {
+        let options = client_options(settings)?;
+        let (client, mut eventloop) = AsyncClient::new(options, 256);
+        let endpoint = settings.endpoint();
+        let (fail, failure) = mpsc::channel(1);
+        // The event loop runs on its own task; publishing awaits the client.
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = fail.try_send(format!("MQTT broker {endpoint}: {}", describe(&e)));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Publisher {
+            client,
+            task,
+            failure,
+        })
+    }
+
+    /// Queues one PUBLISH, waiting while rumqttc's request queue is full.
+    pub(crate) async fn publish(
+        &self,
+        topic: String,
+        qos: u8,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<()> {
+        let qos = match qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        };
+        self.client
+            .publish(topic, qos, retain, payload)
+            .await
+            .context("cannot publish")
+    }
+
+    /// Resolves when the connection has failed, with the reason.
+    pub(crate) async fn failed(&mut self) -> String {
+        self.failure
+            .recv()
+            .await
+            .unwrap_or_else(|| "MQTT connection closed".into())
+    }
+
+    /// Sends DISCONNECT after every queued PUBLISH and waits up to `timeout`
+    /// for it to go out (requests leave in order: once it is out, so is
+    /// everything before it). The error says why not.
+    pub(crate) async fn finish(mut self, timeout: Duration) -> Result<(), String> {
+        let _ = self.client.disconnect().await;
+        if tokio::time::timeout(timeout, &mut self.task).await.is_err() {
+            self.task.abort();
+            return Err("timed out sending the last messages".into());
+        }
+        match self.failure.try_recv() {
+            Ok(reason) => Err(reason),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
 /// One line for a connection error, with the hint an owner needs.
 fn describe(e: &ConnectionError) -> String {
     match e {
@@ -320,128 +418,9 @@ fn describe(e: &ConnectionError) -> String {
     }
 }
 
-/// Does `topic` match the MQTT filter `filter`? `+` matches one level, `#`
-/// the rest (including the parent level), and wildcards at the start do not
-/// match `$`-topics, as brokers do.
-pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(fl), Some(tl)) if fl == tl => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-/// Does every topic that `inner` matches also match `outer`?
-fn filter_covers(outer: &str, inner: &str) -> bool {
-    if inner.starts_with('$') && (outer.starts_with('+') || outer.starts_with('#')) {
-        return false;
-    }
-    let mut o = outer.split('/');
-    let mut i = inner.split('/');
-    loop {
-        match (o.next(), i.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(level)) if level != "#" => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-/// The filters without duplicates and without those another one covers:
-/// some brokers deliver a message once per matching subscription.
-pub fn minimal_filters(filters: &[String]) -> Vec<String> {
-    let mut kept: Vec<String> = Vec::new();
-    for (n, f) in filters.iter().enumerate() {
-        // Dropped when another covers it strictly, or an earlier one is
-        // equivalent.
-        let covered = filters.iter().enumerate().any(|(m, other)| {
-            m != n && filter_covers(other, f) && (m < n || !filter_covers(f, other))
-        });
-        if !covered && !kept.contains(f) {
-            kept.push(f.clone());
-        }
-    }
-    kept
-}
-
-/// Checks an MQTT subscription filter: `#` only last and alone in its
-/// level, `+` alone in its level, not empty.
-pub fn validate_filter(filter: &str) -> Result<(), String> {
-    if filter.is_empty() {
-        return Err("a topic filter cannot be empty".into());
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    for (i, level) in levels.iter().enumerate() {
-        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
-            return Err(format!(
-                "'{filter}': '#' must be a whole level and the last one"
-            ));
-        }
-        if level.contains('+') && *level != "+" {
-            return Err(format!("'{filter}': '+' must be a whole level"));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wildcards_match_like_a_broker() {
-        let cases = [
-            ("pv/PV3/#", "pv/PV3/X/bms/soc", true),
-            ("pv/PV3/#", "pv/PV3", true),
-            ("pv/PV3/+/bms/soc", "pv/PV3/X/bms/soc", true),
-            ("pv/PV3/+/bms/soc", "pv/PV3/X/bms/soc/extra", false),
-            ("pv/PV3/+/#", "pv/PV3/X/inverter/alarms", true),
-            ("pv/PV3/+", "pv/PV3/X/bms", false),
-            ("pv/PV3/X/bms/soc", "pv/PV3/X/bms/soc", true),
-            ("pv/PV3/X/bms/soc", "pv/PV3/Y/bms/soc", false),
-            ("#", "$SYS/broker/uptime", false),
-            ("+/broker/uptime", "$SYS/broker/uptime", false),
-            ("$SYS/#", "$SYS/broker/uptime", true),
-            ("+/+", "a/", true),
-            ("a/+", "a", false),
-        ];
-        for (filter, topic, want) in cases {
-            assert_eq!(topic_matches(filter, topic), want, "{filter} vs {topic}");
-        }
-    }
-
-    #[test]
-    fn overlapping_filters_are_reduced() {
-        let f = |v: &[&str]| minimal_filters(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(f(&["pv/PV3/+/#", "pv/PV3/X/bms/soc"]), ["pv/PV3/+/#"]);
-        assert_eq!(f(&["a/b", "a/b"]), ["a/b"]);
-        assert_eq!(f(&["a/+", "a/#"]), ["a/#"]);
-        assert_eq!(f(&["a/+", "b/+"]), ["a/+", "b/+"]);
-        assert_eq!(f(&["#", "$SYS/#"]), ["#", "$SYS/#"]);
-        assert_eq!(f(&["a/#", "a"]), ["a/#"]);
-        assert_eq!(f(&["a/+/c", "a/b/+"]), ["a/+/c", "a/b/+"]);
-    }
-
-    #[test]
-    fn filters_are_validated() {
-        assert!(validate_filter("pv/PV3/+/#").is_ok());
-        assert!(validate_filter("#").is_ok());
-        assert!(validate_filter("").is_err());
-        assert!(validate_filter("pv/#/soc").is_err());
-        assert!(validate_filter("pv/P#").is_err());
-        assert!(validate_filter("pv/a+/x").is_err());
-    }
 
     #[test]
     fn client_ids_name_the_command() {

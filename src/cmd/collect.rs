@@ -47,9 +47,9 @@ pub async fn run(args: CollectArgs) -> Result<()> {
     let filter = match &args.share_group {
         Some(group) => format!(
             "$share/{group}/{}",
-            mqtt::device_filter(&args.device.device_id)
+            crate::topic::device_filter(&args.device.device_id)
         ),
-        None => mqtt::device_filter(&args.device.device_id),
+        None => crate::topic::device_filter(&args.device.device_id),
     };
     let mut state_dir = None;
     let mut sink = if args.dry_run {
@@ -201,7 +201,7 @@ async fn handle(
         Ok(Some(reading)) => reading,
         Ok(None) => return true,
         Err(e) => {
-            let key = crate::decode::split_topic(&msg.topic).map_or("", |(_, suffix)| suffix);
+            let key = crate::topic::P3Topic::parse(&msg.topic).map_or("", |t| t.suffix);
             if let Some(n) = warnings.allow(key) {
                 warn!("skipped a message: {e}{}", suppressed_note(n));
             }
