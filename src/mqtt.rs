@@ -5,11 +5,11 @@
 //! this module adds what a service needs around that: a jittered,
 //! exponential delay between attempts (never a hot loop while the broker is
 //! down), a fresh SUBSCRIBE after every CONNACK (a clean session forgets
-//! them), clear log lines, and a channel of received messages stamped with
-//! their receive time. The poll task never awaits a client call (rumqttc's
-//! request channel is drained by that same task: awaiting it there can
-//! deadlock); it only uses `try_*` calls. Topic names and filters are
-//! [`crate::topic`]'s business.
+//! them), clear log lines, and a queue of received messages stamped with
+//! their receive time, bounded by count and by bytes. The poll task never
+//! awaits a client call (rumqttc's request channel is drained by that same
+//! task: awaiting it there can deadlock); it only uses `try_*` calls.
+//! Topic names and filters are [`crate::topic`]'s business.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
     SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -34,6 +34,22 @@ use crate::secret::Secret;
 /// drops the connection on a larger payload; P3 payloads are small, but a
 /// broker shared with other devices may carry big ones.
 pub(crate) const MAX_PACKET_SIZE: usize = 16 * 1024 * 1024;
+
+/// Messages that may wait between the poll task and the consumer.
+const QUEUE_MESSAGES: usize = 1024;
+
+/// Bytes (topic and payload) those messages may hold together. Without it,
+/// 1024 messages of up to [`MAX_PACKET_SIZE`] could pin 16 GiB; 64 MiB
+/// still takes four of the largest, or thousands of the P3's sub-kilobyte
+/// ones, so it never binds at the P3's cadence.
+///
+/// A full queue makes the poll task wait for room: it then stops reading
+/// the socket, and TCP pushes back on the broker. Dropping instead would
+/// lose readings, which collect promises not to. The wait is on the queue
+/// alone, never on a client call, and gives way to a stop. The consumer
+/// (decode, then a hand-off to the forwarder) takes microseconds per
+/// message, so the queue fills only if the consumer is stuck.
+const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// How to reach the broker, and how to behave towards it.
 #[derive(Debug, Clone)]
@@ -93,10 +109,69 @@ pub(crate) struct Message {
     pub(crate) received: Timestamp,
 }
 
+impl Message {
+    /// What it costs in the queue: its topic and payload.
+    fn bytes(&self) -> usize {
+        self.topic.len().saturating_add(self.payload.len())
+    }
+}
+
+/// A message in the queue with its share of the byte budget, given back
+/// when the consumer takes it.
+struct Queued {
+    message: Message,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// The poll task's end of the queue (see [`QUEUE_BYTES`]).
+struct QueueTx {
+    tx: mpsc::Sender<Queued>,
+    bytes: Arc<Semaphore>,
+    budget: usize,
+}
+
+/// The consumer is gone.
+struct Closed;
+
+impl QueueTx {
+    /// Waits until there is room by count and by bytes, then queues
+    /// `message`. One larger than the whole budget waits for an empty
+    /// queue.
+    async fn push(&self, message: Message) -> Result<(), Closed> {
+        let cost = message.bytes().min(self.budget);
+        let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+        let permit = self
+            .bytes
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| Closed)?;
+        self.tx
+            .send(Queued {
+                message,
+                _bytes: permit,
+            })
+            .await
+            .map_err(|_| Closed)
+    }
+}
+
+/// A queue of at most `messages` messages holding at most `bytes` bytes.
+fn queue(messages: usize, bytes: usize) -> (QueueTx, mpsc::Receiver<Queued>) {
+    let (tx, rx) = mpsc::channel(messages);
+    let budget = bytes.min(u32::MAX as usize);
+    let tx = QueueTx {
+        tx,
+        bytes: Arc::new(Semaphore::new(budget)),
+        budget,
+    };
+    (tx, rx)
+}
+
 /// A live subscription: messages arrive on [`Subscription::recv`] across
 /// reconnects until [`Subscription::close`].
 pub(crate) struct Subscription {
-    rx: mpsc::Receiver<Message>,
+    rx: mpsc::Receiver<Queued>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     connected: Arc<AtomicBool>,
@@ -106,7 +181,7 @@ pub(crate) struct Subscription {
 impl Subscription {
     /// The next message; `None` once the event loop has stopped.
     pub(crate) async fn recv(&mut self) -> Option<Message> {
-        self.rx.recv().await
+        self.rx.recv().await.map(|queued| queued.message)
     }
 
     /// Are more messages already waiting?
@@ -165,7 +240,7 @@ pub(crate) fn client_options(settings: &MqttSettings) -> Result<MqttOptions> {
 /// work (a bad CA file).
 pub(crate) fn subscribe(settings: &MqttSettings, filters: Vec<String>) -> Result<Subscription> {
     let options = client_options(settings)?;
-    let (tx, rx) = mpsc::channel(1024);
+    let (tx, rx) = queue(QUEUE_MESSAGES, QUEUE_BYTES);
     let (stop, stop_rx) = watch::channel(false);
     let (subscribed_tx, subscribed) = watch::channel(false);
     let connected = Arc::new(AtomicBool::new(false));
@@ -196,7 +271,7 @@ async fn poll_loop(
     endpoint: String,
     mut backoff: Backoff,
     stale_after: Option<Duration>,
-    tx: mpsc::Sender<Message>,
+    tx: QueueTx,
     mut stop: watch::Receiver<bool>,
     connected: Arc<AtomicBool>,
     subscribed: watch::Sender<bool>,
@@ -275,8 +350,14 @@ async fn poll_loop(
                         topic: p.topic,
                         payload: p.payload,
                     };
-                    if tx.send(msg).await.is_err() {
-                        return; // nobody is listening any more
+                    tokio::select! {
+                        pushed = tx.push(msg) => if pushed.is_err() {
+                            return; // nobody is listening any more
+                        },
+                        _ = stop.changed() => {
+                            disconnect(&client, &mut eventloop, &connected).await;
+                            return;
+                        }
                     }
                 }
                 Ok(_) => {}
@@ -421,6 +502,63 @@ fn describe(e: &ConnectionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message of `bytes` bytes, topic and payload together.
+    fn message(bytes: usize) -> Message {
+        Message {
+            topic: "t".into(),
+            payload: Bytes::from(vec![b'x'; bytes - 1]),
+            qos: 0,
+            retain: false,
+            received: Timestamp::from_unix_micros(0),
+        }
+    }
+
+    /// Polls `future` once: is it still waiting?
+    fn waits<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        future.poll(&mut cx).is_pending()
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_by_bytes_as_well_as_count() {
+        let (tx, mut rx) = queue(10, 100);
+        assert!(tx.push(message(60)).await.is_ok());
+        // 120 bytes would be over: the second waits, though the count is
+        // far from full.
+        let second = tx.push(message(60));
+        tokio::pin!(second);
+        assert!(waits(second.as_mut()));
+        let first = rx.recv().await.expect("the first message");
+        assert!(
+            waits(second.as_mut()),
+            "its bytes are free once it is dropped"
+        );
+        drop(first);
+        assert!(second.await.is_ok());
+        // Larger than the whole budget: waits for an empty queue, then goes.
+        let big = tx.push(message(1_000));
+        tokio::pin!(big);
+        assert!(waits(big.as_mut()));
+        drop(rx.recv().await);
+        assert!(big.await.is_ok());
+        assert_eq!(rx.recv().await.map(|q| q.message.payload.len()), Some(999));
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_by_count() {
+        let (tx, mut rx) = queue(2, 1_000);
+        assert!(tx.push(message(1)).await.is_ok());
+        assert!(tx.push(message(1)).await.is_ok());
+        let third = tx.push(message(1));
+        tokio::pin!(third);
+        assert!(waits(third.as_mut()));
+        drop(rx.recv().await);
+        assert!(third.await.is_ok());
+        // Once the consumer is gone, pushing fails instead of waiting.
+        drop(rx);
+        assert!(tx.push(message(1)).await.is_err());
+    }
 
     #[test]
     fn client_ids_name_the_command() {
