@@ -23,6 +23,7 @@ use crate::secret::Secret;
         (see `pv3 <command> --help`).",
     propagate_version = true
 )]
+/// The whole command line: global flags and one subcommand.
 pub struct Cli {
     /// More log detail (-v debug, -vv trace)
     #[arg(short, long, action = ArgAction::Count, global = true)]
@@ -32,16 +33,20 @@ pub struct Cli {
     #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "verbose")]
     pub quiet: u8,
 
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
 impl Cli {
+    /// Log detail asked for: 0 is the default (info), each -v one more,
+    /// each -q one less.
     pub fn verbosity(&self) -> i8 {
         i8::try_from(self.verbose).unwrap_or(i8::MAX) - i8::try_from(self.quiet).unwrap_or(i8::MAX)
     }
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Forward live P3 data from MQTT to the PV3 Monitor API
@@ -111,6 +116,7 @@ pub struct MqttArgs {
     #[arg(long, env = "MQTT_PORT", value_name = "PORT")]
     pub mqtt_port: Option<u16>,
 
+    /// User name, for a broker that asks for one
     #[arg(long, env = "MQTT_USERNAME", value_name = "USER")]
     pub mqtt_username: Option<String>,
 
@@ -192,6 +198,7 @@ pub struct DeliveryArgs {
     pub soc_threshold: f64,
 }
 
+/// `pv3 collect`.
 #[derive(Debug, Clone, Args)]
 pub struct CollectArgs {
     /// Print what would be sent; send nothing
@@ -227,8 +234,8 @@ pub struct CollectArgs {
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub linger_ms: u64,
 
-    /// Measurements held in memory while the API is unreachable; past it the
-    /// oldest are dropped (and counted)
+    /// Measurements held in memory while the API is unreachable or slow;
+    /// past it they all go to the on-disk spool (see --spool-max-mb)
     #[arg(long, default_value = "100000", value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub queue_max: u64,
@@ -241,22 +248,28 @@ pub struct CollectArgs {
     #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_secs_or_zero)]
     pub stats_interval: Duration,
 
+    /// The MQTT broker.
     #[command(flatten)]
     pub mqtt: MqttArgs,
 
+    /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
 
+    /// The PV3 Monitor API.
     #[command(flatten)]
     pub api: ApiArgs,
 
+    /// Batching, retries and the SOC filter.
     #[command(flatten)]
     pub delivery: DeliveryArgs,
 
+    /// The state directory.
     #[command(flatten)]
     pub state: StateArgs,
 }
 
+/// `pv3 sniff`.
 #[derive(Debug, Clone, Args)]
 pub struct SniffArgs {
     /// Append to FILE instead of writing to stdout
@@ -276,9 +289,11 @@ pub struct SniffArgs {
     #[arg(long = "topic", value_name = "FILTER", value_parser = parse_filter)]
     pub topics: Vec<String>,
 
+    /// The MQTT broker.
     #[command(flatten)]
     pub mqtt: MqttArgs,
 
+    /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -286,10 +301,13 @@ pub struct SniffArgs {
 /// `--speed`: `max`, or a multiple of the recorded pace.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Speed {
+    /// As fast as the destination takes it.
     Max,
+    /// This many times the recorded pace (2.0: twice as fast).
     Times(f64),
 }
 
+/// `pv3 replay`.
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
     /// Capture file (pv3 or mosquitto_sub -F %j/%J); - for stdin
@@ -348,12 +366,15 @@ pub struct ReplayArgs {
     #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_secs)]
     pub give_up: Duration,
 
+    /// The PV3 Monitor API.
     #[command(flatten)]
     pub api: ApiArgs,
 
+    /// Batching, retries and the SOC filter.
     #[command(flatten)]
     pub delivery: DeliveryArgs,
 
+    /// The MQTT broker.
     #[command(flatten)]
     pub mqtt: MqttArgs,
 }
@@ -367,6 +388,7 @@ pub enum CheckFormat {
     Json,
 }
 
+/// `pv3 check-api`.
 #[derive(Debug, Clone, Args)]
 pub struct CheckApiArgs {
     /// The device whose data is checked
@@ -388,13 +410,16 @@ pub struct CheckApiArgs {
     pub max_age: Duration,
 
     // Groups last: a group's help heading carries over to what follows it.
+    /// The state directory.
     #[command(flatten)]
     pub state: StateArgs,
 
+    /// The PV3 Monitor API.
     #[command(flatten)]
     pub api: ApiArgs,
 }
 
+/// `pv3 install-service`.
 #[derive(Debug, Clone, Args)]
 pub struct InstallServiceArgs {
     /// Print each file it would write and each command it would run; change
@@ -427,12 +452,15 @@ pub struct InstallServiceArgs {
     pub pretend_non_root: bool,
 
     // Groups last: a group's help heading carries over to what follows it.
+    /// The MQTT broker.
     #[command(flatten)]
     pub mqtt: MqttArgs,
 
+    /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
 
+    /// The PV3 Monitor API.
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -440,16 +468,22 @@ pub struct InstallServiceArgs {
 /// What `pv3 completions` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CompletionTarget {
+    /// Save as /usr/share/bash-completion/completions/pv3
     Bash,
+    /// Save as _pv3 in a directory of $fpath
     Zsh,
+    /// Save as ~/.config/fish/completions/pv3.fish
     Fish,
+    /// Evaluate it from ~/.config/elvish/rc.elv
     Elvish,
+    /// Dot-source it from $PROFILE
     Powershell,
     /// The man page (roff), for packaging: docs/pv3.1.
     #[value(hide = true)]
     Man,
 }
 
+/// `pv3 completions`.
 #[derive(Debug, Clone, Args)]
 pub struct CompletionsArgs {
     /// The shell to complete for
