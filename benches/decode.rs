@@ -4,7 +4,12 @@
 //! that replay pays per line (capture-line parsing) and collect/replay pay
 //! per measurement (serialising the API body), to see where time goes.
 //!
-//! Run: `cargo bench --bench decode` (about 1.5 minutes). Throughput is in
+//! `many_keys` decodes objects of 1,000 to 100,000 distinct keys on the two
+//! topics that keep "the last of a repeated key" (`inverter/alarms`,
+//! `safetycheck/state`): its time per key must stay flat as the key count
+//! grows (a 16 MiB `inverter/alarms` payload holds about a million keys).
+//!
+//! Run: `cargo bench --bench decode` (about 2 minutes). Throughput is in
 //! messages (elements) per second; criterion prints it as `thrpt`. For
 //! `mix/api_body_serialise` the elements are the sample's messages too
 //! (2,321 measurements in all). Results: `docs/performance.md`.
@@ -12,11 +17,12 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use pv3::capture::{Record, parse_line};
 use pv3::decode::{Outcome, decode};
 use pv3::pipeline::Pipeline;
 use pv3::reading::ApiMeasurement;
+use pv3::topic::P3Topic;
 
 const SAMPLE: &str = include_str!("../examples/p3-sample.jsonl");
 
@@ -42,7 +48,7 @@ fn one_per_topic(records: &[Record]) -> Vec<&Record> {
 }
 
 fn suffix(topic: &str) -> &str {
-    pv3::decode::split_topic(topic).map_or(topic, |(_, s)| s)
+    P3Topic::parse(topic).map_or(topic, |t| t.suffix)
 }
 
 fn bench_per_topic(c: &mut Criterion) {
@@ -143,6 +149,42 @@ fn bench_mix(c: &mut Criterion) {
     group.finish();
 }
 
+/// A JSON object of `n` distinct keys, `field(i)` writing each `"key":value`.
+fn object(n: usize, field: impl Fn(usize) -> String) -> Vec<u8> {
+    let fields: Vec<String> = (0..n).map(field).collect();
+    format!("{{{}}}", fields.join(",")).into_bytes()
+}
+
+fn bench_many_keys(c: &mut Criterion) {
+    let mut group = c.benchmark_group("many_keys");
+    for n in [1_000usize, 10_000, 100_000] {
+        group.throughput(Throughput::Elements(n as u64));
+        let alarms = object(n, |i| format!("\"flag_{i}\":\"{}\"", i % 2));
+        group.bench_with_input(
+            BenchmarkId::new("inverter_alarms", n),
+            &alarms,
+            |b, payload| {
+                b.iter(|| {
+                    let out = decode("pv/PV3/X/inverter/alarms", black_box(payload));
+                    black_box(out.is_ok())
+                })
+            },
+        );
+        let state = object(n, |i| format!("\"k{i}\":{i}"));
+        group.bench_with_input(
+            BenchmarkId::new("safetycheck_state", n),
+            &state,
+            |b, payload| {
+                b.iter(|| {
+                    let out = decode("pv/PV3/X/safetycheck/state", black_box(payload));
+                    black_box(out.is_ok())
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .measurement_time(Duration::from_secs(3))
@@ -153,6 +195,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_per_topic, bench_mix
+    targets = bench_per_topic, bench_mix, bench_many_keys
 }
 criterion_main!(benches);

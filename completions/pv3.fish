@@ -42,12 +42,12 @@ complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l share-group -d 'Subs
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l stale-after -d 'Reconnect when connected but silent this long, in seconds' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l batch-size -d 'Measurements per POST' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l linger-ms -d 'Send a batch after this long even if not full, in milliseconds' -r
-complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l queue-max -d 'Measurements held in memory while the API is unreachable; past it the oldest are dropped (and counted)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l queue-max -d 'Measurements held in memory while the API is unreachable or slow; past it they all go to the on-disk spool (see --spool-max-mb)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l shutdown-grace -d 'On SIGINT/SIGTERM, how long to keep delivering what is queued, in seconds' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l stats-interval -d 'Seconds between progress lines in the log (0: never)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-host -d 'Broker host (the P3\'s LAN address)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
-complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-username -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-username -d 'User name, for a broker that asks for one' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-password -d 'Never shown in --help or logs' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-ca -d 'CA certificate (PEM) for TLS; implies --mqtt-tls [default: the system\'s roots]' -r -F
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-client-id -d '[default: pv3-<command>-<random>]' -r
@@ -71,7 +71,7 @@ complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l duration -d 'Stop afte
 complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l topic -d 'Subscribe to FILTER instead of the device\'s topics (repeatable; MQTT wildcards + and #)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-host -d 'Broker host (the P3\'s LAN address)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
-complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-username -r
+complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-username -d 'User name, for a broker that asks for one' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-password -d 'Never shown in --help or logs' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-ca -d 'CA certificate (PEM) for TLS; implies --mqtt-tls [default: the system\'s roots]' -r -F
 complete -c pv3 -n "__fish_pv3_using_subcommand sniff" -l mqtt-client-id -d '[default: pv3-<command>-<random>]' -r
@@ -99,7 +99,7 @@ complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l retry-max -d 'Longest
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l soc-threshold -d 'SOC filter threshold in percentage points (0 turns it off)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-host -d 'Broker host (the P3\'s LAN address)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
-complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-username -r
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-username -d 'User name, for a broker that asks for one' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-password -d 'Never shown in --help or logs' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-ca -d 'CA certificate (PEM) for TLS; implies --mqtt-tls [default: the system\'s roots]' -r -F
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-client-id -d '[default: pv3-<command>-<random>]' -r
@@ -129,7 +129,7 @@ complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l binary -d 'T
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l root -d 'Tests: write every file under DIR and run no systemctl (print it)' -r -F
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-host -d 'Broker host (the P3\'s LAN address)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
-complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-username -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-username -d 'User name, for a broker that asks for one' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-password -d 'Never shown in --help or logs' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-ca -d 'CA certificate (PEM) for TLS; implies --mqtt-tls [default: the system\'s roots]' -r -F
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-client-id -d '[default: pv3-<command>-<random>]' -r
@@ -150,7 +150,7 @@ complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -s h -l help -d
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -s V -l version -d 'Print version'
 complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s v -l verbose -d 'More log detail (-v debug, -vv trace)'
 complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
-complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s V -l version -d 'Print version'
 complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "collect" -d 'Forward live P3 data from MQTT to the PV3 Monitor API'
 complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "sniff" -d 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)'

@@ -3,10 +3,12 @@
 //!
 //! Reading is line by line with one reused buffer, so memory stays flat
 //! whatever the file's size, and a bad line is an error for that line only
-//! (with its number), never for the file.
+//! (with its number), never for the file. A line longer than any record can
+//! be ([`MAX_LINE`]) is reported and skipped; no more than that limit of it
+//! is ever held in memory.
 
 use std::borrow::Cow;
-use std::io::{self, BufRead};
+use std::io::{self, BufRead, Read};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -16,15 +18,29 @@ use time::format_description::FormatItem;
 use time::macros::format_description;
 use time::{PrimitiveDateTime, UtcOffset};
 
+use crate::mqtt::MAX_PACKET_SIZE;
 use crate::reading::Timestamp;
+
+/// The longest line, without its newline, that [`CaptureReader`] reads:
+/// what [`write_line`] makes of the largest message pv3 takes from a broker
+/// when every byte of its topic and payload is a control character, which
+/// JSON escapes as six (`\u0001`), plus the fields around them. A longer
+/// line cannot be a record pv3 wrote or could republish; it is reported and
+/// skipped, never buffered whole. (A base64 payload is only 4/3 of its size.)
+pub const MAX_LINE: usize = 6 * MAX_PACKET_SIZE + 1024;
 
 /// One captured message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// When it was received (UTC).
     pub ts: Timestamp,
+    /// The full MQTT topic.
     pub topic: String,
+    /// 0, 1 or 2.
     pub qos: u8,
+    /// Whether the broker sent it as a retained message.
     pub retain: bool,
+    /// The payload bytes, exactly as received.
     pub payload: Vec<u8>,
 }
 
@@ -69,16 +85,38 @@ pub fn write_line(
 /// Why a line could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LineError {
+    /// The last line has no newline and does not parse: its writer stopped
+    /// mid-line.
     #[error("line {line}: truncated last line (was the writer killed?)")]
-    Truncated { line: u64 },
+    Truncated {
+        /// 1-based line number.
+        line: u64,
+    },
+    /// Longer than [`MAX_LINE`]: not a capture record, skipped unread.
+    #[error("line {line}: longer than {max} bytes, more than any capture record can be")]
+    TooLong {
+        /// 1-based line number.
+        line: u64,
+        /// The limit, [`MAX_LINE`] unless a test set another.
+        max: usize,
+    },
+    /// A whole line that is not a capture record.
     #[error("line {line}: {reason}")]
-    Bad { line: u64, reason: String },
+    Bad {
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl LineError {
+    /// The 1-based number of the line the error is about.
     pub fn line(&self) -> u64 {
         match self {
-            LineError::Truncated { line } | LineError::Bad { line, .. } => *line,
+            LineError::Truncated { line }
+            | LineError::TooLong { line, .. }
+            | LineError::Bad { line, .. } => *line,
         }
     }
 }
@@ -205,15 +243,23 @@ pub struct CaptureReader<R> {
     buf: Vec<u8>,
     line: u64,
     bytes: u64,
+    max_line: usize,
 }
 
 impl<R: BufRead> CaptureReader<R> {
+    /// A reader of `input` that takes lines of up to [`MAX_LINE`] bytes.
     pub fn new(input: R) -> Self {
+        Self::with_max_line(input, MAX_LINE)
+    }
+
+    /// A reader with another line limit, so tests need not write 96 MiB.
+    fn with_max_line(input: R, max_line: usize) -> Self {
         CaptureReader {
             input,
             buf: Vec::with_capacity(4096),
             line: 0,
             bytes: 0,
+            max_line,
         }
     }
 
@@ -225,15 +271,26 @@ impl<R: BufRead> CaptureReader<R> {
     /// The next record, a bad line (reading goes on after it), or `None` at
     /// the end. I/O errors end the read.
     pub fn next_record(&mut self) -> io::Result<Option<Result<Record, LineError>>> {
+        // A line's text and its newline: `limit` bytes without a newline
+        // are a line longer than `max_line`.
+        let limit = self.max_line.saturating_add(1) as u64;
         loop {
             self.buf.clear();
-            let n = self.input.read_until(b'\n', &mut self.buf)?;
+            let n = Read::take(&mut self.input, limit).read_until(b'\n', &mut self.buf)?;
             if n == 0 {
                 return Ok(None);
             }
             self.line += 1;
             self.bytes += n as u64;
             let complete = self.buf.last() == Some(&b'\n');
+            if !complete && n as u64 == limit {
+                // The rest of the line is read and thrown away, unbuffered.
+                self.bytes += self.input.skip_until(b'\n')? as u64;
+                return Ok(Some(Err(LineError::TooLong {
+                    line: self.line,
+                    max: self.max_line,
+                })));
+            }
             let text = trim_ascii(&self.buf);
             if text.is_empty() {
                 continue;
@@ -435,5 +492,63 @@ mod tests {
             ]
         );
         assert_eq!(reader.bytes_read(), text.len() as u64);
+    }
+
+    #[test]
+    fn an_overlong_line_is_skipped_by_number_in_bounded_memory() {
+        let record =
+            |n: u32| format!(r#"{{"ts":"2026-11-27T14:19:27Z","topic":"a","payload":"{n}"}}"#);
+        let max = 10_000;
+        let huge = "x".repeat(1_000_000);
+        let exact = format!("{}{}", record(3), " ".repeat(max - record(3).len()));
+        let text = format!("{}\n{huge}\n{}\n{exact}\n{huge}", record(1), record(2));
+        let mut reader = CaptureReader::with_max_line(text.as_bytes(), max);
+        let mut seen = Vec::new();
+        while let Some(item) = reader.next_record().expect("io") {
+            // Never more than the limit in memory (the growth of a Vec
+            // aside), where a plain `read_until` holds the whole line.
+            assert!(
+                reader.buf.capacity() <= 2 * (max + 1),
+                "{}",
+                reader.buf.capacity()
+            );
+            seen.push(item.map(|r| r.payload));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                Ok(b"1".to_vec()),
+                Err(LineError::TooLong { line: 2, max }),
+                Ok(b"2".to_vec()),
+                Ok(b"3".to_vec()),
+                Err(LineError::TooLong { line: 5, max }),
+            ]
+        );
+        assert_eq!(reader.bytes_read(), text.len() as u64);
+        assert_eq!(
+            LineError::TooLong { line: 2, max }.to_string(),
+            "line 2: longer than 10000 bytes, more than any capture record can be"
+        );
+    }
+
+    #[test]
+    fn the_longest_line_write_line_makes_fits_the_limit() {
+        let at = ts("2026-11-27T14:19:27.357Z");
+        let line = |topic: &str, payload: &[u8]| {
+            let mut out = Vec::new();
+            write_line(&mut out, at, topic, 2, false, payload);
+            out
+        };
+        let envelope = line("", b"").len() - 1;
+        // Every byte a control character: JSON's worst case, six to one.
+        let (topic, payload) = ("\u{1}".repeat(512), vec![1u8; 4096]);
+        let worst = line(&topic, &payload);
+        assert_eq!(
+            worst.len() - 1,
+            envelope + 6 * (topic.len() + payload.len())
+        );
+        assert!(envelope + 6 * MAX_PACKET_SIZE <= MAX_LINE, "{envelope}");
+        let mut reader = CaptureReader::with_max_line(&worst[..], worst.len() - 1);
+        assert!(matches!(reader.next_record(), Ok(Some(Ok(_)))));
     }
 }

@@ -11,6 +11,13 @@ use reqwest::Url;
 use crate::output::Format;
 use crate::secret::Secret;
 
+mod parse;
+
+use parse::{
+    parse_device_id, parse_device_id_exact, parse_filter, parse_secs, parse_secs_or_zero,
+    parse_share_group, parse_speed, parse_threshold, parse_time,
+};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "pv3",
@@ -23,6 +30,7 @@ use crate::secret::Secret;
         (see `pv3 <command> --help`).",
     propagate_version = true
 )]
+/// The whole command line: global flags and one subcommand.
 pub struct Cli {
     /// More log detail (-v debug, -vv trace)
     #[arg(short, long, action = ArgAction::Count, global = true)]
@@ -32,16 +40,20 @@ pub struct Cli {
     #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "verbose")]
     pub quiet: u8,
 
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
 impl Cli {
+    /// Log detail asked for: 0 is the default (info), each -v one more,
+    /// each -q one less.
     pub fn verbosity(&self) -> i8 {
         i8::try_from(self.verbose).unwrap_or(i8::MAX) - i8::try_from(self.quiet).unwrap_or(i8::MAX)
     }
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Forward live P3 data from MQTT to the PV3 Monitor API
@@ -111,6 +123,7 @@ pub struct MqttArgs {
     #[arg(long, env = "MQTT_PORT", value_name = "PORT")]
     pub mqtt_port: Option<u16>,
 
+    /// User name, for a broker that asks for one
     #[arg(long, env = "MQTT_USERNAME", value_name = "USER")]
     pub mqtt_username: Option<String>,
 
@@ -192,6 +205,7 @@ pub struct DeliveryArgs {
     pub soc_threshold: f64,
 }
 
+/// `pv3 collect`.
 #[derive(Debug, Clone, Args)]
 pub struct CollectArgs {
     /// Print what would be sent; send nothing
@@ -227,8 +241,8 @@ pub struct CollectArgs {
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub linger_ms: u64,
 
-    /// Measurements held in memory while the API is unreachable; past it the
-    /// oldest are dropped (and counted)
+    /// Measurements held in memory while the API is unreachable or slow;
+    /// past it they all go to the on-disk spool (see --spool-max-mb)
     #[arg(long, default_value = "100000", value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub queue_max: u64,
@@ -241,22 +255,28 @@ pub struct CollectArgs {
     #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_secs_or_zero)]
     pub stats_interval: Duration,
 
+    /// The MQTT broker.
     #[command(flatten)]
     pub mqtt: MqttArgs,
 
+    /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
 
+    /// The PV3 Monitor API.
     #[command(flatten)]
     pub api: ApiArgs,
 
+    /// Batching, retries and the SOC filter.
     #[command(flatten)]
     pub delivery: DeliveryArgs,
 
+    /// The state directory.
     #[command(flatten)]
     pub state: StateArgs,
 }
 
+/// `pv3 sniff`.
 #[derive(Debug, Clone, Args)]
 pub struct SniffArgs {
     /// Append to FILE instead of writing to stdout
@@ -276,9 +296,11 @@ pub struct SniffArgs {
     #[arg(long = "topic", value_name = "FILTER", value_parser = parse_filter)]
     pub topics: Vec<String>,
 
+    /// The MQTT broker.
     #[command(flatten)]
     pub mqtt: MqttArgs,
 
+    /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -286,10 +308,13 @@ pub struct SniffArgs {
 /// `--speed`: `max`, or a multiple of the recorded pace.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Speed {
+    /// As fast as the destination takes it.
     Max,
+    /// This many times the recorded pace (2.0: twice as fast).
     Times(f64),
 }
 
+/// `pv3 replay`.
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
     /// Capture file (pv3 or mosquitto_sub -F %j/%J); - for stdin
@@ -348,12 +373,15 @@ pub struct ReplayArgs {
     #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_secs)]
     pub give_up: Duration,
 
+    /// The PV3 Monitor API.
     #[command(flatten)]
     pub api: ApiArgs,
 
+    /// Batching, retries and the SOC filter.
     #[command(flatten)]
     pub delivery: DeliveryArgs,
 
+    /// The MQTT broker.
     #[command(flatten)]
     pub mqtt: MqttArgs,
 }
@@ -367,6 +395,7 @@ pub enum CheckFormat {
     Json,
 }
 
+/// `pv3 check-api`.
 #[derive(Debug, Clone, Args)]
 pub struct CheckApiArgs {
     /// The device whose data is checked
@@ -388,13 +417,16 @@ pub struct CheckApiArgs {
     pub max_age: Duration,
 
     // Groups last: a group's help heading carries over to what follows it.
+    /// The state directory.
     #[command(flatten)]
     pub state: StateArgs,
 
+    /// The PV3 Monitor API.
     #[command(flatten)]
     pub api: ApiArgs,
 }
 
+/// `pv3 install-service`.
 #[derive(Debug, Clone, Args)]
 pub struct InstallServiceArgs {
     /// Print each file it would write and each command it would run; change
@@ -427,12 +459,15 @@ pub struct InstallServiceArgs {
     pub pretend_non_root: bool,
 
     // Groups last: a group's help heading carries over to what follows it.
+    /// The MQTT broker.
     #[command(flatten)]
     pub mqtt: MqttArgs,
 
+    /// The device.
     #[command(flatten)]
     pub device: DeviceArgs,
 
+    /// The PV3 Monitor API.
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -440,16 +475,22 @@ pub struct InstallServiceArgs {
 /// What `pv3 completions` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CompletionTarget {
+    /// Save as /usr/share/bash-completion/completions/pv3
     Bash,
+    /// Save as _pv3 in a directory of $fpath
     Zsh,
+    /// Save as ~/.config/fish/completions/pv3.fish
     Fish,
+    /// Evaluate it from ~/.config/elvish/rc.elv
     Elvish,
+    /// Dot-source it from $PROFILE
     Powershell,
     /// The man page (roff), for packaging: docs/pv3.1.
     #[value(hide = true)]
     Man,
 }
 
+/// `pv3 completions`.
 #[derive(Debug, Clone, Args)]
 pub struct CompletionsArgs {
     /// The shell to complete for
@@ -457,130 +498,14 @@ pub struct CompletionsArgs {
     pub shell: CompletionTarget,
 }
 
-fn parse_share_group(text: &str) -> Result<String, String> {
-    if text.is_empty() || text.contains(['/', '+', '#']) || text.chars().any(char::is_control) {
-        return Err(format!(
-            "'{text}' is not a share group name: no '/', '+', '#' or control characters"
-        ));
-    }
-    Ok(text.to_owned())
-}
-
-fn parse_filter(text: &str) -> Result<String, String> {
-    crate::mqtt::validate_filter(text)?;
-    Ok(text.to_owned())
-}
-
-fn parse_speed(text: &str) -> Result<Speed, String> {
-    if text.eq_ignore_ascii_case("max") {
-        return Ok(Speed::Max);
-    }
-    let v: f64 = text
-        .trim()
-        .trim_end_matches(['x', 'X'])
-        .parse()
-        .map_err(|_| format!("'{text}' is not max or a number"))?;
-    if !v.is_finite() || v <= 0.0 {
-        return Err(format!("'{text}' must be more than 0"));
-    }
-    Ok(Speed::Times(v))
-}
-
-fn parse_time(text: &str) -> Result<crate::reading::Timestamp, String> {
-    crate::reading::Timestamp::parse_rfc3339(text)
-        .map_err(|_| format!("'{text}' is not an RFC 3339 time like 2026-11-27T14:00:00Z"))
-}
-
-fn parse_device_id_exact(text: &str) -> Result<String, String> {
-    if text == "+" {
-        return Err("must name one device (+ is for collect and sniff)".into());
-    }
-    parse_device_id(text)
-}
-
-fn parse_device_id(text: &str) -> Result<String, String> {
-    if text == "+" {
-        return Ok(text.to_owned());
-    }
-    if text.is_empty() {
-        return Err("cannot be empty (use + for every device)".into());
-    }
-    if text.contains(['/', '#', '+']) || text.chars().any(char::is_control) {
-        return Err(format!(
-            "'{text}' is not a device id: no '/', '#', '+' or control characters (use + alone for every device)"
-        ));
-    }
-    Ok(text.to_owned())
-}
-
-fn parse_secs(text: &str) -> Result<Duration, String> {
-    let d = parse_secs_or_zero(text)?;
-    if d.is_zero() {
-        return Err("must be more than 0 seconds".into());
-    }
-    Ok(d)
-}
-
-fn parse_secs_or_zero(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
-    if !secs.is_finite() || !(0.0..=31_536_000.0).contains(&secs) {
-        return Err(format!("'{text}' is out of range (0 to one year)"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn parse_threshold(text: &str) -> Result<f64, String> {
-    let v: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number"))?;
-    if !v.is_finite() || !(0.0..=100.0).contains(&v) {
-        return Err(format!("'{text}' must be between 0 and 100"));
-    }
-    Ok(v)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
     use clap::CommandFactory;
+
+    use super::*;
 
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn device_ids_are_checked() {
-        assert!(parse_device_id("PV001001DEV").is_ok());
-        assert!(parse_device_id("+").is_ok());
-        assert!(parse_device_id("").is_err());
-        assert!(parse_device_id("a/b").is_err());
-        assert!(parse_device_id("#").is_err());
-        assert!(parse_device_id("a+").is_err());
-    }
-
-    #[test]
-    fn speeds_and_times_are_checked() {
-        assert_eq!(parse_speed("max"), Ok(Speed::Max));
-        assert_eq!(parse_speed("10"), Ok(Speed::Times(10.0)));
-        assert_eq!(parse_speed("2x"), Ok(Speed::Times(2.0)));
-        assert!(parse_speed("0").is_err());
-        assert!(parse_speed("fast").is_err());
-        assert!(parse_time("2026-11-27T14:00:00Z").is_ok());
-        assert!(parse_time("2026-11-27").is_err());
-    }
-
-    #[test]
-    fn seconds_are_checked() {
-        assert_eq!(parse_secs("2.5"), Ok(Duration::from_millis(2500)));
-        assert!(parse_secs("0").is_err());
-        assert_eq!(parse_secs_or_zero("0"), Ok(Duration::ZERO));
-        assert!(parse_secs("-1").is_err());
-        assert!(parse_secs("NaN").is_err());
-        assert!(parse_secs("ten").is_err());
     }
 }

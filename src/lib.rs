@@ -54,3 +54,4 @@ pub mod state_dir;
 pub mod status;
 // TLS set-up for MQTT and HTTP.
 pub mod tls;
+pub mod topic;

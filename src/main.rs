@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 
 use pv3::cli::{Cli, Command};
-use pv3::cmd::{self, ConfigError};
+use pv3::cmd;
 
 fn main() -> ExitCode {
     // Bad usage exits here with clap's message and code 2. The matches are
@@ -38,11 +38,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pv3: error: {e:#}");
-            if e.downcast_ref::<ConfigError>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::from(cmd::exit_code(&e))
         }
     }
 }

@@ -1,27 +1,28 @@
 //! The MQTT side: connection options, the event loop, backoff and
-//! resubscription.
+//! resubscription, and a publishing connection for replay.
 //!
 //! rumqttc reconnects when its event loop is polled again after an error;
 //! this module adds what a service needs around that: a jittered,
 //! exponential delay between attempts (never a hot loop while the broker is
 //! down), a fresh SUBSCRIBE after every CONNACK (a clean session forgets
-//! them), clear log lines, and a channel of received messages stamped with
-//! their receive time. The poll task never awaits a client call (rumqttc's
-//! request channel is drained by that same task: awaiting it there can
-//! deadlock); it only uses `try_*` calls.
+//! them), clear log lines, and a queue of received messages stamped with
+//! their receive time, bounded by count and by bytes. The poll task never
+//! awaits a client call (rumqttc's request channel is drained by that same
+//! task: awaiting it there can deadlock); it only uses `try_*` calls.
+//! Topic names and filters are [`crate::topic`]'s business.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, SubscribeFilter,
-    SubscribeReasonCode, TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
+    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -32,19 +33,46 @@ use crate::secret::Secret;
 /// Largest packet accepted from the broker. rumqttc's default (10 KiB)
 /// drops the connection on a larger payload; P3 payloads are small, but a
 /// broker shared with other devices may carry big ones.
-pub const MAX_PACKET_SIZE: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_PACKET_SIZE: usize = 16 * 1024 * 1024;
 
+/// Messages that may wait between the poll task and the consumer.
+const QUEUE_MESSAGES: usize = 1024;
+
+/// Bytes (topic and payload) those messages may hold together. Without it,
+/// 1024 messages of up to [`MAX_PACKET_SIZE`] could pin 16 GiB; 64 MiB
+/// still takes four of the largest, or thousands of the P3's sub-kilobyte
+/// ones, so it never binds at the P3's cadence.
+///
+/// A full queue makes the poll task wait for room: it then stops reading
+/// the socket, and TCP pushes back on the broker. Dropping instead would
+/// lose readings, which collect promises not to. The wait is on the queue
+/// alone, never on a client call, and gives way to a stop. The consumer
+/// (decode, then a hand-off to the forwarder) takes microseconds per
+/// message, so the queue fills only if the consumer is stuck.
+const QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
+/// How to reach the broker, and how to behave towards it.
 #[derive(Debug, Clone)]
 pub struct MqttSettings {
+    /// Broker host name or address.
     pub host: String,
+    /// Broker port.
     pub port: u16,
+    /// User name, if the broker wants one.
     pub username: Option<String>,
+    /// Password for `username`.
     pub password: Option<Secret>,
+    /// Connect over TLS.
     pub tls: bool,
+    /// PEM file of the CA to trust instead of the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// MQTT client id.
     pub client_id: String,
+    /// MQTT keep-alive interval.
     pub keep_alive: Duration,
+    /// First delay before reconnecting; it doubles up to `reconnect_max`.
     pub reconnect_initial: Duration,
+    /// Longest delay between reconnection attempts.
     pub reconnect_max: Duration,
     /// Connected but no message for this long: drop the link and reconnect
     /// (a broker that accepts connections but has stopped forwarding).
@@ -53,7 +81,7 @@ pub struct MqttSettings {
 
 impl MqttSettings {
     /// `host:port` for messages.
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
 }
@@ -66,25 +94,84 @@ pub fn default_client_id(command: &str) -> String {
     format!("pv3-{command}-{}", suffix.to_lowercase())
 }
 
-/// The filter that covers one device (`+` for every device).
-pub fn device_filter(device: &str) -> String {
-    format!("pv/PV3/{device}/#")
-}
-
 /// One received PUBLISH.
 #[derive(Debug, Clone)]
 pub struct Message {
+    /// The full topic.
     pub topic: String,
+    /// The payload, as received.
     pub payload: Bytes,
+    /// 0, 1 or 2.
     pub qos: u8,
+    /// Sent by the broker as a retained message.
     pub retain: bool,
+    /// When pv3 received it (UTC).
     pub received: Timestamp,
+}
+
+impl Message {
+    /// What it costs in the queue: its topic and payload.
+    fn bytes(&self) -> usize {
+        self.topic.len().saturating_add(self.payload.len())
+    }
+}
+
+/// A message in the queue with its share of the byte budget, given back
+/// when the consumer takes it.
+struct Queued {
+    message: Message,
+    _bytes: OwnedSemaphorePermit,
+}
+
+/// The poll task's end of the queue (see [`QUEUE_BYTES`]).
+struct QueueTx {
+    tx: mpsc::Sender<Queued>,
+    bytes: Arc<Semaphore>,
+    budget: usize,
+}
+
+/// The consumer is gone.
+struct Closed;
+
+impl QueueTx {
+    /// Waits until there is room by count and by bytes, then queues
+    /// `message`. One larger than the whole budget waits for an empty
+    /// queue.
+    async fn push(&self, message: Message) -> Result<(), Closed> {
+        let cost = message.bytes().min(self.budget);
+        let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+        let permit = self
+            .bytes
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| Closed)?;
+        self.tx
+            .send(Queued {
+                message,
+                _bytes: permit,
+            })
+            .await
+            .map_err(|_| Closed)
+    }
+}
+
+/// A queue of at most `messages` messages holding at most `bytes` bytes.
+fn queue(messages: usize, bytes: usize) -> (QueueTx, mpsc::Receiver<Queued>) {
+    let (tx, rx) = mpsc::channel(messages);
+    let budget = bytes.min(u32::MAX as usize);
+    let tx = QueueTx {
+        tx,
+        bytes: Arc::new(Semaphore::new(budget)),
+        budget,
+    };
+    (tx, rx)
 }
 
 /// A live subscription: messages arrive on [`Subscription::recv`] across
 /// reconnects until [`Subscription::close`].
 pub struct Subscription {
-    rx: mpsc::Receiver<Message>,
+    rx: mpsc::Receiver<Queued>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     connected: Arc<AtomicBool>,
@@ -92,28 +179,29 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The next message; `None` once the event loop has stopped.
     pub async fn recv(&mut self) -> Option<Message> {
-        self.rx.recv().await
+        self.rx.recv().await.map(|queued| queued.message)
     }
 
     /// Are more messages already waiting?
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         !self.rx.is_empty()
     }
 
     /// Becomes `true` at the first SUBACK (systemd's READY=1).
-    pub fn subscribed(&self) -> watch::Receiver<bool> {
+    pub(crate) fn subscribed(&self) -> watch::Receiver<bool> {
         self.subscribed.clone()
     }
 
     /// A flag that is `true` while the broker link is up, for status
     /// reporting.
-    pub fn connected_flag(&self) -> Arc<AtomicBool> {
+    pub(crate) fn connected_flag(&self) -> Arc<AtomicBool> {
         self.connected.clone()
     }
 
     /// Disconnects politely (bounded wait) and stops the event loop.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self.stop.send(true);
         if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
             .await
@@ -126,7 +214,7 @@ impl Subscription {
 
 /// rumqttc options for `settings`: clean session, the raised packet limit,
 /// credentials and TLS. Fails only on a CA file that cannot be used.
-pub fn client_options(settings: &MqttSettings) -> Result<MqttOptions> {
+pub(crate) fn client_options(settings: &MqttSettings) -> Result<MqttOptions> {
     let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
     options
         .set_keep_alive(settings.keep_alive)
@@ -152,7 +240,7 @@ pub fn client_options(settings: &MqttSettings) -> Result<MqttOptions> {
 /// work (a bad CA file).
 pub fn subscribe(settings: &MqttSettings, filters: Vec<String>) -> Result<Subscription> {
     let options = client_options(settings)?;
-    let (tx, rx) = mpsc::channel(1024);
+    let (tx, rx) = queue(QUEUE_MESSAGES, QUEUE_BYTES);
     let (stop, stop_rx) = watch::channel(false);
     let (subscribed_tx, subscribed) = watch::channel(false);
     let connected = Arc::new(AtomicBool::new(false));
@@ -183,7 +271,7 @@ async fn poll_loop(
     endpoint: String,
     mut backoff: Backoff,
     stale_after: Option<Duration>,
-    tx: mpsc::Sender<Message>,
+    tx: QueueTx,
     mut stop: watch::Receiver<bool>,
     connected: Arc<AtomicBool>,
     subscribed: watch::Sender<bool>,
@@ -211,10 +299,7 @@ async fn poll_loop(
                     break;
                 }
                 _ = stop.changed() => {
-                    let _ = client.try_disconnect();
-                    // Let the event loop send the DISCONNECT, briefly.
-                    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
-                    connected.store(false, Ordering::Relaxed);
+                    disconnect(&client, &mut eventloop, &connected).await;
                     return;
                 }
             };
@@ -265,8 +350,14 @@ async fn poll_loop(
                         topic: p.topic,
                         payload: p.payload,
                     };
-                    if tx.send(msg).await.is_err() {
-                        return; // nobody is listening any more
+                    tokio::select! {
+                        pushed = tx.push(msg) => if pushed.is_err() {
+                            return; // nobody is listening any more
+                        },
+                        _ = stop.changed() => {
+                            disconnect(&client, &mut eventloop, &connected).await;
+                            return;
+                        }
                     }
                 }
                 Ok(_) => {}
@@ -296,6 +387,94 @@ async fn poll_loop(
     }
 }
 
+/// Asks for a polite DISCONNECT and lets the event loop send it, briefly.
+async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, connected: &AtomicBool) {
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+    connected.store(false, Ordering::Relaxed);
+}
+
+/// A connection that only publishes (replay `--to-mqtt`), with the options
+/// of [`client_options`]. It makes one attempt and never reconnects: a
+/// reconnect would silently drop what rumqttc had in flight, so any
+/// connection error ends it, and [`Publisher::failed`] says why.
+pub(crate) struct Publisher {
+    client: AsyncClient,
+    task: JoinHandle<()>,
+    failure: mpsc::Receiver<String>,
+}
+
+impl Publisher {
+    /// Starts connecting in the background. Fails only on settings that
+    /// can never work (a bad CA file).
+    pub(crate) fn connect(settings: &MqttSettings) -> Result<Publisher> {
+        let options = client_options(settings)?;
+        let (client, mut eventloop) = AsyncClient::new(options, 256);
+        let endpoint = settings.endpoint();
+        let (fail, failure) = mpsc::channel(1);
+        // The event loop runs on its own task; publishing awaits the client.
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = fail.try_send(format!("MQTT broker {endpoint}: {}", describe(&e)));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Publisher {
+            client,
+            task,
+            failure,
+        })
+    }
+
+    /// Queues one PUBLISH, waiting while rumqttc's request queue is full.
+    pub(crate) async fn publish(
+        &self,
+        topic: String,
+        qos: u8,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<()> {
+        let qos = match qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        };
+        self.client
+            .publish(topic, qos, retain, payload)
+            .await
+            .context("cannot publish")
+    }
+
+    /// Resolves when the connection has failed, with the reason.
+    pub(crate) async fn failed(&mut self) -> String {
+        self.failure
+            .recv()
+            .await
+            .unwrap_or_else(|| "MQTT connection closed".into())
+    }
+
+    /// Sends DISCONNECT after every queued PUBLISH and waits up to `timeout`
+    /// for it to go out (requests leave in order: once it is out, so is
+    /// everything before it). The error says why not.
+    pub(crate) async fn finish(mut self, timeout: Duration) -> Result<(), String> {
+        let _ = self.client.disconnect().await;
+        if tokio::time::timeout(timeout, &mut self.task).await.is_err() {
+            self.task.abort();
+            return Err("timed out sending the last messages".into());
+        }
+        match self.failure.try_recv() {
+            Ok(reason) => Err(reason),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
 /// One line for a connection error, with the hint an owner needs.
 fn describe(e: &ConnectionError) -> String {
     match e {
@@ -320,127 +499,65 @@ fn describe(e: &ConnectionError) -> String {
     }
 }
 
-/// Does `topic` match the MQTT filter `filter`? `+` matches one level, `#`
-/// the rest (including the parent level), and wildcards at the start do not
-/// match `$`-topics, as brokers do.
-pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(fl), Some(tl)) if fl == tl => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-/// Does every topic that `inner` matches also match `outer`?
-fn filter_covers(outer: &str, inner: &str) -> bool {
-    if inner.starts_with('$') && (outer.starts_with('+') || outer.starts_with('#')) {
-        return false;
-    }
-    let mut o = outer.split('/');
-    let mut i = inner.split('/');
-    loop {
-        match (o.next(), i.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(level)) if level != "#" => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-/// The filters without duplicates and without those another one covers:
-/// some brokers deliver a message once per matching subscription.
-pub fn minimal_filters(filters: &[String]) -> Vec<String> {
-    let mut kept: Vec<String> = Vec::new();
-    for (n, f) in filters.iter().enumerate() {
-        // Dropped when another covers it strictly, or an earlier one is
-        // equivalent.
-        let covered = filters.iter().enumerate().any(|(m, other)| {
-            m != n && filter_covers(other, f) && (m < n || !filter_covers(f, other))
-        });
-        if !covered && !kept.contains(f) {
-            kept.push(f.clone());
-        }
-    }
-    kept
-}
-
-/// Checks an MQTT subscription filter: `#` only last and alone in its
-/// level, `+` alone in its level, not empty.
-pub fn validate_filter(filter: &str) -> Result<(), String> {
-    if filter.is_empty() {
-        return Err("a topic filter cannot be empty".into());
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    for (i, level) in levels.iter().enumerate() {
-        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
-            return Err(format!(
-                "'{filter}': '#' must be a whole level and the last one"
-            ));
-        }
-        if level.contains('+') && *level != "+" {
-            return Err(format!("'{filter}': '+' must be a whole level"));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn wildcards_match_like_a_broker() {
-        let cases = [
-            ("pv/PV3/#", "pv/PV3/X/bms/soc", true),
-            ("pv/PV3/#", "pv/PV3", true),
-            ("pv/PV3/+/bms/soc", "pv/PV3/X/bms/soc", true),
-            ("pv/PV3/+/bms/soc", "pv/PV3/X/bms/soc/extra", false),
-            ("pv/PV3/+/#", "pv/PV3/X/inverter/alarms", true),
-            ("pv/PV3/+", "pv/PV3/X/bms", false),
-            ("pv/PV3/X/bms/soc", "pv/PV3/X/bms/soc", true),
-            ("pv/PV3/X/bms/soc", "pv/PV3/Y/bms/soc", false),
-            ("#", "$SYS/broker/uptime", false),
-            ("+/broker/uptime", "$SYS/broker/uptime", false),
-            ("$SYS/#", "$SYS/broker/uptime", true),
-            ("+/+", "a/", true),
-            ("a/+", "a", false),
-        ];
-        for (filter, topic, want) in cases {
-            assert_eq!(topic_matches(filter, topic), want, "{filter} vs {topic}");
+    /// A message of `bytes` bytes, topic and payload together.
+    fn message(bytes: usize) -> Message {
+        Message {
+            topic: "t".into(),
+            payload: Bytes::from(vec![b'x'; bytes - 1]),
+            qos: 0,
+            retain: false,
+            received: Timestamp::from_unix_micros(0),
         }
     }
 
-    #[test]
-    fn overlapping_filters_are_reduced() {
-        let f = |v: &[&str]| minimal_filters(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(f(&["pv/PV3/+/#", "pv/PV3/X/bms/soc"]), ["pv/PV3/+/#"]);
-        assert_eq!(f(&["a/b", "a/b"]), ["a/b"]);
-        assert_eq!(f(&["a/+", "a/#"]), ["a/#"]);
-        assert_eq!(f(&["a/+", "b/+"]), ["a/+", "b/+"]);
-        assert_eq!(f(&["#", "$SYS/#"]), ["#", "$SYS/#"]);
-        assert_eq!(f(&["a/#", "a"]), ["a/#"]);
-        assert_eq!(f(&["a/+/c", "a/b/+"]), ["a/+/c", "a/b/+"]);
+    /// Polls `future` once: is it still waiting?
+    fn waits<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        future.poll(&mut cx).is_pending()
     }
 
-    #[test]
-    fn filters_are_validated() {
-        assert!(validate_filter("pv/PV3/+/#").is_ok());
-        assert!(validate_filter("#").is_ok());
-        assert!(validate_filter("").is_err());
-        assert!(validate_filter("pv/#/soc").is_err());
-        assert!(validate_filter("pv/P#").is_err());
-        assert!(validate_filter("pv/a+/x").is_err());
+    #[tokio::test]
+    async fn the_queue_is_bounded_by_bytes_as_well_as_count() {
+        let (tx, mut rx) = queue(10, 100);
+        assert!(tx.push(message(60)).await.is_ok());
+        // 120 bytes would be over: the second waits, though the count is
+        // far from full.
+        let second = tx.push(message(60));
+        tokio::pin!(second);
+        assert!(waits(second.as_mut()));
+        let first = rx.recv().await.expect("the first message");
+        assert!(
+            waits(second.as_mut()),
+            "its bytes are free once it is dropped"
+        );
+        drop(first);
+        assert!(second.await.is_ok());
+        // Larger than the whole budget: waits for an empty queue, then goes.
+        let big = tx.push(message(1_000));
+        tokio::pin!(big);
+        assert!(waits(big.as_mut()));
+        drop(rx.recv().await);
+        assert!(big.await.is_ok());
+        assert_eq!(rx.recv().await.map(|q| q.message.payload.len()), Some(999));
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_by_count() {
+        let (tx, mut rx) = queue(2, 1_000);
+        assert!(tx.push(message(1)).await.is_ok());
+        assert!(tx.push(message(1)).await.is_ok());
+        let third = tx.push(message(1));
+        tokio::pin!(third);
+        assert!(waits(third.as_mut()));
+        drop(rx.recv().await);
+        assert!(third.await.is_ok());
+        // Once the consumer is gone, pushing fails instead of waiting.
+        drop(rx);
+        assert!(tx.push(message(1)).await.is_err());
     }
 
     #[test]

@@ -225,7 +225,12 @@ impl Spool {
 
     /// The file may not shrink, but it must not grow past its limit: when
     /// it has, hold less data so that freed pages are reused instead.
+    /// (Below 1 MiB, redb's own minimum size makes the file limit moot: the
+    /// data limit alone applies.)
     fn fit_file(&mut self) {
+        if self.file_limit < 1 << 20 {
+            return;
+        }
         let file = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         if file > self.file_limit {
             let lower = (self.bytes / 10 * 8).max(self.file_limit / 4);

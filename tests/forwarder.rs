@@ -116,7 +116,8 @@ fn read_into(
     read: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<()> {
     let mut subscription =
-        mqtt::subscribe(&settings(port), vec![mqtt::device_filter(DEVICE)]).expect("subscribe");
+        mqtt::subscribe(&settings(port), vec![pv3::topic::device_filter(DEVICE)])
+            .expect("subscribe");
     tokio::spawn(async move {
         let mut pipeline = Pipeline::new(5.0, None);
         while let Some(msg) = subscription.recv().await {
@@ -170,7 +171,7 @@ async fn mqtt_keeps_being_read_while_a_spool_commit_hangs() {
     let reader = read_into(forwarder.clone(), broker.port(), read.clone());
     assert!(
         broker
-            .wait_for_subscription(&mqtt::device_filter(DEVICE), T)
+            .wait_for_subscription(&pv3::topic::device_filter(DEVICE), T)
             .await
     );
 
@@ -216,7 +217,7 @@ async fn recovery(api: &mut RecordingApi, refused: bool) -> Duration {
     let reader = read_into(forwarder.clone(), broker.port(), read.clone());
     assert!(
         broker
-            .wait_for_subscription(&mqtt::device_filter(DEVICE), T)
+            .wait_for_subscription(&pv3::topic::device_filter(DEVICE), T)
             .await
     );
     if refused {

@@ -16,9 +16,10 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence, RngAlgorithm};
 
 use pv3::capture::{CaptureReader, Record, parse_line, write_line};
-use pv3::decode::{DecodeError, KNOWN_SUFFIXES, MAX_METRIC_NAME, Outcome, decode, split_topic};
+use pv3::decode::{DecodeError, KNOWN_SUFFIXES, MAX_METRIC_NAME, Outcome, decode};
 use pv3::pipeline::Pipeline;
 use pv3::reading::{Measurement, Reading, Timestamp};
+use pv3::topic::P3Topic;
 
 /// Every unit string the API knows.
 const KNOWN_UNITS: &[&str] = &["", "%", "V", "A", "Hz", "W", "VA", "C", "cycles", "mV"];
@@ -67,7 +68,7 @@ fn check_message(pipeline: &mut Pipeline, topic: &str, payload: &[u8], at: Times
     let direct = decode(topic, payload);
     let produced = match &direct {
         Ok(Outcome::Foreign) => {
-            assert!(split_topic(topic).is_none(), "{context}");
+            assert!(P3Topic::parse(topic).is_none(), "{context}");
             0
         }
         Ok(Outcome::Unknown { device, suffix }) => {

@@ -14,7 +14,8 @@
 use std::borrow::Cow;
 
 use libfuzzer_sys::fuzz_target;
-use pv3::decode::{KNOWN_SUFFIXES, MAX_METRIC_NAME, Outcome, decode, split_topic};
+use pv3::decode::{KNOWN_SUFFIXES, MAX_METRIC_NAME, Outcome, decode};
+use pv3::topic::P3Topic;
 use pv3::pipeline::Pipeline;
 use pv3::reading::{Measurement, Timestamp};
 
@@ -51,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
 
     let direct = decode(topic, payload);
     match &direct {
-        Ok(Outcome::Foreign) => assert!(split_topic(topic).is_none()),
+        Ok(Outcome::Foreign) => assert!(P3Topic::parse(topic).is_none()),
         Ok(Outcome::Unknown { device, suffix }) => {
             assert!(!device.is_empty() && !suffix.is_empty());
             assert!(!KNOWN_SUFFIXES.contains(suffix));

@@ -20,7 +20,7 @@ use crate::outputs::{ApiOutput, Output, StdoutOutput};
 use crate::pipeline::Pipeline;
 use crate::ratelimit::{RateLimiter, suppressed_note};
 use crate::reading::Timestamp;
-use crate::state_dir::{StateDir, StateDirError};
+use crate::state_dir::StateDir;
 use crate::status::{self, Counters, Status};
 
 /// How often `status.json` is rewritten.
@@ -44,9 +44,9 @@ pub async fn run(args: CollectArgs) -> Result<()> {
     let filter = match &args.share_group {
         Some(group) => format!(
             "$share/{group}/{}",
-            mqtt::device_filter(&args.device.device_id)
+            crate::topic::device_filter(&args.device.device_id)
         ),
-        None => mqtt::device_filter(&args.device.device_id),
+        None => crate::topic::device_filter(&args.device.device_id),
     };
     let mut state_dir = None;
     let mut api_stats = None;
@@ -57,14 +57,16 @@ pub async fn run(args: CollectArgs) -> Result<()> {
     } else {
         let api = super::api_client(&args.api)?;
         let dir = StateDir::resolve(args.state.state_dir.as_deref()).ok_or_else(|| {
-            super::ConfigError("no state directory: pass --state-dir DIR (or set HOME)".into())
+            super::ConfigError(anyhow::anyhow!(
+                "no state directory: pass --state-dir DIR (or set HOME)"
+            ))
         })?;
-        let storage = match Storage::open(&dir, args.spool_max_mb.saturating_mul(1024 * 1024)) {
+        let max_bytes = args.spool_max_mb.saturating_mul(1024 * 1024);
+        let storage = match Storage::open(&dir, max_bytes) {
             Ok(storage) => storage,
-            Err(e @ StorageError::StateDir(StateDirError::InUse(_))) => {
-                return Err(super::ConfigError(e.to_string()).into());
-            }
-            Err(e) => return Err(anyhow::Error::new(e)),
+            // In use: exit 2 (see cmd::exit_code); an I/O fault: exit 1.
+            Err(StorageError::StateDir(e)) => return Err(e.into()),
+            Err(e) => return Err(e.into()),
         };
         state_dir = Some(dir.path().to_owned());
         let forwarder = Forwarder::start_with(api, forward_options(&args), storage);
@@ -72,8 +74,8 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         api_stats = Some(output.stats());
         outputs.push(Box::new(output));
     }
-    let mut subscription = mqtt::subscribe(&settings, vec![filter.clone()])
-        .map_err(|e| super::ConfigError(format!("{e:#}")))?;
+    let mut subscription =
+        mqtt::subscribe(&settings, vec![filter.clone()]).map_err(super::ConfigError)?;
     info!(
         "pv3 collect {}: {} ({filter}) → {}",
         env!("CARGO_PKG_VERSION"),
@@ -184,7 +186,7 @@ async fn handle(
         Ok(Some(reading)) => Arc::new(reading),
         Ok(None) => return true,
         Err(e) => {
-            let key = crate::decode::split_topic(&msg.topic).map_or("", |(_, suffix)| suffix);
+            let key = crate::topic::P3Topic::parse(&msg.topic).map_or("", |t| t.suffix);
             if let Some(n) = warnings.allow(key) {
                 warn!("skipped a message: {e}{}", suppressed_note(n));
             }

@@ -1,12 +1,12 @@
 //! One module per subcommand, each a `run(args) -> Result`, plus the set-up
 //! they share (connection settings from flags, shutdown signals).
 
-pub mod check_api;
-pub mod collect;
+pub(crate) mod check_api;
+pub(crate) mod collect;
 pub mod completions;
 pub mod install_service;
-pub mod replay;
-pub mod sniff;
+mod replay;
+mod sniff;
 
 use std::time::Duration;
 
@@ -15,12 +15,26 @@ use anyhow::Result;
 use crate::api::ApiClient;
 use crate::cli::{ApiArgs, Cli, Command, MqttArgs};
 use crate::mqtt::{self, MqttSettings};
+use crate::state_dir::StateDirError;
 
-/// A configuration problem found after argument parsing (a CA file that
-/// does not parse, say): exit code 2, like clap's own usage errors.
+/// A configuration mistake found after argument parsing (a CA file that
+/// does not parse, a token no HTTP header can carry): exit code 2, like
+/// clap's own usage errors. It wraps the error that says what is wrong, so
+/// `{:#}` still prints the whole chain; faults of the system (I/O on the
+/// state directory, the network) are not wrapped and exit 1.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+#[error(transparent)]
+pub struct ConfigError(pub anyhow::Error);
+
+/// The process's exit code for a command that failed: 2 for a
+/// configuration mistake ([`ConfigError`], or a state directory another
+/// collector holds), 1 for anything else.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    let mistake = error.chain().any(|cause| {
+        cause.is::<ConfigError>() || matches!(cause.downcast_ref(), Some(StateDirError::InUse(_)))
+    });
+    if mistake { 2 } else { 1 }
+}
 
 /// Runs the chosen command; `matches` is what clap parsed into `cli`.
 pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
@@ -35,7 +49,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
 }
 
 /// MQTT settings from the shared flags; `command` names the client id.
-pub fn mqtt_settings(args: &MqttArgs, command: &str) -> MqttSettings {
+pub(crate) fn mqtt_settings(args: &MqttArgs, command: &str) -> MqttSettings {
     // A CA file only makes sense with TLS: giving one asks for it.
     let tls = args.mqtt_tls || args.mqtt_ca.is_some();
     MqttSettings {
@@ -56,16 +70,19 @@ pub fn mqtt_settings(args: &MqttArgs, command: &str) -> MqttSettings {
     }
 }
 
-pub fn api_client(args: &ApiArgs) -> Result<ApiClient> {
+/// The API client from the shared flags. It fails only on flags it cannot
+/// use (a token no HTTP header can carry): a [`ConfigError`].
+pub(crate) fn api_client(args: &ApiArgs) -> Result<ApiClient> {
     ApiClient::new(
         args.api_url.clone(),
         args.api_token.as_ref(),
         args.api_timeout,
     )
+    .map_err(|e| ConfigError(e).into())
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -84,5 +101,42 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use anyhow::{Context, anyhow};
+
+    use super::*;
+
+    #[test]
+    fn configuration_mistakes_exit_2_and_keep_their_chain() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let mistake = anyhow::Error::new(ConfigError(
+            anyhow::Error::new(io).context("cannot read CA file /etc/ca.pem"),
+        ));
+        assert_eq!(exit_code(&mistake), 2);
+        assert_eq!(
+            format!("{mistake:#}"),
+            "cannot read CA file /etc/ca.pem: No such file or directory"
+        );
+        // Context added on the way up keeps the exit code.
+        assert_eq!(exit_code(&mistake.context("cannot start")), 2);
+        let in_use = anyhow::Error::new(StateDirError::InUse(PathBuf::from("/s")));
+        assert_eq!(exit_code(&in_use), 2);
+    }
+
+    #[test]
+    fn faults_of_the_system_exit_1() {
+        let fault = anyhow::Error::new(StateDirError::Io {
+            path: PathBuf::from("/s"),
+            source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied"),
+        });
+        assert_eq!(exit_code(&fault), 1);
+        let spool: Result<()> = Err(anyhow!("disk I/O error")).context("cannot open the spool");
+        assert_eq!(exit_code(&spool.expect_err("an error")), 1);
     }
 }

@@ -14,17 +14,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::capture::{CaptureReader, LineError, Record};
 use crate::cli::{ReplayArgs, Speed};
 use crate::forward::{ForwardOptions, ForwardReport, Forwarder, Overflow};
-use crate::mqtt;
+use crate::mqtt::Publisher;
 use crate::output::{Format, Printer, is_broken_pipe};
 use crate::pipeline::{DecodeCounts, Pipeline};
 use crate::reading::Timestamp;
+use crate::topic;
 
 /// Bad lines reported one by one; past this only counted (and summed up).
 const BAD_LINES_SHOWN: u64 = 20;
@@ -79,10 +79,7 @@ impl Source {
             if self.since.is_some_and(|t| record.ts < t)
                 || self.until.is_some_and(|t| record.ts >= t)
                 || (!self.topics.is_empty()
-                    && !self
-                        .topics
-                        .iter()
-                        .any(|f| mqtt::topic_matches(f, &record.topic)))
+                    && !self.topics.iter().any(|f| topic::matches(f, &record.topic)))
             {
                 self.counts.filtered_out += 1;
                 continue;
@@ -128,7 +125,8 @@ impl Source {
     }
 }
 
-pub async fn run(args: ReplayArgs) -> Result<()> {
+/// Runs `pv3 replay`.
+pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
     let (input, size, name) = open_input(&args.file)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -340,25 +338,7 @@ async fn to_api(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
 
 async fn to_mqtt(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
     let settings = super::mqtt_settings(&args.mqtt, "replay");
-    let options =
-        mqtt::client_options(&settings).map_err(|e| super::ConfigError(format!("{e:#}")))?;
-    let (client, mut eventloop) = AsyncClient::new(options, 256);
-    // The event loop runs on its own task; publishing awaits the client.
-    let endpoint = settings.endpoint();
-    let (done_tx, mut done_rx) = mpsc::channel::<String>(1);
-    let poller = tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = done_tx.send(format!("MQTT broker {endpoint}: {e}")).await;
-                    return;
-                }
-            }
-        }
-    });
-
+    let mut publisher = Publisher::connect(&settings).map_err(super::ConfigError)?;
     let (tx, mut rx) = mpsc::channel::<Record>(1024);
     let device = args.device_id.clone();
     let reader = tokio::task::spawn_blocking(move || -> Result<SourceCounts> {
@@ -374,40 +354,26 @@ async fn to_mqtt(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
     loop {
         tokio::select! {
             record = rx.recv() => {
-                let Some(mut record) = record else { break };
-                if let Some(device) = &device {
-                    record.topic = rewrite_device(&record.topic, device);
-                }
-                let qos = match record.qos {
-                    0 => QoS::AtMostOnce,
-                    1 => QoS::AtLeastOnce,
-                    _ => QoS::ExactlyOnce,
+                let Some(record) = record else { break };
+                let topic = match &device {
+                    Some(device) => topic::with_device(&record.topic, device).into_owned(),
+                    None => record.topic,
                 };
-                if let Err(e) = client.publish(record.topic, qos, record.retain, record.payload).await {
-                    failure = Some(format!("cannot publish: {e}"));
+                if let Err(e) = publisher.publish(topic, record.qos, record.retain, record.payload).await {
+                    failure = Some(format!("{e:#}"));
                     break;
                 }
                 published += 1;
             }
-            reason = done_rx.recv() => {
-                failure = Some(reason.unwrap_or_else(|| "MQTT connection closed".into()));
+            reason = publisher.failed() => {
+                failure = Some(reason);
                 break;
             }
         }
     }
     drop(rx);
     if failure.is_none() {
-        // Requests are sent in order: once DISCONNECT is out, so is every
-        // PUBLISH before it.
-        let _ = client.disconnect().await;
-        if tokio::time::timeout(Duration::from_secs(30), poller)
-            .await
-            .is_err()
-        {
-            failure = Some("timed out sending the last messages".into());
-        } else if let Ok(reason) = done_rx.try_recv() {
-            failure = Some(reason);
-        }
+        failure = publisher.finish(Duration::from_secs(30)).await.err();
     }
     let counts = reader.await.context("replay thread failed")??;
     if let Some(reason) = failure {
@@ -419,15 +385,6 @@ async fn to_mqtt(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
         delivery: None,
         published: Some(published),
     })
-}
-
-/// `pv/PV3/<any>/<suffix>` → `pv/PV3/<device>/<suffix>`; other topics as
-/// they are.
-fn rewrite_device(topic: &str, device: &str) -> String {
-    match crate::decode::split_topic(topic) {
-        Some((_, suffix)) => format!("pv/PV3/{device}/{suffix}"),
-        None => topic.to_owned(),
-    }
 }
 
 /// The input, its size when known (for the progress bar) and its name.
@@ -469,16 +426,5 @@ fn progress_bar(size: Option<u64>) -> ProgressBar {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn device_rewrite_keeps_the_suffix() {
-        assert_eq!(rewrite_device("pv/PV3/A/bms/soc", "B"), "pv/PV3/B/bms/soc");
-        assert_eq!(rewrite_device("other/topic", "B"), "other/topic");
     }
 }

@@ -24,6 +24,7 @@ use crate::cli::SniffArgs;
 use crate::decode::{self, Outcome};
 use crate::mqtt::{self, Message};
 use crate::output::is_broken_pipe;
+use crate::topic::{self, P3Topic};
 
 /// Rows kept in the summary; traffic on more topics than this (a `#`
 /// subscription on a busy broker) is lumped into one row.
@@ -71,8 +72,8 @@ impl Summary {
                 },
             ),
             Err(e) => {
-                let key = decode::split_topic(&e.topic)
-                    .map_or_else(|| e.topic.clone(), |(_, s)| s.to_owned());
+                let key = P3Topic::parse(&e.topic)
+                    .map_or_else(|| e.topic.clone(), |t| t.suffix.to_owned());
                 // Captured all the same: the capture is lossless.
                 if let Some(n) = self.warnings.allow(&key) {
                     warn!("cannot decode (captured anyway): {e}{}", suppressed_note(n));
@@ -139,12 +140,13 @@ enum Kind {
     Error,
 }
 
-pub async fn run(args: SniffArgs) -> Result<()> {
+/// Runs `pv3 sniff`.
+pub(crate) async fn run(args: SniffArgs) -> Result<()> {
     let settings = super::mqtt_settings(&args.mqtt, "sniff");
     let filters = if args.topics.is_empty() {
-        vec![mqtt::device_filter(&args.device.device_id)]
+        vec![topic::device_filter(&args.device.device_id)]
     } else {
-        mqtt::minimal_filters(&args.topics)
+        topic::minimal_filters(&args.topics)
     };
     // Lines go out whole: each is written to the buffer in one piece, and
     // the buffer is flushed between lines, never inside one.
@@ -161,8 +163,8 @@ pub async fn run(args: SniffArgs) -> Result<()> {
             None => Box::new(io::stdout()),
         },
     );
-    let mut subscription = mqtt::subscribe(&settings, filters.clone())
-        .map_err(|e| super::ConfigError(format!("{e:#}")))?;
+    let mut subscription =
+        mqtt::subscribe(&settings, filters.clone()).map_err(super::ConfigError)?;
     info!(
         "pv3 sniff: {} ({}) → {}",
         settings.endpoint(),
@@ -196,12 +198,7 @@ pub async fn run(args: SniffArgs) -> Result<()> {
                 None => break,
             },
         };
-        if !args.topics.is_empty()
-            && !args
-                .topics
-                .iter()
-                .any(|f| mqtt::topic_matches(f, &msg.topic))
-        {
+        if !args.topics.is_empty() && !args.topics.iter().any(|f| topic::matches(f, &msg.topic)) {
             continue; // a broker may deliver more than was asked for
         }
         line.clear();

@@ -36,18 +36,10 @@ const TEMPERATURES: &[(&str, &str)] = &[
 ];
 
 pub(super) fn alarms(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
-    let Json::Object(fields) = expect_object(json)? else {
-        return Ok(());
-    };
     let mut flags = AlarmStates::new();
     // A repeated key: the last one wins, as for every other lookup.
-    let mut seen: Vec<&str> = Vec::with_capacity(fields.len());
-    for (key, value) in fields.iter().rev() {
-        if seen.contains(&&**key) {
-            continue;
-        }
-        seen.push(key);
-        if let Some((_, metric)) = TEMPERATURES.iter().find(|(k, _)| k == key) {
+    for (key, value) in expect_object(json)?.unique_fields() {
+        if let Some((_, metric)) = TEMPERATURES.iter().find(|(k, _)| *k == key) {
             match value.as_number() {
                 Some(n) => out.push(*metric, n, "C"),
                 None => out.skipped += 1,
@@ -59,7 +51,7 @@ pub(super) fn alarms(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
         }
         match flag_value(value) {
             Some(active) => {
-                flags.insert(key.to_string(), active);
+                flags.insert(key.to_owned(), active);
             }
             None => out.skipped += 1,
         }

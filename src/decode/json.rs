@@ -8,35 +8,66 @@
 //! hostile nesting is an error, not a stack overflow).
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
+/// One JSON value, borrowing its strings from the payload where it can.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Json<'a> {
+pub(crate) enum Json<'a> {
     Null,
     Bool(bool),
     Num(f64),
     Str(Cow<'a, str>),
     List(Vec<Json<'a>>),
+    /// Fields in payload order, repeated keys included: lookups take the
+    /// last one ([`Json::get`], [`Json::unique_fields`]).
     Object(Vec<(Cow<'a, str>, Json<'a>)>),
 }
 
 impl<'a> Json<'a> {
-    pub fn parse(payload: &'a [u8]) -> Result<Self, serde_json::Error> {
+    /// Parses a whole payload; trailing text after the value is an error.
+    pub(crate) fn parse(payload: &'a [u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(payload)
     }
 
     /// The value of `key` in an object (the last one if the key repeats, as
     /// most JSON readers do); `None` for a missing key or a non-object.
-    pub fn get(&self, key: &str) -> Option<&Json<'a>> {
+    pub(crate) fn get(&self, key: &str) -> Option<&Json<'a>> {
         match self {
             Json::Object(fields) => fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
         }
     }
 
-    pub fn as_str(&self) -> Option<&str> {
+    /// An object's fields with each key once, holding its last value (the
+    /// one [`Json::get`] returns), last field first; nothing for a
+    /// non-object. Linear in the number of fields: a 16 MiB payload can
+    /// hold a million keys, and looking each one up among the others would
+    /// be quadratic. Small objects (the P3's own) are scanned instead, which
+    /// spares them a hash set's allocation and hashing.
+    pub(crate) fn unique_fields(&self) -> impl Iterator<Item = (&str, &Json<'a>)> {
+        /// Up to this many fields, at most 32·31/2 short comparisons.
+        const SCAN_UP_TO: usize = 32;
+        let fields = match self {
+            Json::Object(fields) => fields.as_slice(),
+            _ => &[],
+        };
+        let mut seen = (fields.len() > SCAN_UP_TO).then(|| HashSet::with_capacity(fields.len()));
+        fields
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(move |(i, (key, _))| match &mut seen {
+                Some(seen) => seen.insert(&**key),
+                None => !fields[i + 1..].iter().any(|(later, _)| later == key),
+            })
+            .map(|(_, (key, value))| (&**key, value))
+    }
+
+    /// The text of a string; `None` for anything else.
+    pub(crate) fn as_str(&self) -> Option<&str> {
         match self {
             Json::Str(s) => Some(s),
             _ => None,
@@ -45,7 +76,7 @@ impl<'a> Json<'a> {
 
     /// A number, or a string whose trimmed text is a JSON number. Anything
     /// else (booleans, null, `"NaN"`, `"0x10"`) is not a number.
-    pub fn as_number(&self) -> Option<f64> {
+    pub(crate) fn as_number(&self) -> Option<f64> {
         match self {
             Json::Num(n) => Some(*n),
             Json::Str(s) => parse_numeric_str(s),
@@ -54,7 +85,7 @@ impl<'a> Json<'a> {
     }
 
     /// A short name for the kind of value, for error messages.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Json::Null => "null",
             Json::Bool(_) => "a boolean",
@@ -69,7 +100,7 @@ impl<'a> Json<'a> {
 /// Parses text that, once trimmed, is a number in JSON's grammar:
 /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`. Rust's own `f64` parser
 /// is far more permissive (`inf`, `NaN`, `+1`, `.5`), hence the check first.
-pub fn parse_numeric_str(s: &str) -> Option<f64> {
+pub(crate) fn parse_numeric_str(s: &str) -> Option<f64> {
     let t = s.trim();
     let b = t.as_bytes();
     let mut i = 0;
@@ -247,6 +278,42 @@ mod tests {
     fn last_duplicate_key_wins() {
         let json = Json::parse(br#"{"k":1,"k":2}"#).expect("valid");
         assert_eq!(json.get("k"), Some(&Json::Num(2.0)));
+    }
+
+    #[test]
+    fn unique_fields_keep_each_keys_last_value() {
+        let json = Json::parse(br#"{"a":1,"b":2,"a":3,"c":4,"b":5}"#).expect("valid");
+        let fields: Vec<(&str, &Json<'_>)> = json.unique_fields().collect();
+        assert_eq!(
+            fields,
+            [
+                ("b", &Json::Num(5.0)),
+                ("c", &Json::Num(4.0)),
+                ("a", &Json::Num(3.0)),
+            ]
+        );
+        for (key, value) in &fields {
+            assert_eq!(json.get(key), Some(*value), "{key}");
+        }
+        assert_eq!(
+            Json::parse(b"[1]").expect("valid").unique_fields().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn unique_fields_agree_with_get_on_large_objects_too() {
+        // Past the scanned size, with repeats near both ends.
+        let mut text: Vec<String> = (0..100).map(|i| format!("\"k{}\":{i}", i % 40)).collect();
+        text.push("\"k0\":-1".into());
+        let payload = format!("{{{}}}", text.join(","));
+        let json = Json::parse(payload.as_bytes()).expect("valid");
+        let fields: Vec<(&str, &Json<'_>)> = json.unique_fields().collect();
+        assert_eq!(fields.len(), 40);
+        assert_eq!(fields[0], ("k0", &Json::Num(-1.0)));
+        for (key, value) in &fields {
+            assert_eq!(json.get(key), Some(*value), "{key}");
+        }
     }
 
     #[test]

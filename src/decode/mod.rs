@@ -13,13 +13,14 @@
 mod bms;
 mod ffr;
 mod inverter;
-pub mod json;
+mod json;
 mod soc;
 mod status;
 
 use std::borrow::Cow;
 
 use crate::reading::{AlarmStates, Measurement};
+use crate::topic::P3Topic;
 use json::Json;
 
 /// The API refuses metric names longer than this (422 for the whole batch),
@@ -47,6 +48,7 @@ pub const KNOWN_SUFFIXES: &[&str] = &[
 /// What one message decoded to.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Decoded {
+    /// What the message says, in no particular order.
     pub measurements: Vec<Measurement>,
     /// Present only when the message carried at least one alarm flag.
     pub alarms: Option<AlarmStates>,
@@ -56,6 +58,7 @@ pub struct Decoded {
 }
 
 impl Decoded {
+    /// Nothing to send: no measurement and no alarm states.
     pub fn is_empty(&self) -> bool {
         self.measurements.is_empty() && self.alarms.is_none()
     }
@@ -119,22 +122,24 @@ impl Decoded {
 
 /// The fields a list item's table matches on. `None` where the field is
 /// missing or not a string.
-pub(crate) struct Item<'j> {
-    pub channel: Option<&'j str>,
-    pub measurement: Option<&'j str>,
-    pub kind: Option<&'j str>,
-    pub value: Option<&'j Json<'j>>,
+struct Item<'j> {
+    channel: Option<&'j str>,
+    measurement: Option<&'j str>,
+    kind: Option<&'j str>,
+    value: Option<&'j Json<'j>>,
 }
 
 /// One row of a topic table: where a matched item's value goes.
-pub(crate) struct Row {
-    pub metric: &'static str,
-    pub divisor: f64,
-    pub unit: &'static str,
-    pub absolute: bool,
+struct Row {
+    metric: &'static str,
+    divisor: f64,
+    unit: &'static str,
+    /// Send the absolute value (a limit the P3 publishes negative).
+    absolute: bool,
 }
 
-pub(crate) const fn row(metric: &'static str, divisor: f64, unit: &'static str) -> Row {
+/// A row with no sign change.
+const fn row(metric: &'static str, divisor: f64, unit: &'static str) -> Row {
     Row {
         metric,
         divisor,
@@ -149,10 +154,19 @@ pub enum Outcome<'t> {
     /// Not a `pv/PV3/<device>/<suffix>` topic: ignored.
     Foreign,
     /// A P3 topic whose suffix the decoder does not cover (payload unread).
-    Unknown { device: &'t str, suffix: &'t str },
-    Decoded {
+    Unknown {
+        /// The topic's device id.
         device: &'t str,
+        /// The topic's suffix, to count per suffix what is not covered.
         suffix: &'t str,
+    },
+    /// A topic the decoder covers, and what its payload said.
+    Decoded {
+        /// The topic's device id.
+        device: &'t str,
+        /// The topic's suffix, one of [`KNOWN_SUFFIXES`].
+        suffix: &'t str,
+        /// The readings.
         decoded: Decoded,
     },
 }
@@ -161,35 +175,31 @@ pub enum Outcome<'t> {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{topic}: {reason}")]
 pub struct DecodeError {
+    /// The full topic of the message.
     pub topic: String,
+    /// What was wrong with its payload.
     pub reason: Reason,
 }
 
+/// What was wrong with a payload the decoder could not use at all.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Reason {
+    /// Not JSON (JSON has no `NaN` or `Infinity`): serde_json's message.
     #[error("payload is not valid JSON ({0})")]
     InvalidJson(String),
+    /// JSON, but not the shape the topic publishes.
     #[error("expected {expected}, found {found}")]
     WrongShape {
+        /// The shape the topic publishes, such as "a list".
         expected: &'static str,
+        /// The shape that arrived.
         found: &'static str,
     },
 }
 
-/// Splits `pv/PV3/<device>/<suffix>`; `None` for any other topic, or an
-/// empty device or suffix.
-pub fn split_topic(topic: &str) -> Option<(&str, &str)> {
-    let rest = topic.strip_prefix("pv/PV3/")?;
-    let (device, suffix) = rest.split_once('/')?;
-    if device.is_empty() || suffix.is_empty() {
-        return None;
-    }
-    Some((device, suffix))
-}
-
 /// Decodes one MQTT message. See the module docs.
 pub fn decode<'t>(topic: &'t str, payload: &[u8]) -> Result<Outcome<'t>, DecodeError> {
-    let Some((device, suffix)) = split_topic(topic) else {
+    let Some(P3Topic { device, suffix }) = P3Topic::parse(topic) else {
         return Ok(Outcome::Foreign);
     };
     let family: fn(&Json<'_>, &mut Decoded) -> Result<(), Reason> = match suffix {

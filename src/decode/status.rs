@@ -39,16 +39,11 @@ pub(super) fn eps_schedule_event(json: &Json<'_>, out: &mut Decoded) -> Result<(
 }
 
 pub(super) fn safetycheck_state(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
-    let Some(Json::Object(fields)) = object_or_first(json)? else {
+    let Some(obj) = object_or_first(json)? else {
         return Ok(());
     };
     // A repeated key: the last one wins, as for every other lookup.
-    let mut seen: Vec<&str> = Vec::with_capacity(fields.len());
-    for (key, value) in fields.iter().rev() {
-        if seen.contains(&&**key) {
-            continue;
-        }
-        seen.push(key);
+    for (key, value) in obj.unique_fields() {
         let Some(n) = value.as_number() else {
             continue; // other fields are ignored, not skipped
         };

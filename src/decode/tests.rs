@@ -51,6 +51,9 @@ fn err(suffix: &str, payload: &[u8]) -> DecodeError {
 
 #[test]
 fn topics_are_split_and_foreign_ones_ignored() {
+    fn split_topic(topic: &str) -> Option<(&str, &str)> {
+        P3Topic::parse(topic).map(|t| (t.device, t.suffix))
+    }
     assert_eq!(split_topic("pv/PV3/X/bms/soc"), Some(("X", "bms/soc")));
     assert_eq!(
         split_topic("pv/PV3/X/inverter/measurements"),

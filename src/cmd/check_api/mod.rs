@@ -151,7 +151,7 @@ impl Report {
 
 /// Runs every check and prints the report; an error when one failed.
 pub async fn run(args: CheckApiArgs) -> Result<()> {
-    let client = super::api_client(&args.api).map_err(|e| super::ConfigError(format!("{e:#}")))?;
+    let client = super::api_client(&args.api)?;
     let checker = api::Checker::new(client, &args);
     let mut checks = checker.run().await;
     checks.extend(collector::checks(

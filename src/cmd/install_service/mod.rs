@@ -107,9 +107,10 @@ fn config_home() -> Result<PathBuf> {
     }
     match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         Some(home) => Ok(PathBuf::from(home).join(".config")),
-        None => {
-            Err(ConfigError("--user needs the home directory, but HOME is not set".into()).into())
-        }
+        None => Err(ConfigError(anyhow::anyhow!(
+            "--user needs the home directory, but HOME is not set"
+        ))
+        .into()),
     }
 }
 
@@ -124,7 +125,7 @@ pub fn run(args: InstallServiceArgs, matches: &ArgMatches) -> Result<()> {
         } else {
             "install the service"
         };
-        return Err(ConfigError(format!(
+        return Err(ConfigError(anyhow::anyhow!(
             "install-service needs root to {what} under /etc/systemd/system: run it with sudo, or use --user for a user service (--dry-run shows what it would do)"
         ))
         .into());
@@ -299,13 +300,13 @@ fn binary(args: &InstallServiceArgs) -> Result<PathBuf> {
             .context("cannot tell where this pv3 binary is: pass --binary PATH")?,
     };
     let path = fs::canonicalize(&given).map_err(|e| {
-        ConfigError(format!(
+        ConfigError(anyhow::anyhow!(
             "--binary {}: {e}: give the path of an installed pv3",
             given.display()
         ))
     })?;
     if !path.is_file() {
-        return Err(ConfigError(format!("--binary {}: not a file", path.display())).into());
+        return Err(ConfigError(anyhow::anyhow!("--binary {}: not a file", path.display())).into());
     }
     Ok(path)
 }
@@ -333,7 +334,7 @@ fn hidden_from_service(path: &Path, what: &str, flag: &str, real: bool) -> Resul
         )
     };
     if real {
-        Err(ConfigError(message).into())
+        Err(ConfigError(anyhow::anyhow!(message)).into())
     } else {
         warn!("{message}");
         Ok(())

@@ -251,7 +251,7 @@ pub(super) fn settings(
         };
         if value.contains(['\n', '\r', '\0']) {
             let key = &spec.key;
-            return Err(ConfigError(format!(
+            return Err(ConfigError(anyhow::anyhow!(
                 "{key} holds a line break, which an env file cannot"
             ))
             .into());
@@ -304,7 +304,9 @@ fn value_now(spec: &Spec, matches: &ArgMatches, audience: Audience) -> Result<St
                 .and_then(|mut values| values.next())
                 .with_context(|| format!("{} has no value", spec.flag))?;
             raw.to_str()
-                .ok_or_else(|| ConfigError(format!("{}: the value is not UTF-8", spec.flag)))?
+                .ok_or_else(|| {
+                    ConfigError(anyhow::anyhow!("{}: the value is not UTF-8", spec.flag))
+                })?
                 .to_owned()
         }
     })
@@ -323,7 +325,7 @@ fn typed<T: Any + Clone + Send + Sync + 'static>(spec: &Spec, matches: &ArgMatch
 /// service outside home directories and readable by its dynamic user.
 fn service_path(spec: &Spec, path: &Path, audience: Audience) -> Result<String> {
     let abs = fs::canonicalize(path).map_err(|e| {
-        ConfigError(format!(
+        ConfigError(anyhow::anyhow!(
             "{} {}: {e}: give the path of an existing file",
             spec.flag,
             path.display()

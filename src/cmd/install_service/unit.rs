@@ -121,13 +121,13 @@ SystemCallErrorNumber=EPERM
 /// and `$` doubled so systemd does not expand them.
 fn exec_path(binary: &Path) -> Result<String> {
     let text = binary.to_str().ok_or_else(|| {
-        ConfigError(format!(
+        ConfigError(anyhow::anyhow!(
             "the binary path {} is not UTF-8: pass --binary with a plain path",
             binary.display()
         ))
     })?;
     if !binary.is_absolute() || text.contains(['\n', '\r', '\0']) {
-        return Err(ConfigError(format!(
+        return Err(ConfigError(anyhow::anyhow!(
             "the binary path {text:?} cannot go into a unit file: pass --binary with a plain absolute path"
         ))
         .into());
