@@ -140,8 +140,30 @@ enum Kind {
     Error,
 }
 
+/// Where the capture goes: a file opened for appending, or stdout.
+type Output = BufWriter<Box<dyn Write + Send>>;
+
 /// Runs `pv3 sniff`.
 pub(crate) async fn run(args: SniffArgs) -> Result<()> {
+    let (mut out, mut subscription) = start(&args)?;
+    let spinner = spinner();
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let write_error = receive(
+        &args,
+        &mut subscription,
+        &mut out,
+        &mut summary,
+        spinner.as_ref(),
+        started,
+    )
+    .await;
+    finish(subscription, spinner, started, &summary, write_error).await
+}
+
+/// Opens the output before subscribing, so a capture file that cannot be
+/// opened fails the command before anything connects to the broker.
+fn start(args: &SniffArgs) -> Result<(Output, mqtt::Subscription)> {
     let settings = super::mqtt_settings(&args.mqtt, "sniff");
     let filters = if args.topics.is_empty() {
         vec![topic::device_filter(&args.device.device_id)]
@@ -150,7 +172,7 @@ pub(crate) async fn run(args: SniffArgs) -> Result<()> {
     };
     // Lines go out whole: each is written to the buffer in one piece, and
     // the buffer is flushed between lines, never inside one.
-    let mut out: BufWriter<Box<dyn Write + Send>> = BufWriter::with_capacity(
+    let out: Output = BufWriter::with_capacity(
         64 * 1024,
         match &args.output {
             Some(path) => Box::new(
@@ -163,8 +185,7 @@ pub(crate) async fn run(args: SniffArgs) -> Result<()> {
             None => Box::new(io::stdout()),
         },
     );
-    let mut subscription =
-        mqtt::subscribe(&settings, filters.clone()).map_err(super::ConfigError)?;
+    let subscription = mqtt::subscribe(&settings, filters.clone()).map_err(super::ConfigError)?;
     info!(
         "pv3 sniff: {} ({}) → {}",
         settings.endpoint(),
@@ -173,9 +194,20 @@ pub(crate) async fn run(args: SniffArgs) -> Result<()> {
             .as_ref()
             .map_or_else(|| "stdout".to_string(), |p| p.display().to_string())
     );
+    Ok((out, subscription))
+}
 
-    let spinner = spinner();
-    let started = Instant::now();
+/// Captures and counts messages until a signal, `--duration`, `--count` or
+/// the end of the subscription. A write error stops it at once and is
+/// returned rather than raised, so the summary is still shown.
+async fn receive(
+    args: &SniffArgs,
+    subscription: &mut mqtt::Subscription,
+    out: &mut Output,
+    summary: &mut Summary,
+    spinner: Option<&ProgressBar>,
+    started: Instant,
+) -> Option<io::Error> {
     let shutdown = super::shutdown_signal();
     tokio::pin!(shutdown);
     let deadline = tokio::time::sleep(
@@ -183,10 +215,8 @@ pub(crate) async fn run(args: SniffArgs) -> Result<()> {
             .unwrap_or(Duration::from_secs(u64::from(u32::MAX))),
     );
     tokio::pin!(deadline);
-    let mut summary = Summary::default();
     let mut line = Vec::with_capacity(1024);
     let mut unflushed = false;
-    let mut write_error = None;
 
     loop {
         let msg = tokio::select! {
@@ -201,42 +231,55 @@ pub(crate) async fn run(args: SniffArgs) -> Result<()> {
         if !args.topics.is_empty() && !args.topics.iter().any(|f| topic::matches(f, &msg.topic)) {
             continue; // a broker may deliver more than was asked for
         }
-        line.clear();
-        capture::write_line(
-            &mut line,
-            msg.received,
-            &msg.topic,
-            msg.qos,
-            msg.retain,
-            &msg.payload,
-        );
-        if let Err(e) = out.write_all(&line) {
-            write_error = Some(e);
-            break;
+        if let Err(e) = write_capture_line(out, &mut line, &msg) {
+            return Some(e);
         }
         unflushed = true;
         summary.count(&msg);
-        if let Some(sp) = &spinner {
+        if let Some(sp) = spinner {
             let rate = summary.total as f64 / started.elapsed().as_secs_f64().max(0.001);
             sp.set_message(format!("{} messages, {rate:.1}/s", summary.total));
         }
         if args.count.is_some_and(|n| summary.total >= n) {
             break;
         }
+        // Flushing only when nothing else is waiting keeps a burst to one
+        // write while a quiet stream still reaches `tail -f` at once.
         if !subscription.has_pending() {
             if let Err(e) = out.flush() {
-                write_error = Some(e);
-                break;
+                return Some(e);
             }
             unflushed = false;
         }
     }
-    if unflushed
-        && write_error.is_none()
-        && let Err(e) = out.flush()
-    {
-        write_error = Some(e);
-    }
+    if unflushed { out.flush().err() } else { None }
+}
+
+/// Writes one message as one whole capture line; `line` is reused so a
+/// message costs no allocation once it has grown to fit.
+fn write_capture_line(out: &mut Output, line: &mut Vec<u8>, msg: &Message) -> io::Result<()> {
+    line.clear();
+    capture::write_line(
+        line,
+        msg.received,
+        &msg.topic,
+        msg.qos,
+        msg.retain,
+        &msg.payload,
+    );
+    out.write_all(line)
+}
+
+/// Closes the subscription and prints the summary, even after a write
+/// error, so what was captured is still accounted for. A broken pipe
+/// (`| head`) is a normal way to stop and is not an error.
+async fn finish(
+    subscription: mqtt::Subscription,
+    spinner: Option<ProgressBar>,
+    started: Instant,
+    summary: &Summary,
+    write_error: Option<io::Error>,
+) -> Result<()> {
     if let Some(sp) = spinner {
         sp.finish_and_clear();
     }
@@ -253,6 +296,8 @@ pub(crate) async fn run(args: SniffArgs) -> Result<()> {
     }
 }
 
+/// A spinner with the message count and rate, only on a terminal, so a
+/// redirected stderr gets the log lines and the summary and nothing else.
 fn spinner() -> Option<ProgressBar> {
     if !io::stderr().is_terminal() {
         return None;

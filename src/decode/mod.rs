@@ -268,3 +268,5 @@ fn object_or_first<'a, 'j>(json: &'a Json<'j>) -> Result<Option<&'a Json<'j>>, R
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hostile;
