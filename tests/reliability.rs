@@ -519,3 +519,44 @@ async fn systemd_hears_ready_watchdog_only_while_data_flows_and_stopping() {
     assert_eq!(stopping.as_deref(), Some("STOPPING=1\n"));
     assert!(pv3.wait_exit(T).await.expect("exits").success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_retained_message_is_named_and_reconnects_back_off() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    // 17 MiB, over pv3's 16 MiB packet limit: every connect receives it
+    // again right after subscribing.
+    broker.set_retained(
+        &format!("pv/PV3/{DEVICE}/bms/module/dump"),
+        bytes::Bytes::from(vec![b'x'; 17 << 20]),
+    );
+    let pv3 = CollectRun::new(broker.port())
+        .api(&api)
+        .reconnect_max("8")
+        .global_args(&["-vv"])
+        .spawn();
+    // Four failed links in a row...
+    assert!(
+        support::wait_for(T, || broker.connects() >= 4).await,
+        "{}",
+        pv3.stderr()
+    );
+    let stderr = pv3.stop().await;
+    // ...named, with the size and what to do, once.
+    assert!(stderr.contains("larger than the 16 MiB"), "{stderr}");
+    assert!(stderr.contains("mosquitto_pub -h HOST -r -n -t"), "{stderr}");
+    // The waits between them grow: no reconnect loop at a fixed rate.
+    let delays: Vec<f64> = stderr
+        .lines()
+        .filter_map(|l| l.split(" in ").nth(1))
+        .filter_map(|rest| rest.split(" s").next())
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    assert!(delays.len() >= 3, "{delays:?}\n{stderr}");
+    assert!(
+        delays
+            .windows(2)
+            .all(|w| w[1] >= w[0] * 1.2 || w[1] >= 8.0 * 0.5),
+        "{delays:?}"
+    );
+}

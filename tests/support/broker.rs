@@ -26,6 +26,8 @@ use super::{TaskSet, bind_reuse, lock};
 
 /// Largest MQTT packet accepted / sent by the harness (16 MiB).
 pub const MAX_PACKET: usize = 16 * 1024 * 1024;
+/// The largest packet the broker sends (Mosquitto's default is 256 MiB).
+pub const MAX_WRITE: usize = 64 * 1024 * 1024;
 
 /// Default bound for harness-internal waits (connect, ack).
 const HARNESS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -280,6 +282,17 @@ impl InProcessBroker {
         self.wait_until(timeout, || self.received() >= n).await
     }
 
+    /// Stores a retained message directly (of any size: the broker sends up
+    /// to [`MAX_WRITE`], past pv3's packet limit, as a real broker may).
+    pub fn set_retained(&self, topic: &str, payload: Bytes) {
+        let mut p = Publish::new(topic, QoS::AtMostOnce, payload);
+        p.retain = true;
+        lock(&self.shared.state)
+            .retained
+            .insert(topic.to_owned(), p);
+        self.shared.bump();
+    }
+
     /// Currently retained messages, by topic.
     pub fn retained(&self) -> BTreeMap<String, Bytes> {
         lock(&self.shared.state)
@@ -357,7 +370,7 @@ impl Drop for ClientGuard {
 async fn write_packets(stream: &mut TcpStream, packets: &[Packet]) -> bool {
     let mut out = BytesMut::new();
     for p in packets {
-        if p.write(&mut out, MAX_PACKET).is_err() {
+        if p.write(&mut out, MAX_WRITE).is_err() {
             return false;
         }
     }
