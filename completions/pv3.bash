@@ -121,7 +121,7 @@ _pv3() {
             return 0
             ;;
         pv3__subcmd__collect)
-            opts="-v -q -h -V --dry-run --format --spool-max-mb --share-group --stale-after --batch-size --linger-ms --queue-max --shutdown-grace --stats-interval --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --device-id --api-url --api-token --api-timeout --retry-max --soc-threshold --state-dir --verbose --quiet --help --version"
+            opts="-v -q -h -V --dry-run --format --spool-max-mb --share-group --stale-after --batch-size --linger-ms --queue-max --shutdown-grace --stats-interval --api-device-id --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --device-id --api-url --api-token --api-timeout --retry-max --soc-threshold --state-dir --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -160,6 +160,10 @@ _pv3() {
                     return 0
                     ;;
                 --stats-interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-device-id)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -353,7 +357,7 @@ _pv3() {
             return 0
             ;;
         pv3__subcmd__install__subcmd__service)
-            opts="-v -q -h -V --dry-run --uninstall --purge --user --binary --root --pretend-non-root --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --device-id --api-url --api-token --api-timeout --verbose --quiet --help --version"
+            opts="-v -q -h -V --dry-run --uninstall --purge --user --binary --root --pretend-non-root --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --device-id --api-url --api-token --api-timeout --api-device-id --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -408,6 +412,10 @@ _pv3() {
                     return 0
                     ;;
                 --api-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-device-id)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

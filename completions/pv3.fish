@@ -45,6 +45,7 @@ complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l linger-ms -d 'Send a
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l queue-max -d 'Measurements held in memory while the API is unreachable or slow; past it they all go to the on-disk spool (see --spool-max-mb)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l shutdown-grace -d 'On SIGINT/SIGTERM, how long to keep delivering what is queued, in seconds' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l stats-interval -d 'Seconds between progress lines in the log (0: never)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l api-device-id -d 'Post under this device id instead of the topic\'s (the dashboard\'s configured id); one P3 only' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-host -d 'Broker host (the P3\'s LAN address)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-username -d 'User name, for a broker that asks for one' -r
@@ -138,6 +139,7 @@ complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l device-id -d
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l api-url -d 'PV3 Monitor base URL' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l api-token -d 'Sent as `Authorization: Bearer`; never shown or logged' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l api-timeout -d 'Per-request timeout, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l api-device-id -d 'Post under this device id instead of the topic\'s (the dashboard\'s configured id); one P3 only' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l dry-run -d 'Print each file it would write and each command it would run; change nothing (secrets shown as ***)'
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l uninstall -d 'Stop, disable and remove the service and its env file (state kept)'
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l purge -d 'With --uninstall: also delete the state directory (spool, status)'

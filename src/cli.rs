@@ -163,6 +163,16 @@ pub struct DeviceArgs {
     pub device_id: String,
 }
 
+/// The device id collect posts under: collect and install-service.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "PV3 Monitor API")]
+pub struct ApiDeviceArgs {
+    /// Post under this device id instead of the topic's (the dashboard's
+    /// configured id); one P3 only
+    #[arg(long, env = "API_DEVICE_ID", value_name = "ID", value_parser = parse_device_id_exact)]
+    pub api_device_id: Option<String>,
+}
+
 /// Where collect keeps its spool and status file (check-api reads it).
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "State")]
@@ -254,6 +264,10 @@ pub struct CollectArgs {
     /// Seconds between progress lines in the log (0: never)
     #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_secs_or_zero)]
     pub stats_interval: Duration,
+
+    /// Which device id the API sees.
+    #[command(flatten)]
+    pub api_device: ApiDeviceArgs,
 
     /// The MQTT broker.
     #[command(flatten)]
@@ -470,6 +484,10 @@ pub struct InstallServiceArgs {
     /// The PV3 Monitor API.
     #[command(flatten)]
     pub api: ApiArgs,
+
+    /// The device id the API sees.
+    #[command(flatten)]
+    pub api_device: ApiDeviceArgs,
 }
 
 /// What `pv3 completions` prints.

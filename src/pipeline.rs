@@ -12,7 +12,7 @@ use crate::soc_filter::SocFilter;
 /// past this the cache starts again (a hostile broker cannot grow it).
 const ORIGIN_CACHE_MAX: usize = 4096;
 
-/// Counts by outcome. Every message lands in exactly one of the first five.
+/// Counts by outcome. Every message lands in exactly one of the first six.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeCounts {
     /// Decoded to at least one measurement or alarm state.
@@ -25,6 +25,9 @@ pub struct DecodeCounts {
     pub foreign: u64,
     /// Payloads the decoder could not read.
     pub errors: u64,
+    /// From a second device while one device id is mapped onto another
+    /// (`collect --api-device-id`): skipped.
+    pub other_device: u64,
     /// Items or fields skipped inside decoded messages.
     pub skipped_items: u64,
     /// Measurements passed on, after the SOC filter (`soc_raw` included).
@@ -32,9 +35,9 @@ pub struct DecodeCounts {
 }
 
 impl DecodeCounts {
-    /// Messages seen: the sum of the first five counts.
+    /// Messages seen: the sum of the first six counts.
     pub fn messages(&self) -> u64 {
-        self.decoded + self.empty + self.unknown + self.foreign + self.errors
+        self.decoded + self.empty + self.unknown + self.foreign + self.errors + self.other_device
     }
 }
 
@@ -45,6 +48,9 @@ pub struct Pipeline {
     /// `--device-id` given to replay: overrides the topic's device.
     device_override: Option<Arc<str>>,
     origins: HashMap<String, Origin>,
+    /// With an override for collect: the one device it maps (the first
+    /// seen); messages of any other are skipped and counted.
+    only: Option<Option<Arc<str>>>,
     /// What happened to the messages so far, for the command's summary.
     pub counts: DecodeCounts,
 }
@@ -57,7 +63,19 @@ impl Pipeline {
             filter: SocFilter::new(soc_threshold),
             device_override: device_override.map(Arc::from),
             origins: HashMap::new(),
+            only: None,
             counts: DecodeCounts::default(),
+        }
+    }
+
+    /// Like [`Self::new`] with `device_override`, for live collection: one
+    /// P3's data goes out under the override id; messages of a second
+    /// device would be mixed into it, so they are skipped and counted in
+    /// [`DecodeCounts::other_device`].
+    pub fn mapping_one_device(soc_threshold: f64, device_override: &str) -> Self {
+        Pipeline {
+            only: Some(None),
+            ..Pipeline::new(soc_threshold, Some(device_override))
         }
     }
 
@@ -83,6 +101,16 @@ impl Pipeline {
                 device, decoded, ..
             } => (device, decoded),
         };
+        if let Some(only) = &mut self.only {
+            match only {
+                None => *only = Some(Arc::from(device)),
+                Some(first) if **first != *device => {
+                    self.counts.other_device += 1;
+                    return Ok(None);
+                }
+                Some(_) => {}
+            }
+        }
         self.counts.skipped_items += u64::from(decoded.skipped);
         if decoded.is_empty() {
             self.counts.empty += 1;

@@ -467,3 +467,51 @@ fn help_hides_secret_env_values() {
         "{help}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_device_id_posts_one_p3_under_the_dashboards_id() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    let pv3 = CollectRun::new(broker.port())
+        .api(&api)
+        .args(&["--device-id", "+"])
+        .env("API_DEVICE_ID", "DASHBOARD01")
+        .spawn();
+    pv3.subscribed(1).await;
+    let publisher = Publisher::connect(broker.port()).await;
+    for (device, power) in [("PVAAA", 1), ("PVBBB", 2), ("PVAAA", 3)] {
+        publisher
+            .publish(
+                &format!("pv/PV3/{device}/inverter/charge"),
+                format!("{{\"power\":{power}}}"),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await;
+    }
+    api.wait_for_measurements(2, T).await;
+    pv3.received(3).await;
+    let stderr = pv3.stop().await;
+    let got: Vec<(String, f64)> = api
+        .measurements()
+        .iter()
+        .map(|m| {
+            (
+                m["device_id"].as_str().unwrap_or("?").to_string(),
+                m["metric_value"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("DASHBOARD01".to_string(), 1.0),
+            ("DASHBOARD01".to_string(), 3.0)
+        ]
+    );
+    assert!(
+        stderr.contains("skipped pv/PV3/PVBBB/inverter/charge"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("as device DASHBOARD01"), "{stderr}");
+}

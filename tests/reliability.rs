@@ -544,7 +544,10 @@ async fn an_oversized_retained_message_is_named_and_reconnects_back_off() {
     let stderr = pv3.stop().await;
     // ...named, with the size and what to do, once.
     assert!(stderr.contains("larger than the 16 MiB"), "{stderr}");
-    assert!(stderr.contains("mosquitto_pub -h HOST -r -n -t"), "{stderr}");
+    assert!(
+        stderr.contains("mosquitto_pub -h HOST -r -n -t"),
+        "{stderr}"
+    );
     // The waits between them grow: no reconnect loop at a fixed rate.
     let delays: Vec<f64> = stderr
         .lines()

@@ -48,115 +48,197 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         ),
         None => crate::topic::device_filter(&args.device.device_id),
     };
-    let mut state_dir = None;
-    let mut api_stats = None;
-    let mut outputs: Vec<Box<dyn Output>> = Vec::new();
-    if args.dry_run {
-        let format = args.format.unwrap_or_else(Format::default_for_stdout);
-        outputs.push(Box::new(StdoutOutput::new(format)));
-    } else {
-        let api = super::api_client(&args.api)?;
-        let dir = StateDir::resolve(args.state.state_dir.as_deref()).ok_or_else(|| {
-            super::ConfigError(anyhow::anyhow!(
-                "no state directory: pass --state-dir DIR (or set HOME)"
-            ))
-        })?;
-        let max_bytes = args.spool_max_mb.saturating_mul(1024 * 1024);
-        let storage = match Storage::open(&dir, max_bytes) {
-            Ok(storage) => storage,
-            // In use: exit 2 (see cmd::exit_code); an I/O fault: exit 1.
-            Err(StorageError::StateDir(e)) => return Err(e.into()),
-            Err(e) => return Err(e.into()),
-        };
-        state_dir = Some(dir.path().to_owned());
-        let forwarder = Forwarder::start_with(api, forward_options(&args), storage);
-        let output = ApiOutput::new(forwarder, args.shutdown_grace);
-        api_stats = Some(output.stats());
-        outputs.push(Box::new(output));
-    }
-    let mut subscription =
+    let (outputs, state_dir, api_stats) = open_outputs(&args)?;
+    let subscription =
         mqtt::subscribe(&settings, vec![filter.clone()]).map_err(super::ConfigError)?;
     info!(
-        "pv3 collect {}: {} ({filter}) → {}",
+        "pv3 collect {}: {} ({filter}) → {}{}",
         env!("CARGO_PKG_VERSION"),
         settings.endpoint(),
         if args.dry_run {
             "stdout (dry run)".to_string()
         } else {
             args.api.api_url.to_string()
-        }
+        },
+        args.api_device.api_device_id
+            .as_deref()
+            .map(|id| format!(" as device {id}"))
+            .unwrap_or_default()
     );
-
-    let mut pipeline = Pipeline::new(args.delivery.soc_threshold, None);
-    let mut warnings = RateLimiter::new(Duration::from_secs(60));
-    let shutdown = super::shutdown_signal();
-    tokio::pin!(shutdown);
-    let stats_every = if args.stats_interval.is_zero() {
-        Duration::from_secs(u64::from(u32::MAX))
-    } else {
-        args.stats_interval
+    let pipeline = match &args.api_device.api_device_id {
+        Some(id) => Pipeline::mapping_one_device(args.delivery.soc_threshold, id),
+        None => Pipeline::new(args.delivery.soc_threshold, None),
     };
-    let mut stats_timer =
-        tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
-    let mut status = StatusWriter::new(
+    let status = StatusWriter::new(
         state_dir,
         settings.endpoint(),
         subscription.connected_flag(),
         api_stats,
     );
-    let mut status_timer = tokio::time::interval(status_every());
-    let mut subscribed = subscription.subscribed();
-    let watchdog_every = sd_notify::watchdog_enabled().map(|d| d / 2);
-    let mut watchdog_timer =
-        tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
-    let mut last_message: Option<tokio::time::Instant> = None;
+    let mut collector = Collector {
+        pipeline,
+        outputs,
+        status,
+        warnings: RateLimiter::new(Duration::from_secs(60)),
+        last_message: None,
+    };
+    collector.serve(subscription, &args).await;
+    collector.finish().await
+}
 
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => {
-                info!("shutting down: no more messages taken");
-                break;
-            }
-            msg = subscription.recv() => {
-                let Some(msg) = msg else { break };
-                last_message = Some(tokio::time::Instant::now());
-                status.last_message = Some(msg.received);
-                if !handle(&msg, &mut pipeline, &mut outputs, &mut warnings).await {
+/// The outputs the flags ask for, with the state directory and the API
+/// output's counters (none in a dry run).
+type Opened = (
+    Vec<Box<dyn Output>>,
+    Option<PathBuf>,
+    Option<Arc<ForwardStats>>,
+);
+
+fn open_outputs(args: &CollectArgs) -> Result<Opened> {
+    if args.dry_run {
+        let format = args.format.unwrap_or_else(Format::default_for_stdout);
+        return Ok((vec![Box::new(StdoutOutput::new(format))], None, None));
+    }
+    let api = super::api_client(&args.api)?;
+    let dir = StateDir::resolve(args.state.state_dir.as_deref()).ok_or_else(|| {
+        super::ConfigError(anyhow::anyhow!(
+            "no state directory: pass --state-dir DIR (or set HOME)"
+        ))
+    })?;
+    let max_bytes = args.spool_max_mb.saturating_mul(1024 * 1024);
+    let storage = match Storage::open(&dir, max_bytes) {
+        Ok(storage) => storage,
+        // In use: exit 2 (see cmd::exit_code); an I/O fault: exit 1.
+        Err(StorageError::StateDir(e)) => return Err(e.into()),
+        Err(e) => return Err(e.into()),
+    };
+    let forwarder = Forwarder::start_with(api, forward_options(args), storage);
+    let output = ApiOutput::new(forwarder, args.shutdown_grace);
+    let stats = output.stats();
+    Ok((
+        vec![Box::new(output)],
+        Some(dir.path().to_owned()),
+        Some(stats),
+    ))
+}
+
+/// The running collector: messages in, readings out, a status kept.
+struct Collector {
+    pipeline: Pipeline,
+    outputs: Vec<Box<dyn Output>>,
+    status: StatusWriter,
+    warnings: RateLimiter,
+    last_message: Option<tokio::time::Instant>,
+}
+
+impl Collector {
+    /// Takes messages until a signal (or an output that has gone away),
+    /// keeping `status.json`, the progress log and systemd informed.
+    async fn serve(&mut self, mut subscription: mqtt::Subscription, args: &CollectArgs) {
+        let shutdown = super::shutdown_signal();
+        tokio::pin!(shutdown);
+        let stats_every = if args.stats_interval.is_zero() {
+            Duration::from_secs(u64::from(u32::MAX))
+        } else {
+            args.stats_interval
+        };
+        let mut stats_timer =
+            tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
+        let mut status_timer = tokio::time::interval(status_every());
+        let mut subscribed = subscription.subscribed();
+        let watchdog_every = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let mut watchdog_timer =
+            tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => {
+                    info!("shutting down: no more messages taken");
                     break;
                 }
-            }
-            Ok(()) = subscribed.changed() => {
-                if *subscribed.borrow_and_update() {
-                    status.subscriptions += 1;
-                    status.write(&pipeline);
-                    notify_systemd(&[sd_notify::NotifyState::Ready]);
+                msg = subscription.recv() => {
+                    let Some(msg) = msg else { break };
+                    if !self.handle(&msg).await {
+                        break;
+                    }
                 }
-            }
-            _ = watchdog_timer.tick(), if watchdog_every.is_some() => {
-                // Only while data flows: a silent P3 gets us restarted.
-                if last_message.is_some_and(|t| t.elapsed() < args.stale_after) {
-                    notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+                Ok(()) = subscribed.changed() => {
+                    if *subscribed.borrow_and_update() {
+                        self.status.subscriptions += 1;
+                        self.status.write(&self.pipeline);
+                        notify_systemd(&[sd_notify::NotifyState::Ready]);
+                    }
                 }
+                _ = watchdog_timer.tick(), if watchdog_every.is_some() => {
+                    // Only while data flows: a silent P3 gets us restarted.
+                    if self.last_message.is_some_and(|t| t.elapsed() < args.stale_after) {
+                        notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                }
+                _ = status_timer.tick() => self.status.write(&self.pipeline),
+                _ = stats_timer.tick() => log_progress(&self.pipeline, &self.outputs),
             }
-            _ = status_timer.tick() => status.write(&pipeline),
-            _ = stats_timer.tick() => log_progress(&pipeline, &outputs),
         }
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        subscription.close().await;
     }
-    notify_systemd(&[sd_notify::NotifyState::Stopping]);
-    subscription.close().await;
 
-    let received = pipeline.counts.messages();
-    let mut result = Ok(());
-    for output in outputs {
-        let name = output.name();
-        if let Err(e) = output.finish(received).await {
-            warn!("output {name}: {e:#}");
-            result = Err(e);
+    /// Decodes one message and hands it to every output. `false` when an
+    /// output has gone away (a closed pipe in a dry run) and collect should
+    /// stop.
+    async fn handle(&mut self, msg: &Message) -> bool {
+        trace!("received {} ({} bytes)", msg.topic, msg.payload.len());
+        self.last_message = Some(tokio::time::Instant::now());
+        self.status.last_message = Some(msg.received);
+        let other_before = self.pipeline.counts.other_device;
+        let reading = match self
+            .pipeline
+            .process(&msg.topic, &msg.payload, msg.received)
+        {
+            Ok(Some(reading)) => Arc::new(reading),
+            Ok(None) => {
+                if self.pipeline.counts.other_device > other_before
+                    && let Some(n) = self.warnings.allow("other device")
+                {
+                    warn!(
+                        "skipped {}: --api-device-id maps one P3 onto one dashboard device, and this is a second one (run a collector per P3, each with its own --device-id){}",
+                        msg.topic,
+                        suppressed_note(n)
+                    );
+                }
+                return true;
+            }
+            Err(e) => {
+                let key = crate::topic::P3Topic::parse(&msg.topic).map_or("", |t| t.suffix);
+                if let Some(n) = self.warnings.allow(key) {
+                    warn!("skipped a message: {e}{}", suppressed_note(n));
+                }
+                return true;
+            }
+        };
+        for output in self.outputs.iter_mut() {
+            if output.send(reading.clone()).await.is_err() {
+                return false;
+            }
         }
+        true
     }
-    status.connected.store(false, Ordering::Relaxed);
-    status.write(&pipeline);
-    result
+
+    /// Stops every output (each says what became of its data) and writes
+    /// the last status.
+    async fn finish(mut self) -> Result<()> {
+        let received = self.pipeline.counts.messages();
+        let mut result = Ok(());
+        for output in std::mem::take(&mut self.outputs) {
+            let name = output.name();
+            if let Err(e) = output.finish(received).await {
+                warn!("output {name}: {e:#}");
+                result = Err(e);
+            }
+        }
+        self.status.connected.store(false, Ordering::Relaxed);
+        self.status.write(&self.pipeline);
+        result
+    }
 }
 
 fn forward_options(args: &CollectArgs) -> ForwardOptions {
@@ -171,34 +253,6 @@ fn forward_options(args: &CollectArgs) -> ForwardOptions {
         send_alarms: true,
         give_up: None,
     }
-}
-
-/// Decodes one message and hands it to every output. `false` when an
-/// output has gone away (a closed pipe in a dry run) and collect should stop.
-async fn handle(
-    msg: &Message,
-    pipeline: &mut Pipeline,
-    outputs: &mut [Box<dyn Output>],
-    warnings: &mut RateLimiter,
-) -> bool {
-    trace!("received {} ({} bytes)", msg.topic, msg.payload.len());
-    let reading = match pipeline.process(&msg.topic, &msg.payload, msg.received) {
-        Ok(Some(reading)) => Arc::new(reading),
-        Ok(None) => return true,
-        Err(e) => {
-            let key = crate::topic::P3Topic::parse(&msg.topic).map_or("", |t| t.suffix);
-            if let Some(n) = warnings.allow(key) {
-                warn!("skipped a message: {e}{}", suppressed_note(n));
-            }
-            return true;
-        }
-    };
-    for output in outputs.iter_mut() {
-        if output.send(reading.clone()).await.is_err() {
-            return false;
-        }
-    }
-    true
 }
 
 fn log_progress(pipeline: &Pipeline, outputs: &[Box<dyn Output>]) {
