@@ -121,7 +121,7 @@ _pv3() {
             return 0
             ;;
         pv3__subcmd__collect)
-            opts="-v -q -h -V --dry-run --format --spool-max-mb --share-group --stale-after --batch-size --linger-ms --queue-max --shutdown-grace --stats-interval --api-device-id --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --device-id --api-url --api-token --api-timeout --retry-max --soc-threshold --state-dir --verbose --quiet --help --version"
+            opts="-v -q -h -V --dry-run --format --spool-max-mb --share-group --stale-after --batch-size --linger-ms --queue-max --shutdown-grace --stats-interval --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --device-id --api-url --api-token --api-timeout --api-device-id --retry-max --soc-threshold --state-dir --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -160,10 +160,6 @@ _pv3() {
                     return 0
                     ;;
                 --stats-interval)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --api-device-id)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -208,6 +204,10 @@ _pv3() {
                     return 0
                     ;;
                 --api-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --api-device-id)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -427,7 +427,7 @@ _pv3() {
             return 0
             ;;
         pv3__subcmd__replay)
-            opts="-v -q -h -V --dry-run --format --alarms --to-mqtt --speed --since --until --topic --device-id --batch-size --concurrency --give-up --api-url --api-token --api-timeout --retry-max --soc-threshold --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --verbose --quiet --help --version"
+            opts="-v -q -h -V --dry-run --format --alarms --to-mqtt --speed --since --until --topic --device-id --batch-size --concurrency --give-up --no-skip-existing --api-url --api-token --api-timeout --retry-max --soc-threshold --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -45,7 +45,6 @@ complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l linger-ms -d 'Send a
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l queue-max -d 'Measurements held in memory while the API is unreachable or slow; past it they all go to the on-disk spool (see --spool-max-mb)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l shutdown-grace -d 'On SIGINT/SIGTERM, how long to keep delivering what is queued, in seconds' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l stats-interval -d 'Seconds between progress lines in the log (0: never)' -r
-complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l api-device-id -d 'Post under this device id instead of the topic\'s (the dashboard\'s configured id); one P3 only' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-host -d 'Broker host (the P3\'s LAN address)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-username -d 'User name, for a broker that asks for one' -r
@@ -57,6 +56,7 @@ complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l device-id -d 'Device
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l api-url -d 'PV3 Monitor base URL' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l api-token -d 'Sent as `Authorization: Bearer`; never shown or logged' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l api-timeout -d 'Per-request timeout, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l api-device-id -d 'Post under this device id instead of the topic\'s (the dashboard\'s configured id); one P3 only' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l retry-max -d 'Longest wait between retries of a failed POST, in seconds' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l soc-threshold -d 'SOC filter threshold in percentage points (0 turns it off)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l state-dir -d 'Spool and status directory [default: $STATE_DIRECTORY (systemd), else ~/.local/state/pv3]' -r -F
@@ -108,6 +108,7 @@ complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-reconnect-max -d
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l dry-run -d 'Print the decoded data; send nothing'
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l alarms -d 'Also send alarm states (the API stamps alarm events with its own clock, so old states would create events at the wrong time)'
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l to-mqtt -d 'Republish the raw messages to an MQTT broker instead (qos and retain as recorded)'
+complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l no-skip-existing -d 'Send everything, even what the API already holds (by default each window of the capture is checked against the API\'s history first)'
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -l mqtt-tls -d 'Connect with TLS'
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -s v -l verbose -d 'More log detail (-v debug, -vv trace)'
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'

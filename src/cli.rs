@@ -265,10 +265,6 @@ pub struct CollectArgs {
     #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_secs_or_zero)]
     pub stats_interval: Duration,
 
-    /// Which device id the API sees.
-    #[command(flatten)]
-    pub api_device: ApiDeviceArgs,
-
     /// The MQTT broker.
     #[command(flatten)]
     pub mqtt: MqttArgs,
@@ -280,6 +276,10 @@ pub struct CollectArgs {
     /// The PV3 Monitor API.
     #[command(flatten)]
     pub api: ApiArgs,
+
+    /// Which device id the API sees.
+    #[command(flatten)]
+    pub api_device: ApiDeviceArgs,
 
     /// Batching, retries and the SOC filter.
     #[command(flatten)]
@@ -386,6 +386,11 @@ pub struct ReplayArgs {
     /// Give up when the API has taken nothing for this long, in seconds
     #[arg(long, default_value = "300", value_name = "SECS", value_parser = parse_secs)]
     pub give_up: Duration,
+
+    /// Send everything, even what the API already holds (by default each
+    /// window of the capture is checked against the API's history first)
+    #[arg(long)]
+    pub no_skip_existing: bool,
 
     /// The PV3 Monitor API.
     #[command(flatten)]

@@ -60,7 +60,8 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         } else {
             args.api.api_url.to_string()
         },
-        args.api_device.api_device_id
+        args.api_device
+            .api_device_id
             .as_deref()
             .map(|id| format!(" as device {id}"))
             .unwrap_or_default()
@@ -252,6 +253,7 @@ fn forward_options(args: &CollectArgs) -> ForwardOptions {
         retry_max: args.delivery.retry_max,
         send_alarms: true,
         give_up: None,
+        fail_fast: false,
     }
 }
 

@@ -86,6 +86,8 @@ pub struct Dispatcher {
     pub posts: u64,
     /// Failed attempts in all.
     pub failures: u64,
+    /// The last failure, when it said a setting is wrong (for fail-fast).
+    pub misconfigured: Option<String>,
 }
 
 impl Dispatcher {
@@ -105,6 +107,7 @@ impl Dispatcher {
             limiter: RateLimiter::new(Duration::from_secs(60)),
             posts: 0,
             failures: 0,
+            misconfigured: None,
         }
     }
 
@@ -228,6 +231,7 @@ impl Dispatcher {
                 }
                 self.backoff.reset();
                 self.next_probe = None;
+                self.misconfigured = None;
                 Verdict::Delivered
             }
             Err(PostError::Rejected { status: 413, body }) => Verdict::TooLarge { body },
@@ -254,6 +258,12 @@ impl Dispatcher {
                 format!("API answered HTTP {status} ({body}): {hint}; data is kept and retried")
             }
             other => format!("API not taking data ({other})"),
+        };
+        self.misconfigured = match err {
+            PostError::Misconfigured { status, hint, .. } => {
+                Some(format!("the API answered HTTP {status}: {hint}"))
+            }
+            _ => None,
         };
         if first {
             warn!("{what}; retrying in {:.1} s", delay.as_secs_f64());

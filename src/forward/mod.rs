@@ -78,6 +78,10 @@ pub struct ForwardOptions {
     /// Stop when nothing has been delivered for this long while failing
     /// (replay: a backfill should not hang forever). `None`: never.
     pub give_up: Option<Duration>,
+    /// Stop at once when the API answers as if `--api-url` were wrong
+    /// (404, 405, a redirect, a page that is not its JSON): replay has a
+    /// person waiting; collect keeps retrying until the owner fixes it.
+    pub fail_fast: bool,
 }
 
 impl Default for ForwardOptions {
@@ -92,6 +96,7 @@ impl Default for ForwardOptions {
             retry_max: Duration::from_secs(60),
             send_alarms: true,
             give_up: None,
+            fail_fast: false,
         }
     }
 }
@@ -155,8 +160,11 @@ pub struct ForwardReport {
     /// Batches not delivered when it stopped (grace period over, gave up,
     /// or a spool that would not take them).
     pub undelivered: Vec<Batch>,
-    /// It stopped because the API failed for longer than `give_up`.
+    /// It stopped because the API failed for longer than `give_up`, or
+    /// answered as if misconfigured with `fail_fast`.
     pub gave_up: bool,
+    /// Why it gave up, for the summary.
+    pub gave_up_because: Option<String>,
     /// Measurements left in the spool for the next start.
     pub left_in_spool: u64,
 }
@@ -317,6 +325,27 @@ impl Forwarder {
         self.stats.clone()
     }
 
+    /// [`Self::finish`] with no grace period, cut short when `stop`
+    /// resolves (a signal): what is not delivered then comes back in the
+    /// report.
+    pub async fn finish_until(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> ForwardReport {
+        drop(self.tx.take());
+        let joined = tokio::select! {
+            joined = &mut self.task => joined,
+            () = stop => {
+                let _ = self.stop.send(true);
+                (&mut self.task).await
+            }
+        };
+        joined.unwrap_or_else(|e| {
+            warn!("forwarding task failed: {e}");
+            ForwardReport::default()
+        })
+    }
+
     /// Stops taking readings, sends what is queued, and returns the report.
     /// With a grace period, whatever is not delivered by then is spooled
     /// (collect) or returned in [`ForwardReport::undelivered`] (replay).
@@ -348,5 +377,10 @@ impl ForwardSender {
     /// Must not be called from async code.
     pub fn blocking_send(&self, reading: Reading) -> Result<(), Stopped> {
         self.0.blocking_send(reading).map_err(|_| Stopped)
+    }
+
+    /// Queues a reading, waiting while the queue is full.
+    pub async fn send(&self, reading: Reading) -> Result<(), Stopped> {
+        self.0.send(reading).await.map_err(|_| Stopped)
     }
 }

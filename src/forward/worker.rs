@@ -41,6 +41,7 @@ pub(super) struct Worker {
     stats: Arc<ForwardStats>,
     limiter: RateLimiter,
     gave_up: bool,
+    gave_up_because: Option<String>,
     /// Measurements per POST: `--batch-size`, lowered for good after a 413.
     post_limit: usize,
     /// While isolating a refused item in a merged POST: at most this many.
@@ -70,6 +71,7 @@ impl Worker {
             stats,
             limiter: RateLimiter::new(Duration::from_secs(60)),
             gave_up: false,
+            gave_up_because: None,
             post_limit: 0,
             bisect: None,
             retry_take: None,
@@ -334,6 +336,14 @@ impl Worker {
     }
 
     fn giving_up(&mut self) -> bool {
+        if self.opts.fail_fast
+            && let Some(why) = self.dispatcher.misconfigured.clone()
+        {
+            error!("giving up at once: {why}");
+            self.gave_up = true;
+            self.gave_up_because = Some(why);
+            return true;
+        }
         let (Some(limit), Some(since)) = (self.opts.give_up, self.dispatcher.failing_since())
         else {
             return false;
@@ -347,6 +357,10 @@ impl Worker {
             self.queue.len().measurements + self.batcher.held() as u64
         );
         self.gave_up = true;
+        self.gave_up_because = Some(format!(
+            "the API has taken nothing for {:.0} s (see --give-up)",
+            limit.as_secs_f64()
+        ));
         true
     }
 
@@ -381,6 +395,7 @@ impl Worker {
             dropped: ForwardStats::get(&s.dropped),
             undelivered,
             gave_up: self.gave_up,
+            gave_up_because: self.gave_up_because,
             left_in_spool: if durable { held - lost.min(held) } else { 0 },
         }
     }

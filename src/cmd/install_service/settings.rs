@@ -408,6 +408,7 @@ mod tests {
             ("API_URL", false),
             ("API_TOKEN", true),
             ("API_TIMEOUT", false),
+            ("API_DEVICE_ID", false),
         ];
         let expected: Vec<(String, bool)> = expected
             .iter()

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::capture::{CaptureReader, LineError, Record};
@@ -26,6 +26,10 @@ use crate::pipeline::{DecodeCounts, Pipeline};
 use crate::reading::Timestamp;
 use crate::topic;
 
+mod backfill;
+
+use backfill::{Backfill, BackfillCounts, Stop, Window};
+
 /// Bad lines reported one by one; past this only counted (and summed up).
 const BAD_LINES_SHOWN: u64 = 20;
 
@@ -35,6 +39,8 @@ struct SourceCounts {
     records: u64,
     bad_lines: u64,
     filtered_out: u64,
+    /// The capture time of the last record handed on.
+    last: Option<Timestamp>,
 }
 
 /// Filtered, paced records from a capture.
@@ -85,6 +91,7 @@ impl Source {
                 continue;
             }
             self.pace(record.ts);
+            self.counts.last = Some(record.ts);
             return Ok(Some(record));
         }
     }
@@ -129,12 +136,14 @@ impl Source {
 pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
     let (input, size, name) = open_input(&args.file)?;
     let stop = Arc::new(AtomicBool::new(false));
+    let (signal_tx, signal) = watch::channel(false);
     {
         let stop = stop.clone();
         tokio::spawn(async move {
             super::shutdown_signal().await;
             warn!("interrupted: stopping the replay");
             stop.store(true, Ordering::Relaxed);
+            signal_tx.send_replace(true);
         });
     }
     let dry_run_format = args
@@ -167,7 +176,7 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
     } else if args.to_mqtt {
         to_mqtt(source, &args).await
     } else {
-        to_api(source, &args).await
+        to_api(source, &args, signal).await
     };
     if let Some(bar) = progress {
         bar.finish_and_clear();
@@ -185,7 +194,21 @@ struct Summary {
     source: SourceCounts,
     decode: Option<DecodeCounts>,
     delivery: Option<ForwardReport>,
+    backfill: Option<Backfilled>,
     published: Option<u64>,
+}
+
+/// What a replay into the API did with every measurement it decoded.
+struct Backfilled {
+    counts: BackfillCounts,
+    /// Decoded, and neither delivered, nor set aside, nor already there.
+    not_sent: u64,
+    /// The capture was read to its end.
+    read_to_end: bool,
+    /// The capture time to resume from, when something was left.
+    resume: Option<Timestamp>,
+    /// Why it stopped early.
+    stopped: Option<String>,
 }
 
 impl std::fmt::Display for Summary {
@@ -207,15 +230,26 @@ impl std::fmt::Display for Summary {
                 d.skipped_items
             )?;
         }
-        if let Some(r) = &self.delivery {
+        if let (Some(r), Some(b)) = (&self.delivery, &self.backfill) {
             write!(
                 f,
-                "; {} measurements delivered, {} alarm updates, {} rejected, {} undelivered",
-                r.delivered,
-                r.alarms_delivered,
-                r.rejected,
-                r.undelivered_measurements()
+                "; {} measurements delivered, {} already in the API (skipped), {} rejected, {} undelivered; {} alarm updates",
+                r.delivered, b.counts.skipped, r.rejected, b.not_sent, r.alarms_delivered,
             )?;
+            if b.counts.queries > 0 {
+                write!(
+                    f,
+                    "; {} history queries ({:.1} s)",
+                    b.counts.queries,
+                    b.counts.query_time.as_secs_f64()
+                )?;
+            }
+            if !b.read_to_end {
+                write!(f, "; the capture was not read to its end")?;
+            }
+            if let Some(ts) = b.resume {
+                write!(f, "; resume with --since {}", ts.to_rfc3339())?;
+            }
         }
         if let Some(n) = self.published {
             write!(f, "; {n} messages republished")?;
@@ -227,18 +261,28 @@ impl std::fmt::Display for Summary {
 impl Summary {
     /// Why the replay did not deliver everything, if it did not.
     fn problem(&self) -> Option<String> {
-        let r = self.delivery.as_ref()?;
-        if r.is_complete() {
+        let (r, b) = (self.delivery.as_ref()?, self.backfill.as_ref()?);
+        let decoded = self.decode.map_or(0, |d| d.decoded);
+        if decoded == 0 && b.read_to_end {
+            return Some("nothing to send: the capture holds no record pv3 can decode".to_string());
+        }
+        if r.rejected == 0 && b.not_sent == 0 && b.read_to_end {
             return None;
         }
+        let why = b
+            .stopped
+            .clone()
+            .or_else(|| r.gave_up_because.clone())
+            .map(|w| format!(" ({w})"))
+            .unwrap_or_default();
         Some(format!(
-            "not everything was delivered: {} measurements rejected by the API, {} undelivered{}",
+            "not everything was delivered: {} measurements rejected by the API, {} undelivered{}{why}",
             r.rejected,
-            r.undelivered_measurements() + r.dropped,
-            if r.gave_up {
-                " (gave up: see --give-up)"
-            } else {
+            b.not_sent,
+            if b.read_to_end {
                 ""
+            } else {
+                ", capture not read to its end"
             }
         ))
     }
@@ -285,55 +329,158 @@ async fn dry_run(mut source: Source, format: Format, args: &ReplayArgs) -> Resul
             source: source.counts,
             decode: Some(pipeline.counts),
             delivery: None,
+            backfill: None,
             published: None,
         })
     });
     handle.await.context("replay thread failed")?
 }
 
-async fn to_api(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
+async fn to_api(
+    mut source: Source,
+    args: &ReplayArgs,
+    signal: watch::Receiver<bool>,
+) -> Result<Summary> {
     let api = super::api_client(&args.api)?;
-    let batch_size = args.batch_size as usize;
-    let concurrency = args.concurrency as usize;
-    let forwarder = Forwarder::start(
-        api,
-        ForwardOptions {
-            batch_size,
-            linger: Duration::from_millis(250),
-            concurrency,
-            // Enough to keep every POST slot busy with full batches.
-            queue_limit: batch_size * (concurrency + 2),
-            overflow: Overflow::Wait,
-            retry_initial: Duration::from_millis(500),
-            retry_max: args.delivery.retry_max,
-            send_alarms: args.alarms,
-            give_up: Some(args.give_up),
-        },
-    );
+    let forwarder = Forwarder::start(api.clone(), replay_options(args));
     let Some(sender) = forwarder.sender() else {
         bail!("the forwarder did not start");
     };
     info!("replaying into {}", args.api.api_url);
     let mut pipeline = new_pipeline(args);
-    let reader = tokio::task::spawn_blocking(move || -> Result<(SourceCounts, DecodeCounts)> {
+    let (windows_tx, windows) = mpsc::channel::<Window>(1);
+    let reader = tokio::task::spawn_blocking(move || -> Result<ReadOutcome> {
+        let mut window = Window::default();
+        let mut lost = Window::default();
+        let mut eof = true;
         while let Some(record) = source.next()? {
             if let Some(reading) = decode_record(&mut pipeline, &record)
-                && sender.blocking_send(reading).is_err()
+                && window.add(reading)
+                && let Err(refused) = windows_tx.blocking_send(std::mem::take(&mut window))
             {
-                break; // the forwarder gave up; its report says why
+                lost = refused.0; // the backfill stopped
+                eof = false;
+                break;
             }
         }
-        Ok((source.counts, pipeline.counts))
+        if eof
+            && !window.is_empty()
+            && let Err(refused) = windows_tx.blocking_send(window)
+        {
+            lost = refused.0;
+        }
+        let eof = eof && !source.stop.load(Ordering::Relaxed);
+        Ok(ReadOutcome {
+            source: source.counts,
+            decode: pipeline.counts,
+            lost,
+            eof,
+        })
     });
-    let read = reader.await.context("replay thread failed");
-    let report = forwarder.finish(None).await;
-    let (source, decode) = read??;
-    Ok(Summary {
-        source,
-        decode: Some(decode),
+    let mut backfill = Backfill {
+        api,
+        skip_existing: !args.no_skip_existing,
+        give_up: args.give_up,
+        retry_max: args.delivery.retry_max,
+        stop: signal.clone(),
+        counts: BackfillCounts::default(),
+    };
+    let stopped = backfill.run(windows, sender).await;
+    let mut signal = signal;
+    let report = forwarder
+        .finish_until(async move {
+            let _ = signal.wait_for(|s| *s).await;
+        })
+        .await;
+    let read = reader.await.context("replay thread failed")??;
+    Ok(summarise(read, report, backfill.counts, stopped))
+}
+
+/// What the reader thread read.
+struct ReadOutcome {
+    source: SourceCounts,
+    decode: DecodeCounts,
+    /// Decoded but never handed over (the backfill had stopped).
+    lost: Window,
+    /// Read to the end of the capture.
+    eof: bool,
+}
+
+fn replay_options(args: &ReplayArgs) -> ForwardOptions {
+    let batch_size = args.batch_size as usize;
+    let concurrency = args.concurrency as usize;
+    ForwardOptions {
+        batch_size,
+        linger: Duration::from_millis(250),
+        concurrency,
+        // Enough to keep every POST slot busy with full batches.
+        queue_limit: batch_size * (concurrency + 2),
+        overflow: Overflow::Wait,
+        retry_initial: Duration::from_millis(500),
+        retry_max: args.delivery.retry_max,
+        send_alarms: args.alarms,
+        give_up: Some(args.give_up),
+        // A wrong --api-url will not fix itself while a person waits.
+        fail_fast: true,
+    }
+}
+
+/// Accounts for every measurement decoded: delivered, already there,
+/// rejected, or not sent (and from when to resume).
+fn summarise(
+    read: ReadOutcome,
+    report: ForwardReport,
+    mut counts: BackfillCounts,
+    stopped: Option<Stop>,
+) -> Summary {
+    counts.not_handed += read.lost.measurements() as u64;
+    let done = report.delivered + report.rejected + counts.skipped;
+    let not_sent = read.decode.measurements.saturating_sub(done);
+    let resume = [
+        counts.earliest_not_handed,
+        read.lost.earliest(),
+        earliest_in(&report.undelivered),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    let stopped = stopped.map(|s| match s {
+        Stop::Signal => "interrupted".to_string(),
+        Stop::Forwarder => report
+            .gave_up_because
+            .clone()
+            .unwrap_or_else(|| "the forwarder stopped".into()),
+        Stop::History(why) => why,
+    });
+    Summary {
+        source: read.source.clone(),
+        decode: Some(read.decode),
+        backfill: Some(Backfilled {
+            counts,
+            not_sent,
+            read_to_end: read.eof,
+            // Nothing pending but not read to the end: from the last record
+            // read (what was sent again is skipped as already there).
+            resume: resume.or(if read.eof { None } else { read.source.last }),
+            stopped,
+        }),
         delivery: Some(report),
         published: None,
-    })
+    }
+}
+
+/// The earliest measurement timestamp in batches' bodies.
+fn earliest_in(batches: &[crate::forward::Batch]) -> Option<Timestamp> {
+    #[derive(serde::Deserialize)]
+    struct Item {
+        timestamp: Option<String>,
+    }
+    batches
+        .iter()
+        .filter_map(|b| serde_json::from_slice::<Vec<Item>>(&b.body).ok())
+        .flatten()
+        .filter_map(|i| Timestamp::parse_rfc3339(i.timestamp.as_deref()?).ok())
+        .min()
 }
 
 async fn to_mqtt(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
@@ -383,6 +530,7 @@ async fn to_mqtt(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
         source: counts,
         decode: None,
         delivery: None,
+        backfill: None,
         published: Some(published),
     })
 }
