@@ -242,7 +242,7 @@ pub struct CollectArgs {
     pub stale_after: Duration,
 
     /// Measurements per POST
-    #[arg(long, default_value = "500", value_name = "N",
+    #[arg(long, default_value = "1000", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
 

@@ -100,6 +100,36 @@ impl Batch {
         Some((part(front), part(back)))
     }
 
+    /// Is `data` an envelope [`Self::decode`] can read? Copies nothing.
+    pub fn is_envelope(data: &[u8]) -> bool {
+        let Some(len) = data.get(1..3) else {
+            return false;
+        };
+        let device_len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+        matches!(data.first(), Some(0 | 1))
+            && data
+                .get(3..3 + device_len)
+                .is_some_and(|d| std::str::from_utf8(d).is_ok())
+    }
+
+    /// [`Self::decode`] without copying the body out of `data`.
+    pub fn decode_owned(data: Vec<u8>, count: u32) -> Option<Batch> {
+        let device_len = usize::from(u16::from_le_bytes(data.get(1..3)?.try_into().ok()?));
+        let kind = match data.first()? {
+            0 => BatchKind::Measurements,
+            1 => BatchKind::Alarms,
+            _ => return None,
+        };
+        let device: Arc<str> = Arc::from(std::str::from_utf8(data.get(3..3 + device_len)?).ok()?);
+        let body = Bytes::from(data).slice(3 + device_len..);
+        Some(Batch {
+            device,
+            kind,
+            body,
+            count: count as usize,
+        })
+    }
+
     /// Can `next` be sent in the same POST, after this one?
     pub fn joins(&self, next: &Batch) -> bool {
         self.kind == BatchKind::Measurements
@@ -311,9 +341,17 @@ mod tests {
         let back = Batch::decode(&b.encode(), 0).expect("decodes");
         assert_eq!(
             (back.device, back.kind, back.body, back.count),
-            (b.device, b.kind, b.body, b.count)
+            (b.device.clone(), b.kind, b.body.clone(), b.count)
         );
         assert!(Batch::decode(&[], 0).is_none());
+        assert!(Batch::is_envelope(&b.encode()));
+        assert!(!Batch::is_envelope(&[7, 0, 0]));
+        let owned = Batch::decode_owned(b.encode(), 0).expect("decodes");
+        assert_eq!(
+            (owned.device, owned.body),
+            (b.device.clone(), b.body.clone())
+        );
+        assert!(Batch::decode_owned(vec![0, 9, 0, b'a'], 0).is_none());
         assert!(Batch::decode(&[7, 0, 0], 0).is_none());
         assert!(Batch::decode(&[0, 9, 0, b'a'], 0).is_none());
     }

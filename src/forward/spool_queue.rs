@@ -31,14 +31,16 @@ use super::queue::{Lease, Len, Pushed, Queue, QueueError, QueueFuture, Tier};
 use crate::spool::{Evicted, Opener, Record, Spool, file_opener};
 use crate::state_dir::StateDir;
 
-/// Records read ahead when taking a lease.
-const LOOKAHEAD: usize = 256;
+/// Records read at a time when taking a lease.
+const READ_CHUNK: usize = 32;
 
 type Reply<T> = oneshot::Sender<(anyhow::Result<T>, Len)>;
 
 enum Cmd {
     Push(Vec<(u32, Vec<u8>)>, Reply<Evicted>),
-    Read(Option<u64>, usize, Reply<Vec<Record>>),
+    /// The oldest batches that go in one POST (up to `max` measurements),
+    /// skipping the keys given.
+    TakeRun(Vec<u64>, usize, Reply<Vec<(u64, Batch)>>),
     Remove(Vec<u64>, Reply<()>),
 }
 
@@ -175,22 +177,8 @@ impl Queue for SpoolQueue {
             if self.leased.is_some() || self.len().batches == 0 {
                 return Ok(None);
             }
-            let n = LOOKAHEAD + self.unremoved.len();
-            let records = self.call(|r| Cmd::Read(None, n, r)).await?;
-            let mut items = std::collections::VecDeque::new();
-            for record in records {
-                if self.unremoved.iter().any(|(k, _)| *k == record.key) {
-                    continue;
-                }
-                match Batch::decode(&record.data, record.weight) {
-                    Some(batch) => items.push_back((record.key, batch)),
-                    // The thread set unreadable records aside already.
-                    None => continue,
-                }
-            }
-            let Some(run) = super::queue::take_run(&mut items, max) else {
-                return Ok(None);
-            };
+            let skip: Vec<u64> = self.unremoved.iter().map(|(k, _)| *k).collect();
+            let run = self.call(|r| Cmd::TakeRun(skip, max, r)).await?;
             self.leased = run.last().map(|(k, _)| *k);
             Ok(Lease::new(run, Tier::Spool))
         })
@@ -278,8 +266,8 @@ impl SpoolThread {
                     });
                     let _ = reply.send((result.map(Option::unwrap_or_default), self.len()));
                 }
-                Cmd::Read(after, n, reply) => {
-                    let result = self.guarded("read", |t| t.read(after, n));
+                Cmd::TakeRun(skip, max, reply) => {
+                    let result = self.guarded("read", |t| t.take_run(&skip, max));
                     let _ = reply.send((result, self.len()));
                 }
                 Cmd::Remove(keys, reply) => {
@@ -379,7 +367,7 @@ impl SpoolThread {
             .unwrap_or_default();
         let (good, bad): (Vec<Record>, Vec<Record>) = records
             .into_iter()
-            .partition(|r| Batch::decode(&r.data, r.weight).is_some());
+            .partition(|r| Batch::is_envelope(&r.data));
         if !bad.is_empty() {
             warn!(
                 "{} unreadable spool records set aside in {}",
@@ -394,6 +382,42 @@ impl SpoolThread {
             self.with_spool(false, |s| s.remove(&keys))?;
         }
         Ok(good)
+    }
+
+    /// The oldest batches that go in one POST: consecutive measurement
+    /// batches of one device up to `max` measurements (at least one batch),
+    /// or one alarm batch. Reads a few records at a time, so a drain reads
+    /// each record about once.
+    fn take_run(&mut self, skip: &[u64], max: usize) -> anyhow::Result<Vec<(u64, Batch)>> {
+        let mut run: Vec<(u64, Batch)> = Vec::new();
+        let mut count = 0;
+        let mut after = None;
+        loop {
+            let records = self.read(after, READ_CHUNK)?;
+            if records.is_empty() {
+                return Ok(run);
+            }
+            for record in records {
+                after = Some(record.key);
+                if skip.contains(&record.key) {
+                    continue;
+                }
+                let Some(batch) = Batch::decode_owned(record.data, record.weight) else {
+                    continue; // set aside by `read` already
+                };
+                if let Some((_, first)) = run.first()
+                    && (!first.joins(&batch) || count + batch.count > max)
+                {
+                    return Ok(run);
+                }
+                count += batch.count;
+                let alone = batch.kind != super::batch::BatchKind::Measurements;
+                run.push((record.key, batch));
+                if alone {
+                    return Ok(run);
+                }
+            }
+        }
     }
 
     /// Deletes the spool file once it is empty.

@@ -74,6 +74,8 @@ struct Faults {
     /// Every `GET /api/...` gets this status (the backend's database is
     /// down: `/` and `/health` still answer).
     fail_reads: Option<u16>,
+    /// Delay applied to POSTs only (a database slow to write).
+    post_delay: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -272,6 +274,13 @@ impl RecordingApi {
     /// Every POST gets `200 OK` with an HTML page until turned off.
     pub fn answer_html(&self, on: bool) {
         lock(&self.store.data).faults.html = on;
+    }
+
+    /// Delay before each POST is processed (and answered): it is stored
+    /// after the delay even if the client has given up by then, as a real
+    /// backend does.
+    pub fn set_post_delay(&self, delay: Duration) {
+        lock(&self.store.data).faults.post_delay = delay;
     }
 
     /// Adds `Retry-After: secs` to injected failures.
@@ -572,7 +581,15 @@ async fn serve_conn(mut stream: TcpStream, store: Arc<Store>) {
         };
         let Some(body) = body else { return };
 
-        let delay = lock(&store.data).faults.delay;
+        let delay = {
+            let d = lock(&store.data);
+            d.faults.delay
+                + if method == "POST" {
+                    d.faults.post_delay
+                } else {
+                    Duration::ZERO
+                }
+        };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
