@@ -66,6 +66,7 @@ pub enum PostError {
 #[derive(Clone, Debug)]
 pub struct ApiClient {
     http: reqwest::Client,
+    timeout: Duration,
     base: Url,
     token: Option<HeaderValue>,
 }
@@ -108,7 +109,17 @@ impl ApiClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .context("cannot set up the HTTP client")?;
-        Ok(ApiClient { http, base, token })
+        Ok(ApiClient {
+            http,
+            timeout,
+            base,
+            token,
+        })
+    }
+
+    /// The time a request may take (`--api-timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The base URL, as given; `check-api` reports it.

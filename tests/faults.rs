@@ -428,3 +428,29 @@ async fn no_spool_content_crashes_the_spool() {
         q.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_timed_out_is_not_stored_twice() {
+    let api = RecordingApi::start().await;
+    // Slower than the client's timeout, but it stores what it was sent.
+    api.set_post_delay(Duration::from_millis(800));
+    let client = ApiClient::new(
+        api.url().parse().expect("url"),
+        None,
+        Duration::from_millis(500),
+    )
+    .expect("client");
+    let forwarder = Forwarder::start(client, options());
+    let stats = forwarder.stats();
+    let mut pipeline = Pipeline::new(5.0, None);
+    send(&forwarder, &mut pipeline, 0..50).await;
+    wait_stat(&stats, |s| ForwardStats::get(&s.delivered) == 50).await;
+    api.set_post_delay(Duration::ZERO);
+    let report = forwarder.finish(Some(T)).await;
+    exactly_once(&api, 0..50);
+    assert!(report.is_complete(), "{report:?}");
+    assert!(
+        ForwardStats::get(&stats.failed_attempts) >= 1,
+        "it did time out"
+    );
+}

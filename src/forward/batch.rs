@@ -80,24 +80,10 @@ impl Batch {
             return None;
         }
         let (front, back) = items.split_at(items.len() / 2);
-        let part = |items: &[&serde_json::value::RawValue]| {
-            let mut body = Vec::with_capacity(self.body.len() / 2 + 2);
-            body.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                body.extend_from_slice(item.get().as_bytes());
-            }
-            body.push(b']');
-            Batch {
-                device: self.device.clone(),
-                kind: BatchKind::Measurements,
-                body: Bytes::from(body),
-                count: items.len(),
-            }
-        };
-        Some((part(front), part(back)))
+        Some((
+            Batch::of_items(self.device.clone(), front),
+            Batch::of_items(self.device.clone(), back),
+        ))
     }
 
     /// Is `data` an envelope [`Self::decode`] can read? Copies nothing.
@@ -130,12 +116,68 @@ impl Batch {
         })
     }
 
+    /// The measurements in a measurement batch's body: metric, timestamp in
+    /// milliseconds, and the item as sent. `None` for anything else.
+    pub fn items(&self) -> Option<Vec<Item<'_>>> {
+        if self.kind != BatchKind::Measurements {
+            return None;
+        }
+        let raws: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&self.body).ok()?;
+        #[derive(serde::Deserialize)]
+        struct Keys<'a> {
+            metric_name: String,
+            #[serde(borrow)]
+            timestamp: Option<&'a str>,
+        }
+        raws.into_iter()
+            .map(|raw| {
+                let keys: Keys<'_> = serde_json::from_str(raw.get()).ok()?;
+                let ts = crate::reading::Timestamp::parse_rfc3339(keys.timestamp?).ok()?;
+                Some(Item {
+                    metric: keys.metric_name,
+                    millis: ts.unix_micros().div_euclid(1000),
+                    raw,
+                })
+            })
+            .collect()
+    }
+
+    /// A measurement batch of `items` for `device`.
+    pub fn of_items(device: Arc<str>, items: &[&serde_json::value::RawValue]) -> Batch {
+        let mut body =
+            Vec::with_capacity(items.iter().map(|i| i.get().len() + 1).sum::<usize>() + 2);
+        body.push(b'[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(item.get().as_bytes());
+        }
+        body.push(b']');
+        Batch {
+            device,
+            kind: BatchKind::Measurements,
+            body: Bytes::from(body),
+            count: items.len(),
+        }
+    }
+
     /// Can `next` be sent in the same POST, after this one?
     pub fn joins(&self, next: &Batch) -> bool {
         self.kind == BatchKind::Measurements
             && next.kind == BatchKind::Measurements
             && self.device == next.device
     }
+}
+
+/// One measurement in a batch's body (see [`Batch::items`]).
+pub struct Item<'a> {
+    /// Its metric name.
+    pub metric: String,
+    /// Its timestamp, in Unix milliseconds (what pv3 sends).
+    pub millis: i64,
+    /// The item as sent.
+    pub raw: &'a serde_json::value::RawValue,
 }
 
 /// Several measurement batches of one device as one: their arrays' insides

@@ -37,6 +37,14 @@ pub const HTTP_RETRY_CAP: Duration = Duration::from_secs(2);
 /// `Retry-After: 0` must not turn backoff off.
 pub const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// What a task in flight came back with.
+enum Done {
+    /// A POST's answer.
+    Posted(Result<(), PostError>),
+    /// A history check's answer: the (metric, millisecond) pairs held.
+    Checked(Result<std::collections::HashSet<(String, i64)>, String>),
+}
+
 /// What became of a lease.
 #[derive(Debug)]
 pub enum Verdict {
@@ -51,6 +59,11 @@ pub enum Verdict {
     },
     /// Not delivered: give it back and try again later.
     Retry,
+    /// The POST timed out after sending: the API may hold it. Check with
+    /// [`Dispatcher::check`] before sending it again.
+    Unknown,
+    /// What the API holds of a lease whose POST's fate was unknown.
+    Checked(Result<std::collections::HashSet<(String, i64)>, String>),
     /// `413`: the body is too large for something between pv3 and the API
     /// (a proxy's limit). Smaller POSTs will do.
     TooLarge {
@@ -73,7 +86,7 @@ pub struct Dispatcher {
     api: ApiClient,
     retry_max: Duration,
     concurrency: usize,
-    inflight: JoinSet<Result<(), PostError>>,
+    inflight: JoinSet<Done>,
     leases: HashMap<tokio::task::Id, Lease>,
     backoff: Backoff,
     /// No new POSTs before this.
@@ -139,12 +152,42 @@ impl Dispatcher {
         let api = self.api.clone();
         let batch = lease.batch.clone();
         let handle = self.inflight.spawn(async move {
-            match batch.kind {
+            Done::Posted(match batch.kind {
                 BatchKind::Measurements => api.post_measurements(&batch.device, batch.body).await,
                 BatchKind::Alarms => api.post_alarms(&batch.device, batch.body).await,
-            }
+            })
         });
         self.posts += 1;
+        self.leases.insert(handle.id(), lease);
+    }
+
+    /// After a POST whose fate is unknown (it timed out after sending):
+    /// waits one more `--api-timeout` (the API may still be storing it),
+    /// then asks which of the lease's measurements it holds, so that only
+    /// the rest is sent again. An API slower than twice `--api-timeout` may
+    /// still store a batch twice. The answer comes as
+    /// [`Verdict::Checked`].
+    pub fn check(&mut self, lease: Lease) {
+        let api = self.api.clone();
+        let batch = lease.batch.clone();
+        let handle = self.inflight.spawn(async move {
+            let Some(items) = batch.items() else {
+                return Done::Checked(Err("not a measurement batch".into()));
+            };
+            // The API may still be storing it: give it one more timeout.
+            tokio::time::sleep(api.timeout()).await;
+            let mut metrics: Vec<&str> = items.iter().map(|i| i.metric.as_str()).collect();
+            metrics.sort_unstable();
+            metrics.dedup();
+            let start = items.iter().map(|i| i.millis).min().unwrap_or(0);
+            let end = items.iter().map(|i| i.millis).max().unwrap_or(0);
+            let ts = |ms: i64| crate::reading::Timestamp::from_unix_micros(ms * 1000);
+            let rows = api
+                .history(&batch.device, &metrics, ts(start), ts(end))
+                .await
+                .map_err(|e| e.to_string());
+            Done::Checked(rows.map(|rows| rows.into_iter().collect()))
+        });
         self.leases.insert(handle.id(), lease);
     }
 
@@ -153,7 +196,7 @@ impl Dispatcher {
     /// probe is started on the way. Pending forever when nothing can happen.
     pub async fn next_event(&mut self) -> Option<(Lease, Verdict)> {
         enum Event {
-            Done(Result<(tokio::task::Id, Result<(), PostError>), tokio::task::JoinError>),
+            Done(Result<(tokio::task::Id, Done), tokio::task::JoinError>),
             Unpaused,
             ProbeDue,
             Probed(bool),
@@ -173,19 +216,22 @@ impl Dispatcher {
         };
         match event {
             Event::Done(done) => {
-                let (id, result) = match done {
-                    Ok((id, result)) => (id, result),
+                let (id, done) = match done {
+                    Ok((id, done)) => (id, done),
                     Err(e) => (
                         e.id(),
-                        Err(PostError::Transient {
+                        Done::Posted(Err(PostError::Transient {
                             reason: format!("request task failed: {e}"),
                             retry_after: None,
                             status: None,
-                        }),
+                        })),
                     ),
                 };
                 let lease = self.leases.remove(&id)?;
-                let verdict = self.judge(result);
+                let verdict = match done {
+                    Done::Posted(result) => self.judge(result),
+                    Done::Checked(held) => Verdict::Checked(held),
+                };
                 Some((lease, verdict))
             }
             Event::Unpaused => {
@@ -235,6 +281,10 @@ impl Dispatcher {
                 Verdict::Delivered
             }
             Err(PostError::Rejected { status: 413, body }) => Verdict::TooLarge { body },
+            Err(err @ PostError::Unknown { .. }) => {
+                self.failed(&err);
+                Verdict::Unknown
+            }
             Err(PostError::Rejected { status, body }) => Verdict::SetAside { status, body },
             Err(err) => {
                 self.failed(&err);

@@ -2,6 +2,7 @@
 //! through the batcher into the queue, leases from the queue to the
 //! dispatcher, and verdicts back to the queue. See the parent module.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -250,6 +251,15 @@ impl Worker {
                 self.count_push(pushed);
             }
             Verdict::TooLarge { body } => self.too_large(lease, body).await,
+            Verdict::Unknown if lease.batch.kind == super::BatchKind::Measurements => {
+                // Ask before sending again: it may be stored already.
+                self.dispatcher.check(lease);
+            }
+            Verdict::Unknown => {
+                let pushed = self.queue.give_back(lease).await;
+                self.count_push(pushed);
+            }
+            Verdict::Checked(held) => self.after_check(lease, held).await,
             Verdict::SetAside { status, body } => {
                 self.set_aside(&lease.batch, status, &body).await;
                 ForwardStats::add(&self.stats.rejected, lease.batch.count as u64);
@@ -261,6 +271,50 @@ impl Worker {
             }
         }
         self.publish();
+    }
+
+    /// The API said what it holds of a lease whose POST timed out: what it
+    /// holds counts as delivered, only the rest goes again. Without an
+    /// answer, all of it goes again (at-least-once).
+    async fn after_check(&mut self, lease: Lease, held: Result<HashSet<(String, i64)>, String>) {
+        let held = match held {
+            Ok(held) => held,
+            Err(why) => {
+                debug!("cannot ask the API what it holds ({why}): sending the batch again");
+                let pushed = self.queue.give_back(lease).await;
+                self.count_push(pushed);
+                return;
+            }
+        };
+        let Some(items) = lease.batch.items() else {
+            let pushed = self.queue.give_back(lease).await;
+            self.count_push(pushed);
+            return;
+        };
+        let (there, missing): (Vec<_>, Vec<_>) = items
+            .iter()
+            .partition(|i| held.contains(&(i.metric.clone(), i.millis)));
+        if there.is_empty() {
+            let pushed = self.queue.give_back(lease).await;
+            self.count_push(pushed);
+            return;
+        }
+        ForwardStats::add(&self.stats.delivered, there.len() as u64);
+        let rest = (!missing.is_empty()).then(|| {
+            let raws: Vec<_> = missing.iter().map(|i| i.raw).collect();
+            Batch::of_items(lease.batch.device.clone(), &raws)
+        });
+        debug!(
+            "a POST that timed out had arrived: {} of {} measurements held by the API",
+            there.len(),
+            items.len()
+        );
+        drop(items);
+        if let Some(rest) = rest {
+            let pushed = self.queue.push(vec![rest]).await;
+            self.count_push(pushed);
+        }
+        self.ack(lease).await;
     }
 
     /// A 413: fewer measurements per POST from now on; a single batch is
