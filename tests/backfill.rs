@@ -245,3 +245,64 @@ fn a_capture_with_nothing_usable_is_an_error_for_a_backfill() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("nothing to send"), "{stderr}");
 }
+
+/// Issue 10, defect 8: a replay that gives up accounts for every
+/// measurement (delivered + undelivered = decoded) and says where to resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_gives_up_accounts_for_every_measurement() {
+    let api = RecordingApi::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = capture(dir.path(), "a.jsonl", 0..5000);
+    let url = api.url();
+    let mut first = Pv3Process::spawn(
+        &[
+            "replay",
+            file.to_str().expect("utf-8"),
+            "--api-url",
+            &url,
+            "--batch-size",
+            "100",
+            "--give-up",
+            "2",
+            "--retry-max",
+            "0.2",
+        ],
+        &[],
+    );
+    // Part of it arrives, then the API fails for good.
+    api.wait_for_measurements(300, T).await;
+    api.fail_all(503);
+    let status = first.wait_exit(T).await.expect("gives up");
+    let stderr = first.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let stored = api.measurements().len() as u64;
+    let number = |before: &str| -> u64 {
+        let at = stderr
+            .find(before)
+            .unwrap_or_else(|| panic!("{before}: {stderr}"));
+        stderr[..at]
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .find(|w| !w.is_empty())
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no number before {before}: {stderr}"))
+    };
+    let decoded = number(" measurements decoded");
+    let delivered = number(" measurements delivered");
+    let undelivered = number(" undelivered;");
+    assert_eq!(delivered, stored, "{stderr}");
+    assert_eq!(delivered + undelivered, decoded, "{stderr}");
+    if decoded < 5000 {
+        assert!(stderr.contains("not read to its end"), "{stderr}");
+    }
+    assert!(stderr.contains("resume with --since"), "{stderr}");
+    // Resuming from there with the API back stores the rest, once.
+    api.recover();
+    let since = stderr
+        .split("resume with --since ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a time");
+    let (code, stderr) = replay(&api, &file, &["--since", since]);
+    assert_eq!(code, Some(0), "{stderr}");
+    once_each(&api, 0..5000);
+}
