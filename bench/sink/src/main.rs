@@ -238,14 +238,12 @@ fn store_rows(device: &str, rows: &[Row<'_>]) -> bool {
             },
         }
     }
+    let device = percent_decode(device);
     let mut store = STORE.lock().unwrap_or_else(|e| e.into_inner());
     let Some(store) = store.as_mut() else {
         return true;
     };
-    let dev = match store.devices.get_mut(device) {
-        Some(d) => d,
-        None => store.devices.entry(device.to_owned()).or_default(),
-    };
+    let dev = store.devices.entry(device).or_default();
     for (row, ts) in rows.iter().zip(times) {
         dev.series(row).insert(ts, row.metric_value);
     }
@@ -281,8 +279,9 @@ fn history(device: &str, query: &str) -> (u16, &'static str, String) {
         );
     };
     QUERIES.fetch_add(1, Relaxed);
+    let device = percent_decode(device);
     let store = STORE.lock().unwrap_or_else(|e| e.into_inner());
-    let dev = store.as_ref().and_then(|s| s.devices.get(device));
+    let dev = store.as_ref().and_then(|s| s.devices.get(&device));
     // (timestamp, series, position): every row asked for, in time order.
     let mut rows: Vec<(i64, u32, u32)> = Vec::new();
     if let Some(dev) = dev {
@@ -302,7 +301,7 @@ fn history(device: &str, query: &str) -> (u16, &'static str, String) {
         }
     }
     rows.sort_by_key(|&(t, _, _)| t); // stable: series order for equal times
-    let device_json = json_str(Some(device));
+    let device_json = json_str(Some(&device));
     // `"metric_name":..,"unit":..,"source_topic":..` of each series.
     let fields: Vec<String> = dev.map_or_else(Vec::new, |d| {
         d.series
