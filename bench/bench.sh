@@ -19,6 +19,15 @@
 #   sniff    pv3 sniff vs mosquitto_sub -F %j on the same N_SNIFF messages
 #   soak     N_SOAK messages (an hour-long outage) spooled while the sink
 #            answers 503, then drained: drain rate, spool size, peak RSS
+#   backfill replay of the REPLAY_LINES-line capture into a fresh sink that
+#            remembers what it is sent and answers GET .../history (sink
+#            --history), then the same capture again into the same sink
+#            (issue 11): for each pass wall time, measurements/s, CPU s, peak
+#            RSS, delivered / skipped, history queries and their time (from
+#            replay's summary line). Zero loss: the first pass delivers every
+#            decoded measurement, the second delivers none and skips them all,
+#            and the sink then holds each once. About 30 s with RUNS=3
+#            (alone: ONLY=backfill)
 #   size     release binary size
 # Knobs (environment): ONLY RUNS N_FAST N_PY N_SNIFF N_SOAK SOAK_SPEED
 # SOAK_LINGER SOAK_RUNS REPLAY_LINES CADENCE_FILE CADENCE_WINDOW CADENCE_RUNS PV3_BIN
@@ -97,6 +106,8 @@ fmt() { [[ $1 == n/a ]] && echo n/a || printf "%.${2:-0}f" "$1"; }
 
 declare -A V   # metric -> "run1 run2 ..."
 add() { V[$1]="${V[$1]:-} $2"; }
+NOTES=()       # odd things seen, printed under the table
+note() { log "  note: $*"; NOTES+=("$*"); }
 
 # ---------------------------------------------------------------- set-up
 log "work dir $WORK"
@@ -134,11 +145,12 @@ kill -0 "$MQ_PID" 2>/dev/null && grep -q "port $MQ_PORT" "$MQ_DIR/mosquitto.log"
     die "mosquitto did not start on 127.0.0.1:$MQ_PORT: $(cat "$MQ_DIR/stderr" "$MQ_DIR/mosquitto.log" 2>/dev/null)"
 log "mosquitto on 127.0.0.1:$MQ_PORT (pid $MQ_PID)"
 
-# Starts a sink; sets SINK_PID and SINK_PORT.
+# Starts a sink (name, extra sink options...); sets SINK_PID and SINK_PORT.
 start_sink() {
     local name=$1
+    shift
     rm -f "$WORK/$name.port"
-    "$SINK" --port-file "$WORK/$name.port" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    "$SINK" --port-file "$WORK/$name.port" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
     SINK_PID=$!
     PIDS+=("$SINK_PID")
     for _ in $(seq 50); do [[ -s $WORK/$name.port ]] && break; sleep 0.1; done
@@ -354,6 +366,68 @@ if want replay; then
     done
 fi
 
+# ---------------------------------------------------------------- backfill
+# The figures of replay's summary line in log $1: "decoded delivered skipped
+# rejected undelivered queries query_s" (queries and query_s 0 when the line
+# names none).
+replay_summary() {
+    local line
+    line=$(grep -E 'records read' "$1" | tail -n 1 || true)
+    [[ -n $line ]] || { echo "no summary line in $1" >&2; return 1; }
+    # The number in front of $1 in the line (0 if absent).
+    _figure() { local v; v=$(grep -oE "[0-9.]+ $1" <<<"$line" | head -n 1 | cut -d' ' -f1 || true); echo "${v:-0}"; }
+    echo "$(_figure 'measurements decoded') $(_figure 'measurements delivered') $(_figure 'already in the API')" \
+        "$(_figure rejected) $(_figure undelivered) $(_figure 'history queries')" \
+        "$(grep -oE 'history queries \([0-9.]+ s\)' <<<"$line" | grep -oE '[0-9.]+' || echo 0)"
+}
+if want backfill; then
+    read -r BF_M _ < <(expect "$WORK/big.jsonl")
+    log "backfill: $REPLAY_LINES lines -> $BF_M measurements expected; replayed twice into a sink that answers history"
+    for r in $(seq "$RUNS"); do
+        start_sink "sink-backfill-$r" --history
+        bf_port=$SINK_PORT; bf_pid=$SINK_PID
+        for pass in 1 2; do
+            m0=$(sink measurements "$bf_port"); p0=$(sink requests "$bf_port")
+            q0=$(sink queries "$bf_port"); rows0=$(sink rows_returned "$bf_port")
+            log_f=$WORK/backfill-$r-$pass.log
+            timed "$WORK/t" "$PV3" replay "$WORK/big.jsonl" --api-url "http://127.0.0.1:$bf_port" \
+                2>"$log_f" || die "backfill run $r pass $pass failed: $(tail -3 "$log_f")"
+            read -r wall u s kb <"$WORK/t"
+            read -r dec del skip rej und q qs < <(replay_summary "$log_f") || die "backfill: $(tail -3 "$log_f")"
+            got=$(( $(sink measurements "$bf_port") - m0 )); posts=$(( $(sink requests "$bf_port") - p0 ))
+            sq=$(( $(sink queries "$bf_port") - q0 )); rows=$(( $(sink rows_returned "$bf_port") - rows0 ))
+            stored=$(sink stored "$bf_port")
+            # Zero loss: every decoded measurement delivered or skipped, the
+            # sink got exactly what replay says it delivered, and holds each
+            # measurement of the capture once.
+            [[ $dec == "$BF_M" ]] || die "backfill run $r pass $pass: $dec decoded, --dry-run says $BF_M"
+            [[ $rej == 0 && $und == 0 ]] || die "backfill run $r pass $pass: $rej rejected, $und undelivered"
+            (( del + skip == dec )) || die "backfill run $r pass $pass: $del delivered + $skip skipped != $dec decoded"
+            [[ $got == "$del" ]] || die "backfill run $r pass $pass: the sink got $got, replay says $del delivered"
+            [[ $stored == "$BF_M" ]] || die "backfill run $r pass $pass: the sink holds $stored, expected $BF_M (each once)"
+            [[ $sq == "$q" ]] || note "backfill run $r pass $pass: the sink answered $sq history queries, replay counted $q"
+            if ((pass == 1)); then
+                [[ $del == "$BF_M" ]] || note "backfill run $r pass 1 delivered $del of $BF_M (skipped $skip) into an empty store"
+            else
+                [[ $del == 0 ]] || die "backfill run $r pass 2: $del measurements delivered again (stored twice)"
+            fi
+            add "bf${pass}_wall" "$wall"
+            add "bf${pass}_mps" "$(calc "$dec / $wall")"
+            add "bf${pass}_cpu" "$(calc "$u + $s")"
+            add "bf${pass}_hwm" "$kb"
+            add "bf${pass}_delivered" "$del"
+            add "bf${pass}_skipped" "$skip"
+            add "bf${pass}_queries" "$q"
+            add "bf${pass}_query_s" "$qs"
+            add "bf${pass}_rows" "$rows"
+            add "bf${pass}_posts" "$posts"
+            log "  backfill run $r pass $pass: $del delivered, $skip skipped of $dec in ${wall} s ($(fmt "$(calc "$dec / $wall")") measurements/s, $(calc "$u + $s") CPU s, max RSS $kb kB); $q history queries (${qs} s, $rows rows), $posts POSTs"
+        done
+        add bf_sink_rss "$(rss_kb "$bf_pid")"
+        stop "$bf_pid"
+    done
+fi
+
 # ---------------------------------------------------------------- sniff
 if want sniff; then
     log "sniff vs mosquitto_sub -F %j: $N_SNIFF messages each, alternating"
@@ -518,7 +592,24 @@ mb() { [[ $1 == n/a ]] && echo n/a || printf '%.1f MB' "$(calc "$1 / 1024")"; }
         row "soak: peak RSS (outage / overall)" "$(mb "$(m soak_hwm_outage)") / $(mb "$(m soak_hwm)")" ""
         row "soak: collect CPU s for the whole run" "$(fmt "$(m soak_cpu)" 2)" ""
     fi
+    if want backfill; then
+        for pass in 1 2; do
+            if ((pass == 1)); then what="empty store"; else what="all held"; fi
+            row "backfill ${REPLAY_LINES} lines, pass $pass ($what): measurements/s" "$(fmt "$(m "bf${pass}_mps")")" "decoded / wall"
+            row "backfill pass $pass: wall s / CPU s / peak RSS" "$(fmt "$(m "bf${pass}_wall")" 2) / $(fmt "$(m "bf${pass}_cpu")" 2) / $(mb "$(m "bf${pass}_hwm")")" ""
+            row "backfill pass $pass: delivered / skipped (of $BF_M decoded)" "$(m "bf${pass}_delivered") / $(m "bf${pass}_skipped")" "$([[ $pass == 1 ]] && echo "all / 0" || echo "0 / all")"
+            row "backfill pass $pass: history queries / their time, s" "$(m "bf${pass}_queries") / $(fmt "$(m "bf${pass}_query_s")" 1)" ""
+            row "backfill pass $pass: history rows returned / POSTs" "$(m "bf${pass}_rows") / $(m "bf${pass}_posts")" ""
+        done
+        row "backfill: pass 2 wall / pass 1 wall" "$(ratio "$(m bf2_wall)" "$(m bf1_wall)")" ""
+        row "backfill: sink RSS holding the capture (not pv3's)" "$(mb "$(m bf_sink_rss)")" ""
+    fi
     row "release binary size" "$(printf '%.2f MB' "$(calc "$SIZE / 1048576")")" "< 10 MB"
+    if ((${#NOTES[@]})); then
+        echo
+        echo "notes:"
+        for n in "${NOTES[@]}"; do echo "  $n"; done
+    fi
     echo
     echo "per-run values:"
     for k in $(printf '%s\n' "${!V[@]}" | sort); do echo "  $k:${V[$k]}"; done

@@ -31,8 +31,11 @@ use super::queue::{Lease, Len, Pushed, Queue, QueueError, QueueFuture, Tier};
 use crate::spool::{Evicted, Opener, Record, Spool, file_opener};
 use crate::state_dir::StateDir;
 
-/// Records read at a time when taking a lease.
+/// Records read at first when taking a lease; each further read of the
+/// same lease takes twice as many (up to [`READ_CHUNK_MAX`]): few read
+/// transactions for a long run of small batches, little read past its end.
 const READ_CHUNK: usize = 32;
+const READ_CHUNK_MAX: usize = 512;
 
 type Reply<T> = oneshot::Sender<(anyhow::Result<T>, Len)>;
 
@@ -392,8 +395,10 @@ impl SpoolThread {
         let mut run: Vec<(u64, Batch)> = Vec::new();
         let mut count = 0;
         let mut after = None;
+        let mut chunk = READ_CHUNK;
         loop {
-            let records = self.read(after, READ_CHUNK)?;
+            let records = self.read(after, chunk)?;
+            chunk = (chunk * 2).min(READ_CHUNK_MAX);
             if records.is_empty() {
                 return Ok(run);
             }
