@@ -21,13 +21,14 @@
 #            answers 503, then drained: drain rate, spool size, peak RSS
 #   backfill replay of the REPLAY_LINES-line capture into a fresh sink that
 #            remembers what it is sent and answers GET .../history (sink
-#            --history), then the same capture again into the same sink
-#            (issue 11): for each pass wall time, measurements/s, CPU s, peak
-#            RSS, delivered / skipped, history queries and their time (from
-#            replay's summary line). Zero loss: the first pass delivers every
-#            decoded measurement, the second delivers none and skips them all,
-#            and the sink then holds each once. About 30 s with RUNS=3
-#            (alone: ONLY=backfill)
+#            --history; pass 1), then the same capture again into the same
+#            sink (pass 2; issue 11), and, to see what the history check
+#            costs, with --no-skip-existing into a sink of its own (pass 0):
+#            for each pass wall time, measurements/s, CPU s, peak RSS,
+#            delivered / skipped, history queries and their time (from
+#            replay's summary line). Zero loss: passes 0 and 1 deliver every
+#            decoded measurement, pass 2 none (all skipped), and the sink
+#            holds each once. About 45 s with RUNS=3 (alone: ONLY=backfill)
 #   size     release binary size
 # Knobs (environment): ONLY RUNS N_FAST N_PY N_SNIFF N_SOAK SOAK_SPEED
 # SOAK_LINGER SOAK_RUNS REPLAY_LINES CADENCE_FILE CADENCE_WINDOW CADENCE_RUNS PV3_BIN
@@ -384,13 +385,19 @@ if want backfill; then
     read -r BF_M _ < <(expect "$WORK/big.jsonl")
     log "backfill: $REPLAY_LINES lines -> $BF_M measurements expected; replayed twice into a sink that answers history"
     for r in $(seq "$RUNS"); do
-        start_sink "sink-backfill-$r" --history
-        bf_port=$SINK_PORT; bf_pid=$SINK_PID
-        for pass in 1 2; do
+        for pass in 0 1 2; do
+            # Pass 0 (--no-skip-existing, its own sink): the same replay
+            # without the history check, to see what the check costs.
+            if ((pass != 2)); then
+                [[ -n ${bf_pid:-} ]] && stop "$bf_pid"
+                start_sink "sink-backfill-$r-$pass" --history
+                bf_port=$SINK_PORT; bf_pid=$SINK_PID
+            fi
+            opts=(); ((pass == 0)) && opts=(--no-skip-existing)
             m0=$(sink measurements "$bf_port"); p0=$(sink requests "$bf_port")
             q0=$(sink queries "$bf_port"); rows0=$(sink rows_returned "$bf_port")
             log_f=$WORK/backfill-$r-$pass.log
-            timed "$WORK/t" "$PV3" replay "$WORK/big.jsonl" --api-url "http://127.0.0.1:$bf_port" \
+            timed "$WORK/t" "$PV3" replay "$WORK/big.jsonl" --api-url "http://127.0.0.1:$bf_port" "${opts[@]}" \
                 2>"$log_f" || die "backfill run $r pass $pass failed: $(tail -3 "$log_f")"
             read -r wall u s kb <"$WORK/t"
             read -r dec del skip rej und q qs < <(replay_summary "$log_f") || die "backfill: $(tail -3 "$log_f")"
@@ -406,7 +413,9 @@ if want backfill; then
             [[ $got == "$del" ]] || die "backfill run $r pass $pass: the sink got $got, replay says $del delivered"
             [[ $stored == "$BF_M" ]] || die "backfill run $r pass $pass: the sink holds $stored, expected $BF_M (each once)"
             [[ $sq == "$q" ]] || note "backfill run $r pass $pass: the sink answered $sq history queries, replay counted $q"
-            if ((pass == 1)); then
+            if ((pass == 0)); then
+                [[ $del == "$BF_M" && $q == 0 ]] || die "backfill run $r pass 0 (--no-skip-existing): $del delivered of $BF_M, $q history queries"
+            elif ((pass == 1)); then
                 [[ $del == "$BF_M" ]] || note "backfill run $r pass 1 delivered $del of $BF_M (skipped $skip) into an empty store"
             else
                 [[ $del == 0 ]] || die "backfill run $r pass 2: $del measurements delivered again (stored twice)"
@@ -424,7 +433,7 @@ if want backfill; then
             log "  backfill run $r pass $pass: $del delivered, $skip skipped of $dec in ${wall} s ($(fmt "$(calc "$dec / $wall")") measurements/s, $(calc "$u + $s") CPU s, max RSS $kb kB); $q history queries (${qs} s, $rows rows), $posts POSTs"
         done
         add bf_sink_rss "$(rss_kb "$bf_pid")"
-        stop "$bf_pid"
+        stop "$bf_pid"; bf_pid=
     done
 fi
 
@@ -593,14 +602,19 @@ mb() { [[ $1 == n/a ]] && echo n/a || printf '%.1f MB' "$(calc "$1 / 1024")"; }
         row "soak: collect CPU s for the whole run" "$(fmt "$(m soak_cpu)" 2)" ""
     fi
     if want backfill; then
-        for pass in 1 2; do
-            if ((pass == 1)); then what="empty store"; else what="all held"; fi
+        for pass in 0 1 2; do
+            case $pass in
+                0) what="--no-skip-existing, no history check" ;;
+                1) what="empty store" ;;
+                2) what="all held" ;;
+            esac
             row "backfill ${REPLAY_LINES} lines, pass $pass ($what): measurements/s" "$(fmt "$(m "bf${pass}_mps")")" "decoded / wall"
             row "backfill pass $pass: wall s / CPU s / peak RSS" "$(fmt "$(m "bf${pass}_wall")" 2) / $(fmt "$(m "bf${pass}_cpu")" 2) / $(mb "$(m "bf${pass}_hwm")")" ""
-            row "backfill pass $pass: delivered / skipped (of $BF_M decoded)" "$(m "bf${pass}_delivered") / $(m "bf${pass}_skipped")" "$([[ $pass == 1 ]] && echo "all / 0" || echo "0 / all")"
+            row "backfill pass $pass: delivered / skipped (of $BF_M decoded)" "$(m "bf${pass}_delivered") / $(m "bf${pass}_skipped")" "$([[ $pass == 2 ]] && echo "0 / all" || echo "all / 0")"
             row "backfill pass $pass: history queries / their time, s" "$(m "bf${pass}_queries") / $(fmt "$(m "bf${pass}_query_s")" 1)" ""
             row "backfill pass $pass: history rows returned / POSTs" "$(m "bf${pass}_rows") / $(m "bf${pass}_posts")" ""
         done
+        row "backfill: pass 1 wall / pass 0 wall (the check's cost)" "$(ratio "$(m bf1_wall)" "$(m bf0_wall)")" ""
         row "backfill: pass 2 wall / pass 1 wall" "$(ratio "$(m bf2_wall)" "$(m bf1_wall)")" ""
         row "backfill: sink RSS holding the capture (not pv3's)" "$(mb "$(m bf_sink_rss)")" ""
     fi
