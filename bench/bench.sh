@@ -395,7 +395,7 @@ if want backfill; then
             fi
             opts=(); ((pass == 0)) && opts=(--no-skip-existing)
             m0=$(sink measurements "$bf_port"); p0=$(sink requests "$bf_port")
-            q0=$(sink queries "$bf_port"); rows0=$(sink rows_returned "$bf_port")
+            q0=$(sink queries "$bf_port"); rows0=$(sink rows_returned "$bf_port"); sc0=$(cpu_s "$bf_pid")
             log_f=$WORK/backfill-$r-$pass.log
             timed "$WORK/t" "$PV3" replay "$WORK/big.jsonl" --api-url "http://127.0.0.1:$bf_port" "${opts[@]}" \
                 2>"$log_f" || die "backfill run $r pass $pass failed: $(tail -3 "$log_f")"
@@ -403,7 +403,7 @@ if want backfill; then
             read -r dec del skip rej und q qs < <(replay_summary "$log_f") || die "backfill: $(tail -3 "$log_f")"
             got=$(( $(sink measurements "$bf_port") - m0 )); posts=$(( $(sink requests "$bf_port") - p0 ))
             sq=$(( $(sink queries "$bf_port") - q0 )); rows=$(( $(sink rows_returned "$bf_port") - rows0 ))
-            stored=$(sink stored "$bf_port")
+            stored=$(sink stored "$bf_port"); sink_cpu=$(calc "$(cpu_s "$bf_pid") - $sc0")
             # Zero loss: every decoded measurement delivered or skipped, the
             # sink got exactly what replay says it delivered, and holds each
             # measurement of the capture once.
@@ -430,7 +430,8 @@ if want backfill; then
             add "bf${pass}_query_s" "$qs"
             add "bf${pass}_rows" "$rows"
             add "bf${pass}_posts" "$posts"
-            log "  backfill run $r pass $pass: $del delivered, $skip skipped of $dec in ${wall} s ($(fmt "$(calc "$dec / $wall")") measurements/s, $(calc "$u + $s") CPU s, max RSS $kb kB); $q history queries (${qs} s, $rows rows), $posts POSTs"
+            add "bf${pass}_sink_cpu" "$sink_cpu"
+            log "  backfill run $r pass $pass: $del delivered, $skip skipped of $dec in ${wall} s ($(fmt "$(calc "$dec / $wall")") measurements/s, $(calc "$u + $s") CPU s, max RSS $kb kB); $q history queries (${qs} s, $rows rows), $posts POSTs; sink CPU $sink_cpu s"
         done
         add bf_sink_rss "$(rss_kb "$bf_pid")"
         stop "$bf_pid"; bf_pid=
@@ -613,6 +614,7 @@ mb() { [[ $1 == n/a ]] && echo n/a || printf '%.1f MB' "$(calc "$1 / 1024")"; }
             row "backfill pass $pass: delivered / skipped (of $BF_M decoded)" "$(m "bf${pass}_delivered") / $(m "bf${pass}_skipped")" "$([[ $pass == 2 ]] && echo "0 / all" || echo "all / 0")"
             row "backfill pass $pass: history queries / their time, s" "$(m "bf${pass}_queries") / $(fmt "$(m "bf${pass}_query_s")" 1)" ""
             row "backfill pass $pass: history rows returned / POSTs" "$(m "bf${pass}_rows") / $(m "bf${pass}_posts")" ""
+            row "backfill pass $pass: the sink's CPU s" "$(fmt "$(m "bf${pass}_sink_cpu")" 2)" "same 2 cores"
         done
         row "backfill: pass 1 wall / pass 0 wall (the check's cost)" "$(ratio "$(m bf1_wall)" "$(m bf0_wall)")" ""
         row "backfill: pass 2 wall / pass 1 wall" "$(ratio "$(m bf2_wall)" "$(m bf1_wall)")" ""
