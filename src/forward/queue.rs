@@ -170,6 +170,11 @@ pub trait Queue: Send {
     fn durable(&self) -> bool {
         false
     }
+    /// Measurements set aside since last asked because they could not be
+    /// read back (a damaged spool record, kept in the dead letters).
+    fn take_set_aside(&mut self) -> u64 {
+        0
+    }
     /// Stops: persists what it can and returns what it could not (for the
     /// report; a durable queue returns nothing).
     fn close(self: Box<Self>) -> QueueFuture<'static, Vec<Batch>>;

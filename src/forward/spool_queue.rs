@@ -37,7 +37,9 @@ use crate::state_dir::StateDir;
 const READ_CHUNK: usize = 32;
 const READ_CHUNK_MAX: usize = 512;
 
-type Reply<T> = oneshot::Sender<(anyhow::Result<T>, Len)>;
+/// The result, the spool's size after it, and the measurements set aside
+/// meanwhile as unreadable.
+type Reply<T> = oneshot::Sender<(anyhow::Result<T>, Len, u64)>;
 
 enum Cmd {
     Push(Vec<(u32, Vec<u8>)>, Reply<Evicted>),
@@ -56,6 +58,8 @@ pub struct SpoolQueue {
     leased: Option<u64>,
     /// Delivered, but their removal failed: never leased again.
     unremoved: Vec<(u64, Batch)>,
+    /// Measurements set aside as unreadable, not yet reported.
+    set_aside: u64,
     path: std::path::PathBuf,
 }
 
@@ -84,6 +88,7 @@ impl SpoolQueue {
             dead_letters,
             opener,
             last_len: Len::default(),
+            set_aside: 0,
         };
         if dir.spool().exists()
             && let Err(e) = thread.guarded("open", |t| t.with_spool(false, |_| Ok(())))
@@ -106,6 +111,7 @@ impl SpoolQueue {
             len,
             leased: None,
             unremoved: Vec::new(),
+            set_aside: 0,
             path: dir.spool(),
         })
     }
@@ -122,8 +128,9 @@ impl SpoolQueue {
             return Err(QueueError("the spool thread has stopped".into()));
         }
         match answer.await {
-            Ok((result, len)) => {
+            Ok((result, len, set_aside)) => {
                 self.len = len;
+                self.set_aside += set_aside;
                 result.map_err(|e| QueueError(format!("{e:#}")))
             }
             Err(_) => Err(QueueError("the spool thread has stopped".into())),
@@ -218,6 +225,10 @@ impl Queue for SpoolQueue {
         true
     }
 
+    fn take_set_aside(&mut self) -> u64 {
+        std::mem::take(&mut self.set_aside)
+    }
+
     fn in_memory(&self) -> Len {
         Len::default()
     }
@@ -253,6 +264,8 @@ struct SpoolThread {
     opener: Opener,
     /// What it held when last open: its size while an error keeps it closed.
     last_len: Len,
+    /// Measurements set aside as unreadable since the last reply.
+    set_aside: u64,
 }
 
 impl SpoolThread {
@@ -267,18 +280,22 @@ impl SpoolThread {
                             s.push(&refs)
                         })
                     });
-                    let _ = reply.send((result.map(Option::unwrap_or_default), self.len()));
+                    let _ = reply.send((
+                        result.map(Option::unwrap_or_default),
+                        self.len(),
+                        std::mem::take(&mut self.set_aside),
+                    ));
                 }
                 Cmd::TakeRun(skip, max, reply) => {
                     let result = self.guarded("read", |t| t.take_run(&skip, max));
-                    let _ = reply.send((result, self.len()));
+                    let _ = reply.send((result, self.len(), std::mem::take(&mut self.set_aside)));
                 }
                 Cmd::Remove(keys, reply) => {
                     let result = self
                         .guarded("write", |t| t.with_spool(false, |s| s.remove(&keys)))
                         .map(|_| ());
                     self.close_if_empty();
-                    let _ = reply.send((result, self.len()));
+                    let _ = reply.send((result, self.len(), std::mem::take(&mut self.set_aside)));
                 }
             }
         }
@@ -380,6 +397,7 @@ impl SpoolThread {
             for record in &bad {
                 self.dead_letters
                     .write_or_log(&DeadLetter::Unreadable { data: &record.data });
+                self.set_aside += u64::from(record.weight);
             }
             let keys: Vec<u64> = bad.iter().map(|r| r.key).collect();
             self.with_spool(false, |s| s.remove(&keys))?;

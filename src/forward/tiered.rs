@@ -202,6 +202,10 @@ impl Queue for Tiered {
         true
     }
 
+    fn take_set_aside(&mut self) -> u64 {
+        self.spool.take_set_aside()
+    }
+
     fn in_memory(&self) -> Len {
         self.memory.len()
     }

@@ -219,6 +219,10 @@ impl Worker {
                 }
             }
         }
+        let unreadable = self.queue.take_set_aside();
+        if unreadable > 0 {
+            ForwardStats::add(&self.stats.rejected, unreadable);
+        }
         ForwardStats::set(&self.stats.posts, self.dispatcher.posts);
         ForwardStats::set(&self.stats.failed_attempts, self.dispatcher.failures);
         self.publish();
