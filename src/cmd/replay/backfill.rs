@@ -18,7 +18,7 @@
 //! gives back what it has not delivered. The summary then names the
 //! capture time to resume from, and a re-run sends nothing twice.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -161,12 +161,16 @@ impl Backfill {
         if !self.skip_existing || window.is_empty() {
             return Ok(window.readings);
         }
-        let mut present = HashSet::new();
+        // device → metric → milliseconds held: looked up without allocating.
+        let mut present: HashMap<String, HashMap<String, HashSet<i64>>> = HashMap::new();
         for (device, (metrics, start, end)) in spans(&window.readings) {
             let metrics: Vec<&str> = metrics.iter().map(String::as_str).collect();
             match self.history(&device, &metrics, start, end).await {
                 Ok(Some(rows)) => {
-                    present.extend(rows.into_iter().map(|(m, ms)| (device.clone(), m, ms)));
+                    let held = present.entry(device).or_default();
+                    for (metric, ms) in rows {
+                        held.entry(metric).or_default().insert(ms);
+                    }
                 }
                 Ok(None) => return Ok(window.readings), // no history endpoint
                 Err(stop) => return Err((stop, window.readings)),
@@ -175,11 +179,14 @@ impl Backfill {
         let mut kept = Vec::with_capacity(window.readings.len());
         for mut reading in window.readings {
             let ms = reading.timestamp.unix_micros().div_euclid(1000);
-            let device = reading.origin.device_id.to_string();
             let before = reading.measurements.len();
-            reading
-                .measurements
-                .retain(|m| !present.contains(&(device.clone(), m.metric.to_string(), ms)));
+            if let Some(held) = present.get(&*reading.origin.device_id) {
+                reading.measurements.retain(|m| {
+                    !held
+                        .get(m.metric.as_ref())
+                        .is_some_and(|times| times.contains(&ms))
+                });
+            }
             self.counts.skipped += (before - reading.measurements.len()) as u64;
             if !reading.measurements.is_empty() || reading.alarms.is_some() {
                 kept.push(reading);
