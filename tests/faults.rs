@@ -365,11 +365,15 @@ async fn a_slow_api_gets_full_batches_and_unacknowledged_readings_go_to_disk() {
 /// survives, the file is moved aside or read, and the queue keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_spool_content_crashes_the_spool() {
-    let seeds: u64 = std::env::var("PV3_CORRUPTION_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(24);
-    for seed in 0..seeds {
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    // A longer run: PV3_CORRUPTION_SEEDS=4000 PV3_CORRUPTION_FIRST_SEED=...
+    let first = var("PV3_CORRUPTION_FIRST_SEED", 0);
+    for seed in first..first + var("PV3_CORRUPTION_SEEDS", 24) {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = StateDir::new(dir.path());
         let letters = Arc::new(DeadLetters::new(state.dead_letters()));
