@@ -185,11 +185,14 @@ async fn the_spool_survives_a_restart_and_memory_hands_back_what_it_held() {
         spool.close().await.is_empty(),
         "nothing lost: it is on disk"
     );
-    let mut again = spool_in(&dir);
+    let mut again = Box::new(spool_in(&dir));
     assert_eq!(again.len().measurements, 2);
     let lease = again.take(10).await.expect("take").expect("a lease");
     assert_eq!(body(&lease.batch), "[1,2]");
     again.ack(lease).await.expect("ack");
+    assert_eq!(again.len().measurements, 0);
+    // The removal is committed on the spool thread; close waits for it.
+    assert!(again.close().await.is_empty());
     assert!(
         !dir.path().join("spool.redb").exists(),
         "a drained spool deletes its file"

@@ -10,9 +10,12 @@
 //! works again once there is room.
 //!
 //! Only one lease is out at a time: spooled batches go out strictly in
-//! order. A delivered lease whose removal fails (a full disk) is remembered
-//! and skipped, and its removal retried with every later operation, so it is
-//! never sent twice in one run (after a restart it may be: at-least-once).
+//! order. Acknowledging does not wait for the removal's commit (the thread
+//! takes commands in order, so the next lease already sees it gone): one
+//! round trip per POST, not two. A delivered lease whose removal fails (a
+//! full disk) is remembered on the thread and skipped, and its removal
+//! retried with every later command, so it is never sent twice in one run
+//! (after a restart it may be: at-least-once).
 //!
 //! No spool content can crash pv3: a panic inside redb (a page corrupted on
 //! disk in a way its checksums did not catch) is caught on the spool thread;
@@ -23,7 +26,7 @@ use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::oneshot;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::batch::Batch;
 use super::dead_letter::{DeadLetter, DeadLetters};
@@ -43,10 +46,12 @@ type Reply<T> = oneshot::Sender<(anyhow::Result<T>, Len, u64)>;
 
 enum Cmd {
     Push(Vec<(u32, Vec<u8>)>, Reply<Evicted>),
-    /// The oldest batches that go in one POST (up to `max` measurements),
-    /// skipping the keys given.
-    TakeRun(Vec<u64>, usize, Reply<Vec<(u64, Batch)>>),
-    Remove(Vec<u64>, Reply<()>),
+    /// The oldest batches that go in one POST (up to `max` measurements).
+    TakeRun(usize, Reply<Vec<(u64, Batch)>>),
+    /// Delivered: remove them. No reply: the thread takes commands in
+    /// order, so the next take already sees them gone, and the sender need
+    /// not wait for the commit. A removal that fails is remembered there.
+    Remove(Vec<(u64, Len)>),
 }
 
 /// See the module docs.
@@ -56,8 +61,6 @@ pub struct SpoolQueue {
     len: Len,
     /// The key of the last record of the lease that is out.
     leased: Option<u64>,
-    /// Delivered, but their removal failed: never leased again.
-    unremoved: Vec<(u64, Batch)>,
     /// Measurements set aside as unreadable, not yet reported.
     set_aside: u64,
     path: std::path::PathBuf,
@@ -88,6 +91,8 @@ impl SpoolQueue {
             dead_letters,
             opener,
             last_len: Len::default(),
+            unremoved: Vec::new(),
+            told_unremoved: false,
             set_aside: 0,
         };
         if dir.spool().exists()
@@ -110,7 +115,6 @@ impl SpoolQueue {
             thread: Some(thread),
             len,
             leased: None,
-            unremoved: Vec::new(),
             set_aside: 0,
             path: dir.spool(),
         })
@@ -138,26 +142,12 @@ impl SpoolQueue {
     }
 }
 
-impl SpoolQueue {
-    /// Retries removing what was delivered but could not be removed.
-    async fn retry_removals(&mut self) {
-        if self.unremoved.is_empty() {
-            return;
-        }
-        let keys: Vec<u64> = self.unremoved.iter().map(|(k, _)| *k).collect();
-        if self.call(|r| Cmd::Remove(keys, r)).await.is_ok() {
-            self.unremoved.clear();
-        }
-    }
-}
-
 impl Queue for SpoolQueue {
     fn push(&mut self, batches: Vec<Batch>) -> QueueFuture<'_, Pushed> {
         Box::pin(async move {
             if batches.is_empty() {
                 return Pushed::default();
             }
-            self.retry_removals().await;
             let records = batches
                 .iter()
                 .map(|b| (u32::try_from(b.count).unwrap_or(u32::MAX), b.encode()))
@@ -183,12 +173,10 @@ impl Queue for SpoolQueue {
 
     fn take(&mut self, max: usize) -> QueueFuture<'_, Result<Option<Lease>, QueueError>> {
         Box::pin(async move {
-            self.retry_removals().await;
             if self.leased.is_some() || self.len().batches == 0 {
                 return Ok(None);
             }
-            let skip: Vec<u64> = self.unremoved.iter().map(|(k, _)| *k).collect();
-            let run = self.call(|r| Cmd::TakeRun(skip, max, r)).await?;
+            let run = self.call(|r| Cmd::TakeRun(max, r)).await?;
             self.leased = run.last().map(|(k, _)| *k);
             Ok(Lease::new(run, Tier::Spool))
         })
@@ -197,13 +185,21 @@ impl Queue for SpoolQueue {
     fn ack(&mut self, lease: Lease) -> QueueFuture<'_, Result<(), QueueError>> {
         Box::pin(async move {
             self.leased = None;
-            let keys = lease.keys.clone();
-            let removed = self.call(|r| Cmd::Remove(keys, r)).await;
-            if removed.is_err() {
-                self.unremoved
-                    .extend(lease.keys.into_iter().zip(lease.parts));
+            let gone: Vec<(u64, Len)> = lease
+                .keys
+                .iter()
+                .zip(&lease.parts)
+                .map(|(k, b)| (*k, Len::of(std::slice::from_ref(b))))
+                .collect();
+            for (_, part) in &gone {
+                self.len.batches = self.len.batches.saturating_sub(part.batches);
+                self.len.measurements = self.len.measurements.saturating_sub(part.measurements);
+                self.len.bytes = self.len.bytes.saturating_sub(part.bytes);
             }
-            removed
+            match self.tx.as_ref().map(|tx| tx.send(Cmd::Remove(gone))) {
+                Some(Ok(())) => Ok(()),
+                _ => Err(QueueError("the spool thread has stopped".into())),
+            }
         })
     }
 
@@ -214,11 +210,7 @@ impl Queue for SpoolQueue {
     }
 
     fn len(&self) -> Len {
-        let mut len = self.len;
-        for (_, batch) in &self.unremoved {
-            len.sub(batch);
-        }
-        len
+        self.len
     }
 
     fn durable(&self) -> bool {
@@ -264,6 +256,11 @@ struct SpoolThread {
     opener: Opener,
     /// What it held when last open: its size while an error keeps it closed.
     last_len: Len,
+    /// Delivered, but their removal failed (a full disk): never leased
+    /// again, and removed as soon as the disk lets it.
+    unremoved: Vec<(u64, Len)>,
+    /// That has been said (once until it works again).
+    told_unremoved: bool,
     /// Measurements set aside as unreadable since the last reply.
     set_aside: u64,
 }
@@ -273,6 +270,7 @@ impl SpoolThread {
         while let Ok(cmd) = rx.recv() {
             match cmd {
                 Cmd::Push(records, reply) => {
+                    self.retry_removals();
                     let result = self.guarded("write", |t| {
                         t.with_spool(true, |s| {
                             let refs: Vec<(u32, &[u8])> =
@@ -286,28 +284,58 @@ impl SpoolThread {
                         std::mem::take(&mut self.set_aside),
                     ));
                 }
-                Cmd::TakeRun(skip, max, reply) => {
+                Cmd::TakeRun(max, reply) => {
+                    self.retry_removals();
+                    let skip: Vec<u64> = self.unremoved.iter().map(|(k, _)| *k).collect();
                     let result = self.guarded("read", |t| t.take_run(&skip, max));
                     let _ = reply.send((result, self.len(), std::mem::take(&mut self.set_aside)));
                 }
-                Cmd::Remove(keys, reply) => {
-                    let result = self
-                        .guarded("write", |t| t.with_spool(false, |s| s.remove(&keys)))
-                        .map(|_| ());
-                    self.close_if_empty();
-                    let _ = reply.send((result, self.len(), std::mem::take(&mut self.set_aside)));
+                Cmd::Remove(gone) => {
+                    self.unremoved.extend(gone);
+                    self.retry_removals();
                 }
             }
         }
     }
 
+    /// What it holds, less what was delivered but not yet removed.
     fn len(&mut self) -> Len {
         match &self.spool {
             Some(spool) => self.last_len = counters(spool),
             None if !self.dir.spool().exists() => self.last_len = Len::default(),
             None => {}
         }
-        self.last_len
+        let mut len = self.last_len;
+        for (_, part) in &self.unremoved {
+            len.batches = len.batches.saturating_sub(part.batches);
+            len.measurements = len.measurements.saturating_sub(part.measurements);
+            len.bytes = len.bytes.saturating_sub(part.bytes);
+        }
+        len
+    }
+
+    /// Removes what was delivered; on failure keeps the keys to skip and
+    /// tries again with the next command.
+    fn retry_removals(&mut self) {
+        if self.unremoved.is_empty() {
+            return;
+        }
+        let keys: Vec<u64> = self.unremoved.iter().map(|(k, _)| *k).collect();
+        let removed = self.guarded("write", |t| t.with_spool(false, |s| s.remove(&keys)));
+        match removed {
+            Ok(_) => {
+                self.unremoved.clear();
+                self.told_unremoved = false;
+                self.close_if_empty();
+            }
+            Err(e) if !self.told_unremoved => {
+                self.told_unremoved = true;
+                warn!(
+                    "cannot remove delivered batches from the spool ({e:#}): they are not sent again, and are removed once the disk allows (after a restart they may be sent again)"
+                );
+            }
+            Err(e) => debug!("cannot remove delivered batches from the spool yet ({e:#})"),
+        }
     }
 
     /// Runs `op`, turning a panic inside redb into an error: the database is
