@@ -556,10 +556,9 @@ async fn an_oversized_retained_message_is_named_and_reconnects_back_off() {
         .filter_map(|n| n.trim().parse().ok())
         .collect();
     assert!(delays.len() >= 3, "{delays:?}\n{stderr}");
-    assert!(
-        delays
-            .windows(2)
-            .all(|w| w[1] >= w[0] * 1.2 || w[1] >= 8.0 * 0.5),
-        "{delays:?}"
-    );
+    // Jittered ("equal jitter": each wait is half its step plus a random
+    // share of the other half), so consecutive waits may be equal; over
+    // three doublings they must have at least doubled.
+    let (first, last) = (delays[0], delays[delays.len() - 1]);
+    assert!(last >= first * 2.0, "{delays:?}");
 }
