@@ -248,7 +248,7 @@ impl ApiClient {
             .into_iter()
             .filter_map(|r| {
                 let ts = crate::reading::Timestamp::parse_rfc3339(r.timestamp.as_deref()?).ok()?;
-                Some((r.metric_name, ts.unix_micros().div_euclid(1000)))
+                Some((r.metric_name, ts.unix_millis()))
             })
             .collect())
     }

@@ -40,6 +40,12 @@ impl Timestamp {
         self.0
     }
 
+    /// Milliseconds since the Unix epoch, rounded down: the precision pv3
+    /// sends, and so the one to compare what the API holds at.
+    pub const fn unix_millis(self) -> i64 {
+        self.0.div_euclid(1000)
+    }
+
     /// Parses RFC 3339 text with any offset (`Z`, `+02:00`) into UTC.
     pub fn parse_rfc3339(text: &str) -> Result<Self, time::error::Parse> {
         let dt = OffsetDateTime::parse(text, &Rfc3339)?;

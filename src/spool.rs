@@ -101,11 +101,10 @@ impl Spool {
 
     /// [`Self::open`] through `opener`.
     pub fn open_with(dir: &StateDir, max_bytes: u64, opener: &Opener) -> Result<Spool> {
-        let create = |path: &Path| opener(path);
         std::fs::create_dir_all(dir.path())
             .with_context(|| format!("cannot create state directory {}", dir.path().display()))?;
         let path = dir.spool();
-        let db = match create(&path) {
+        let db = match opener(&path) {
             Ok(db) => db,
             Err(DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch) => {
                 bail!(
@@ -134,7 +133,7 @@ impl Spool {
                 );
                 std::fs::rename(&path, &aside)
                     .with_context(|| format!("cannot move {} aside", path.display()))?;
-                create(&path).with_context(|| format!("cannot create spool {}", path.display()))?
+                opener(&path).with_context(|| format!("cannot create spool {}", path.display()))?
             }
         };
         let mut spool = Spool {

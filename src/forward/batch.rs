@@ -51,24 +51,6 @@ impl Batch {
         out
     }
 
-    /// Reads [`Self::encode`]'s envelope back; `None` when it is not one.
-    pub fn decode(data: &[u8], count: u32) -> Option<Batch> {
-        let kind = match data.first()? {
-            0 => BatchKind::Measurements,
-            1 => BatchKind::Alarms,
-            _ => return None,
-        };
-        let device_len = usize::from(u16::from_le_bytes(data.get(1..3)?.try_into().ok()?));
-        let device = std::str::from_utf8(data.get(3..3 + device_len)?).ok()?;
-        let body = data.get(3 + device_len..)?;
-        Some(Batch {
-            device: Arc::from(device),
-            kind,
-            body: Bytes::copy_from_slice(body),
-            count: count as usize,
-        })
-    }
-
     /// A measurement batch of two or more, cut into two halves (a proxy
     /// refused it as too large); `None` when it cannot be cut.
     pub fn halves(&self) -> Option<(Batch, Batch)> {
@@ -88,30 +70,18 @@ impl Batch {
 
     /// Is `data` an envelope [`Self::decode`] can read? Copies nothing.
     pub fn is_envelope(data: &[u8]) -> bool {
-        let Some(len) = data.get(1..3) else {
-            return false;
-        };
-        let device_len = usize::from(u16::from_le_bytes([len[0], len[1]]));
-        matches!(data.first(), Some(0 | 1))
-            && data
-                .get(3..3 + device_len)
-                .is_some_and(|d| std::str::from_utf8(d).is_ok())
+        envelope_header(data).is_some()
     }
 
-    /// [`Self::decode`] without copying the body out of `data`.
-    pub fn decode_owned(data: Vec<u8>, count: u32) -> Option<Batch> {
-        let device_len = usize::from(u16::from_le_bytes(data.get(1..3)?.try_into().ok()?));
-        let kind = match data.first()? {
-            0 => BatchKind::Measurements,
-            1 => BatchKind::Alarms,
-            _ => return None,
-        };
-        let device: Arc<str> = Arc::from(std::str::from_utf8(data.get(3..3 + device_len)?).ok()?);
-        let body = Bytes::from(data).slice(3 + device_len..);
+    /// Reads [`Self::encode`]'s envelope back, without copying the body out
+    /// of `data`; `None` when it is not one.
+    pub fn decode(data: Vec<u8>, count: u32) -> Option<Batch> {
+        let (kind, device, body_at) = envelope_header(&data)?;
+        let device = Arc::from(device);
         Some(Batch {
             device,
             kind,
-            body,
+            body: Bytes::from(data).slice(body_at..),
             count: count as usize,
         })
     }
@@ -135,7 +105,7 @@ impl Batch {
                 let ts = crate::reading::Timestamp::parse_rfc3339(keys.timestamp?).ok()?;
                 Some(Item {
                     metric: keys.metric_name,
-                    millis: ts.unix_micros().div_euclid(1000),
+                    millis: ts.unix_millis(),
                     raw,
                 })
             })
@@ -162,12 +132,31 @@ impl Batch {
         }
     }
 
+    /// Can `next` join a POST that starts with this batch and already holds
+    /// `count` measurements, keeping it within `max`? The one rule for
+    /// merging, from memory and from the spool alike.
+    pub fn run_takes(&self, count: usize, next: &Batch, max: usize) -> bool {
+        self.joins(next) && count + next.count <= max
+    }
+
     /// Can `next` be sent in the same POST, after this one?
     pub fn joins(&self, next: &Batch) -> bool {
         self.kind == BatchKind::Measurements
             && next.kind == BatchKind::Measurements
             && self.device == next.device
     }
+}
+
+/// The envelope's kind and device, and where its body starts.
+fn envelope_header(data: &[u8]) -> Option<(BatchKind, &str, usize)> {
+    let kind = match data.first()? {
+        0 => BatchKind::Measurements,
+        1 => BatchKind::Alarms,
+        _ => return None,
+    };
+    let device_len = usize::from(u16::from_le_bytes(data.get(1..3)?.try_into().ok()?));
+    let device = std::str::from_utf8(data.get(3..3 + device_len)?).ok()?;
+    Some((kind, device, 3 + device_len))
 }
 
 /// One measurement in a batch's body (see [`Batch::items`]).
@@ -380,21 +369,15 @@ mod tests {
     #[test]
     fn envelope_round_trips() {
         let b = batch("PV001001DEV", BatchKind::Alarms, "{\"fan_lock\":false}", 0);
-        let back = Batch::decode(&b.encode(), 0).expect("decodes");
+        let back = Batch::decode(b.encode(), 0).expect("decodes");
         assert_eq!(
             (back.device, back.kind, back.body, back.count),
             (b.device.clone(), b.kind, b.body.clone(), b.count)
         );
-        assert!(Batch::decode(&[], 0).is_none());
+        assert!(Batch::decode(Vec::new(), 0).is_none());
         assert!(Batch::is_envelope(&b.encode()));
         assert!(!Batch::is_envelope(&[7, 0, 0]));
-        let owned = Batch::decode_owned(b.encode(), 0).expect("decodes");
-        assert_eq!(
-            (owned.device, owned.body),
-            (b.device.clone(), b.body.clone())
-        );
-        assert!(Batch::decode_owned(vec![0, 9, 0, b'a'], 0).is_none());
-        assert!(Batch::decode(&[7, 0, 0], 0).is_none());
-        assert!(Batch::decode(&[0, 9, 0, b'a'], 0).is_none());
+        assert!(Batch::decode(vec![7, 0, 0], 0).is_none());
+        assert!(Batch::decode(vec![0, 9, 0, b'a'], 0).is_none());
     }
 }

@@ -44,6 +44,24 @@ impl Len {
         len
     }
 
+    /// Both together.
+    pub fn plus(self, other: Len) -> Len {
+        Len {
+            batches: self.batches + other.batches,
+            measurements: self.measurements + other.measurements,
+            bytes: self.bytes + other.bytes,
+        }
+    }
+
+    /// This less `other`, never below zero.
+    pub fn minus(self, other: Len) -> Len {
+        Len {
+            batches: self.batches.saturating_sub(other.batches),
+            measurements: self.measurements.saturating_sub(other.measurements),
+            bytes: self.bytes.saturating_sub(other.bytes),
+        }
+    }
+
     pub(crate) fn add(&mut self, b: &Batch) {
         self.batches += 1;
         self.measurements += b.count as u64;
@@ -74,9 +92,7 @@ pub struct Pushed {
 impl Pushed {
     /// Adds `other`'s counts (not its refused batches) to these.
     pub fn absorb(&mut self, other: Pushed) {
-        self.evicted.batches += other.evicted.batches;
-        self.evicted.measurements += other.evicted.measurements;
-        self.evicted.bytes += other.evicted.bytes;
+        self.evicted = self.evicted.plus(other.evicted);
         self.stored += other.stored;
         if other.error.is_some() {
             self.error = other.error;
@@ -133,7 +149,7 @@ pub(crate) fn take_run<T>(items: &mut VecDeque<(T, Batch)>, max: usize) -> Optio
     let mut count = first.1.count;
     let mut run = vec![first];
     while let Some((_, next)) = items.front() {
-        if !run[0].1.joins(next) || count + next.count > max {
+        if !run[0].1.run_takes(count, next, max) {
             break;
         }
         count += next.count;

@@ -191,11 +191,7 @@ impl Queue for SpoolQueue {
                 .zip(&lease.parts)
                 .map(|(k, b)| (*k, Len::of(std::slice::from_ref(b))))
                 .collect();
-            for (_, part) in &gone {
-                self.len.batches = self.len.batches.saturating_sub(part.batches);
-                self.len.measurements = self.len.measurements.saturating_sub(part.measurements);
-                self.len.bytes = self.len.bytes.saturating_sub(part.bytes);
-            }
+            self.len = self.len.minus(lease.len());
             match self.tx.as_ref().map(|tx| tx.send(Cmd::Remove(gone))) {
                 Some(Ok(())) => Ok(()),
                 _ => Err(QueueError("the spool thread has stopped".into())),
@@ -305,13 +301,9 @@ impl SpoolThread {
             None if !self.dir.spool().exists() => self.last_len = Len::default(),
             None => {}
         }
-        let mut len = self.last_len;
-        for (_, part) in &self.unremoved {
-            len.batches = len.batches.saturating_sub(part.batches);
-            len.measurements = len.measurements.saturating_sub(part.measurements);
-            len.bytes = len.bytes.saturating_sub(part.bytes);
-        }
-        len
+        self.unremoved
+            .iter()
+            .fold(self.last_len, |len, (_, part)| len.minus(*part))
     }
 
     /// Removes what was delivered; on failure keeps the keys to skip and
@@ -453,11 +445,11 @@ impl SpoolThread {
                 if skip.contains(&record.key) {
                     continue;
                 }
-                let Some(batch) = Batch::decode_owned(record.data, record.weight) else {
+                let Some(batch) = Batch::decode(record.data, record.weight) else {
                     continue; // set aside by `read` already
                 };
                 if let Some((_, first)) = run.first()
-                    && (!first.joins(&batch) || count + batch.count > max)
+                    && !first.run_takes(count, &batch, max)
                 {
                     return Ok(run);
                 }

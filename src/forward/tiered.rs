@@ -87,9 +87,7 @@ impl Tiered {
             }
             let refused = std::mem::take(&mut pushed.refused);
             self.memory.push_now(refused);
-            let over = self.memory.evict_over(self.limit);
-            pushed.evicted.batches += over.batches;
-            pushed.evicted.measurements += over.measurements;
+            pushed.evicted = pushed.evicted.plus(self.memory.evict_over(self.limit));
         }
         pushed
     }
@@ -190,12 +188,7 @@ impl Queue for Tiered {
     }
 
     fn len(&self) -> Len {
-        let (m, s) = (self.memory.len(), self.spool.len());
-        Len {
-            batches: m.batches + s.batches,
-            measurements: m.measurements + s.measurements,
-            bytes: m.bytes + s.bytes,
-        }
+        self.memory.len().plus(self.spool.len())
     }
 
     fn durable(&self) -> bool {

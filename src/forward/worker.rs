@@ -59,26 +59,25 @@ impl Worker {
             concurrency: parts.opts.concurrency.max(1),
             ..parts.opts
         };
-        let mut worker = Worker {
+        let worker = Worker {
             batcher: Batcher::new(opts.batch_size, opts.linger, opts.send_alarms),
             dispatcher: Dispatcher::new(
                 parts.api,
                 opts.concurrency,
                 (opts.retry_initial, opts.retry_max),
             ),
-            opts,
             queue: parts.queue,
             dead_letters: parts.dead_letters,
             stats,
             limiter: RateLimiter::new(Duration::from_secs(60)),
             gave_up: false,
             gave_up_because: None,
-            post_limit: 0,
+            post_limit: opts.batch_size,
             bisect: None,
             retry_take: None,
             _lock: parts.lock,
+            opts,
         };
-        worker.post_limit = worker.opts.batch_size;
         worker.publish();
         worker
     }
@@ -171,7 +170,7 @@ impl Worker {
     fn count_push(&mut self, pushed: Pushed) {
         if pushed.stored > 0 {
             ForwardStats::add(&self.stats.spooled, pushed.stored);
-            let on_disk = self.queue.len().measurements - self.queue.in_memory().measurements;
+            let on_disk = self.queue.len().minus(self.queue.in_memory()).measurements;
             debug!(
                 "spooled {} measurements; the spool holds {on_disk}",
                 pushed.stored
@@ -460,14 +459,12 @@ impl Worker {
 
     /// Publishes the queue's size to the stats.
     fn publish(&self) {
-        let (all, memory) = (self.queue.len(), self.queue.in_memory());
+        let memory = self.queue.in_memory();
+        let spool = self.queue.len().minus(memory);
         let s = &self.stats;
         ForwardStats::set(&s.queued, memory.measurements + self.batcher.held() as u64);
-        ForwardStats::set(&s.spool_batches, all.batches.saturating_sub(memory.batches));
-        ForwardStats::set(
-            &s.spool_measurements,
-            all.measurements.saturating_sub(memory.measurements),
-        );
-        ForwardStats::set(&s.spool_bytes, all.bytes.saturating_sub(memory.bytes));
+        ForwardStats::set(&s.spool_batches, spool.batches);
+        ForwardStats::set(&s.spool_measurements, spool.measurements);
+        ForwardStats::set(&s.spool_bytes, spool.bytes);
     }
 }

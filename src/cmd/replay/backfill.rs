@@ -178,7 +178,7 @@ impl Backfill {
         }
         let mut kept = Vec::with_capacity(window.readings.len());
         for mut reading in window.readings {
-            let ms = reading.timestamp.unix_micros().div_euclid(1000);
+            let ms = reading.timestamp.unix_millis();
             let before = reading.measurements.len();
             if let Some(held) = present.get(&*reading.origin.device_id) {
                 reading.measurements.retain(|m| {
