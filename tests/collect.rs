@@ -135,16 +135,7 @@ async fn every_device_with_plus_posts_to_each_devices_url(broker: TestBroker) {
     api.wait_for_measurements(2, T).await;
     pv3.stop().await;
 
-    let mut by_device: Vec<(String, f64)> = api
-        .measurements()
-        .iter()
-        .map(|m| {
-            (
-                m["device_id"].as_str().unwrap_or("?").to_string(),
-                m["metric_value"].as_f64().unwrap_or(f64::NAN),
-            )
-        })
-        .collect();
+    let mut by_device = api.device_values();
     by_device.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         by_device,
@@ -492,18 +483,8 @@ async fn api_device_id_posts_one_p3_under_the_dashboards_id() {
     api.wait_for_measurements(2, T).await;
     pv3.received(3).await;
     let stderr = pv3.stop().await;
-    let got: Vec<(String, f64)> = api
-        .measurements()
-        .iter()
-        .map(|m| {
-            (
-                m["device_id"].as_str().unwrap_or("?").to_string(),
-                m["metric_value"].as_f64().unwrap_or(f64::NAN),
-            )
-        })
-        .collect();
     assert_eq!(
-        got,
+        api.device_values(),
         [
             ("DASHBOARD01".to_string(), 1.0),
             ("DASHBOARD01".to_string(), 3.0)

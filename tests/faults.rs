@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use pv3::api::ApiClient;
 use pv3::forward::{
     DeadLetters, ForwardOptions, ForwardStats, Forwarder, Queue, SpoolQueue, Tiered,
 };
@@ -28,6 +27,7 @@ use serde_json::Value;
 
 use support::api::RecordingApi;
 use support::fixtures::DEVICE;
+use support::forward::{api_client, api_client_with_timeout, spool_queue_with};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -127,21 +127,6 @@ fn disk_opener(full: Arc<AtomicBool>, growth_only: bool) -> Opener {
     })
 }
 
-fn spool(dir: &Path, opener: Opener) -> SpoolQueue {
-    let state = StateDir::new(dir);
-    let letters = Arc::new(DeadLetters::new(state.dead_letters()));
-    SpoolQueue::open_with(&state, 1 << 30, letters, opener).expect("spool")
-}
-
-fn client(api: &RecordingApi) -> ApiClient {
-    ApiClient::new(
-        api.url().parse().expect("url"),
-        None,
-        Duration::from_secs(5),
-    )
-    .expect("client")
-}
-
 fn options() -> ForwardOptions {
     ForwardOptions {
         linger: Duration::from_millis(20),
@@ -203,9 +188,9 @@ async fn a_full_disk_keeps_readings_in_memory_and_sends_each_once() {
     let full = Arc::new(AtomicBool::new(true));
     let queue = Tiered::new(
         100_000,
-        Box::new(spool(dir.path(), full_disk_opener(full.clone()))),
+        Box::new(spool_queue_with(dir.path(), full_disk_opener(full.clone()))),
     );
-    let forwarder = Forwarder::with_queue(client(&api), options(), Box::new(queue), None);
+    let forwarder = Forwarder::with_queue(api_client(&api), options(), Box::new(queue), None);
     let stats = forwarder.stats();
     let mut pipeline = Pipeline::new(5.0, None);
 
@@ -228,12 +213,12 @@ async fn a_disk_that_fills_up_while_draining_never_resends_what_was_delivered() 
     let dir = tempfile::tempdir().expect("tempdir");
     let full = Arc::new(AtomicBool::new(false));
     let opener = disk_opener(full.clone(), true);
-    let queue = Tiered::new(100_000, Box::new(spool(dir.path(), opener)));
+    let queue = Tiered::new(100_000, Box::new(spool_queue_with(dir.path(), opener)));
     let opts = ForwardOptions {
         batch_size: 50,
         ..options()
     };
-    let forwarder = Forwarder::with_queue(client(&api), opts, Box::new(queue), None);
+    let forwarder = Forwarder::with_queue(api_client(&api), opts, Box::new(queue), None);
     let stats = forwarder.stats();
     let mut pipeline = Pipeline::new(5.0, None);
     // Spooled while the disk has room; then it fills up while draining, so
@@ -264,8 +249,11 @@ async fn readings_that_cannot_be_kept_at_a_stop_are_counted_as_dropped() {
     let api = RecordingApi::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let full = Arc::new(AtomicBool::new(true));
-    let queue = Tiered::new(100_000, Box::new(spool(dir.path(), full_disk_opener(full))));
-    let forwarder = Forwarder::with_queue(client(&api), options(), Box::new(queue), None);
+    let queue = Tiered::new(
+        100_000,
+        Box::new(spool_queue_with(dir.path(), full_disk_opener(full))),
+    );
+    let forwarder = Forwarder::with_queue(api_client(&api), options(), Box::new(queue), None);
     let stats = forwarder.stats();
     let mut pipeline = Pipeline::new(5.0, None);
     api.fail_all(503);
@@ -294,7 +282,7 @@ async fn a_413_halves_the_batch_and_every_post_honours_the_batch_size() {
         batch_size: 100,
         ..options()
     };
-    let forwarder = Forwarder::with_queue(client(&api), opts, Box::new(queue), Some(letters));
+    let forwarder = Forwarder::with_queue(api_client(&api), opts, Box::new(queue), Some(letters));
     let stats = forwarder.stats();
     let mut pipeline = Pipeline::new(5.0, None);
     // A proxy that takes bodies up to 8 KB: about 60 measurements.
@@ -318,7 +306,7 @@ async fn a_413_halves_the_batch_and_every_post_honours_the_batch_size() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_with_an_html_page_is_not_a_delivery() {
     let api = RecordingApi::start().await;
-    let forwarder = Forwarder::start(client(&api), options());
+    let forwarder = Forwarder::start(api_client(&api), options());
     let stats = forwarder.stats();
     let mut pipeline = Pipeline::new(5.0, None);
     api.answer_html(true);
@@ -337,9 +325,12 @@ async fn a_slow_api_gets_full_batches_and_unacknowledged_readings_go_to_disk() {
     let api = RecordingApi::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let full = Arc::new(AtomicBool::new(false));
-    let queue = Tiered::new(100_000, Box::new(spool(dir.path(), full_disk_opener(full))));
+    let queue = Tiered::new(
+        100_000,
+        Box::new(spool_queue_with(dir.path(), full_disk_opener(full))),
+    );
     let queue = queue.spool_after(Duration::from_millis(300));
-    let forwarder = Forwarder::with_queue(client(&api), options(), Box::new(queue), None);
+    let forwarder = Forwarder::with_queue(api_client(&api), options(), Box::new(queue), None);
     let stats = forwarder.stats();
     let mut pipeline = Pipeline::new(5.0, None);
     // Each POST takes a second and succeeds.
@@ -438,12 +429,7 @@ async fn a_post_that_timed_out_is_not_stored_twice() {
     let api = RecordingApi::start().await;
     // Slower than the client's timeout, but it stores what it was sent.
     api.set_post_delay(Duration::from_millis(800));
-    let client = ApiClient::new(
-        api.url().parse().expect("url"),
-        None,
-        Duration::from_millis(500),
-    )
-    .expect("client");
+    let client = api_client_with_timeout(&api, Duration::from_millis(500));
     let forwarder = Forwarder::start(client, options());
     let stats = forwarder.stats();
     let mut pipeline = Pipeline::new(5.0, None);

@@ -8,20 +8,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use pv3::api::ApiClient;
 use pv3::forward::{
-    Batch, DeadLetters, ForwardOptions, ForwardStats, Forwarder, Lease, Len, Pushed, Queue,
-    QueueError, QueueFuture, SpoolQueue, Tiered,
+    Batch, ForwardOptions, ForwardReport, ForwardStats, Forwarder, Lease, Len, Pushed, Queue,
+    QueueError, QueueFuture, Tiered,
 };
 use pv3::mqtt::{self, MqttSettings};
 use pv3::pipeline::Pipeline;
-use pv3::state_dir::StateDir;
-use rumqttc::QoS;
 use tokio::sync::Semaphore;
 
 use support::api::RecordingApi;
-use support::broker::{InProcessBroker, Publisher};
+use support::broker::{InProcessBroker, publish_charges};
 use support::fixtures::DEVICE;
+use support::forward::{api_client, spool_queue};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -83,21 +81,6 @@ fn settings(port: u16) -> MqttSettings {
     }
 }
 
-fn client(api: &RecordingApi) -> ApiClient {
-    ApiClient::new(
-        api.url().parse().expect("url"),
-        None,
-        Duration::from_secs(5),
-    )
-    .expect("client")
-}
-
-fn spool(dir: &tempfile::TempDir) -> SpoolQueue {
-    let state = StateDir::new(dir.path());
-    let letters = Arc::new(DeadLetters::new(state.dead_letters()));
-    SpoolQueue::open(&state, 1 << 30, letters).expect("spool")
-}
-
 fn options() -> ForwardOptions {
     ForwardOptions {
         linger: Duration::from_millis(20),
@@ -108,41 +91,60 @@ fn options() -> ForwardOptions {
     }
 }
 
-/// collect's loop, in-process: messages → pipeline → forwarder. Counts
-/// what it has read.
-fn read_into(
+/// collect's loop, in-process: messages from the broker → pipeline →
+/// a forwarder over `queue` → the recording API, counting what it has read.
+struct Collecting {
     forwarder: Arc<Forwarder>,
-    port: u16,
+    stats: Arc<ForwardStats>,
     read: Arc<AtomicU64>,
-) -> tokio::task::JoinHandle<()> {
-    let mut subscription =
-        mqtt::subscribe(&settings(port), vec![pv3::topic::device_filter(DEVICE)])
-            .expect("subscribe");
-    tokio::spawn(async move {
-        let mut pipeline = Pipeline::new(5.0, None);
-        while let Some(msg) = subscription.recv().await {
-            read.fetch_add(1, Ordering::SeqCst);
-            if let Ok(Some(reading)) = pipeline.process(&msg.topic, &msg.payload, msg.received)
-                && forwarder.send(reading).await.is_err()
-            {
-                break;
-            }
-        }
-    })
+    reader: tokio::task::JoinHandle<()>,
 }
 
-async fn publish_charges(port: u16, range: std::ops::Range<i64>) {
-    let publisher = Publisher::connect(port).await;
-    let topic = format!("pv/PV3/{DEVICE}/inverter/charge");
-    for power in range {
-        publisher
-            .publish(
-                &topic,
-                format!("{{\"power\":{power}}}"),
-                QoS::AtLeastOnce,
-                false,
-            )
-            .await;
+impl Collecting {
+    /// Starts it, and waits until it is subscribed.
+    async fn start(broker: &InProcessBroker, api: &RecordingApi, queue: Box<dyn Queue>) -> Self {
+        let forwarder = Arc::new(Forwarder::with_queue(
+            api_client(api),
+            options(),
+            queue,
+            None,
+        ));
+        let stats = forwarder.stats();
+        let read = Arc::new(AtomicU64::new(0));
+        let filter = pv3::topic::device_filter(DEVICE);
+        let mut subscription =
+            mqtt::subscribe(&settings(broker.port()), vec![filter.clone()]).expect("subscribe");
+        let (sink, counter) = (forwarder.clone(), read.clone());
+        let reader = tokio::spawn(async move {
+            let mut pipeline = Pipeline::new(5.0, None);
+            while let Some(msg) = subscription.recv().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                if let Ok(Some(reading)) = pipeline.process(&msg.topic, &msg.payload, msg.received)
+                    && sink.send(reading).await.is_err()
+                {
+                    break;
+                }
+            }
+        });
+        assert!(broker.wait_for_subscription(&filter, T).await);
+        Collecting {
+            forwarder,
+            stats,
+            read,
+            reader,
+        }
+    }
+
+    fn read(&self) -> u64 {
+        self.read.load(Ordering::SeqCst)
+    }
+
+    /// Stops reading and finishes the forwarder.
+    async fn stop(self) -> ForwardReport {
+        self.reader.abort();
+        let _ = self.reader.await;
+        let forwarder = Arc::try_unwrap(self.forwarder).ok().expect("sole owner");
+        forwarder.finish(Some(T)).await
     }
 }
 
@@ -155,25 +157,12 @@ async fn mqtt_keeps_being_read_while_a_spool_commit_hangs() {
     let gate = Arc::new(Semaphore::new(0));
     let waiting = Arc::new(AtomicBool::new(false));
     let gated = Gated {
-        inner: Box::new(spool(&dir)),
+        inner: Box::new(spool_queue(dir.path())),
         gate: gate.clone(),
         waiting: waiting.clone(),
     };
     let queue = Tiered::new(100_000, Box::new(gated));
-    let forwarder = Arc::new(Forwarder::with_queue(
-        client(&api),
-        options(),
-        Box::new(queue),
-        None,
-    ));
-    let stats = forwarder.stats();
-    let read = Arc::new(AtomicU64::new(0));
-    let reader = read_into(forwarder.clone(), broker.port(), read.clone());
-    assert!(
-        broker
-            .wait_for_subscription(&pv3::topic::device_filter(DEVICE), T)
-            .await
-    );
+    let run = Collecting::start(&broker, &api, Box::new(queue)).await;
 
     // The first failure starts spooling, and the spool's commit hangs.
     publish_charges(broker.port(), 0..10).await;
@@ -181,9 +170,9 @@ async fn mqtt_keeps_being_read_while_a_spool_commit_hangs() {
     // On this one-thread runtime (collect's), messages keep coming in.
     publish_charges(broker.port(), 10..300).await;
     assert!(
-        support::wait_for(T, || read.load(Ordering::SeqCst) == 300).await,
+        support::wait_for(T, || run.read() == 300).await,
         "read {} of 300 while the commit hung",
-        read.load(Ordering::SeqCst)
+        run.read()
     );
     assert!(
         waiting.load(Ordering::SeqCst),
@@ -193,11 +182,8 @@ async fn mqtt_keeps_being_read_while_a_spool_commit_hangs() {
     gate.add_permits(1 << 20);
     api.recover();
     api.wait_for_measurements(300, T).await;
-    assert!(support::wait_for(T, || ForwardStats::get(&stats.delivered) == 300).await);
-    reader.abort();
-    let _ = reader.await;
-    let forwarder = Arc::try_unwrap(forwarder).ok().expect("sole owner");
-    let report = forwarder.finish(Some(T)).await;
+    assert!(support::wait_for(T, || ForwardStats::get(&run.stats.delivered) == 300).await);
+    let report = run.stop().await;
     assert!(report.is_complete(), "{report:?}");
 }
 
@@ -205,21 +191,9 @@ async fn mqtt_keeps_being_read_while_a_spool_commit_hangs() {
 async fn recovery(api: &mut RecordingApi, refused: bool) -> Duration {
     let broker = InProcessBroker::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let queue = Tiered::new(100_000, Box::new(spool(&dir)));
-    let forwarder = Arc::new(Forwarder::with_queue(
-        client(api),
-        options(),
-        Box::new(queue),
-        None,
-    ));
-    let stats = forwarder.stats();
-    let read = Arc::new(AtomicU64::new(0));
-    let reader = read_into(forwarder.clone(), broker.port(), read.clone());
-    assert!(
-        broker
-            .wait_for_subscription(&pv3::topic::device_filter(DEVICE), T)
-            .await
-    );
+    let queue = Tiered::new(100_000, Box::new(spool_queue(dir.path())));
+    let run = Collecting::start(&broker, api, Box::new(queue)).await;
+    let stats = run.stats.clone();
     if refused {
         api.stop().await;
     } else {
@@ -237,8 +211,7 @@ async fn recovery(api: &mut RecordingApi, refused: bool) -> Duration {
     assert!(support::wait_for(T, || ForwardStats::get(&stats.delivered) > 0).await);
     let took = back.elapsed();
     api.wait_for_measurements(20, T).await;
-    reader.abort();
-    let _ = reader.await;
+    run.stop().await;
     took
 }
 

@@ -1,11 +1,14 @@
 //! One test suite for the queue interface, run against every
 //! implementation: memory, the on-disk spool, and the tiered rule.
 
+mod support;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pv3::forward::{Batch, BatchKind, DeadLetters, MemoryQueue, Queue, SpoolQueue, Tiered};
-use pv3::state_dir::StateDir;
+use pv3::forward::{Batch, BatchKind, MemoryQueue, Queue, Tiered};
+
+use support::forward::spool_queue;
 
 fn batch(device: &str, values: &[i64]) -> Batch {
     let body = format!(
@@ -43,12 +46,6 @@ struct Made {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn spool_in(dir: &tempfile::TempDir) -> SpoolQueue {
-    let state = StateDir::new(dir.path());
-    let letters = Arc::new(DeadLetters::new(state.dead_letters()));
-    SpoolQueue::open(&state, 1 << 30, letters).expect("spool")
-}
-
 fn memory() -> Made {
     Made {
         queue: Box::new(MemoryQueue::new()),
@@ -59,7 +56,7 @@ fn memory() -> Made {
 fn spool() -> Made {
     let dir = tempfile::tempdir().expect("tempdir");
     Made {
-        queue: Box::new(spool_in(&dir)),
+        queue: Box::new(spool_queue(dir.path())),
         _dir: Some(dir),
     }
 }
@@ -67,7 +64,7 @@ fn spool() -> Made {
 fn tiered() -> Made {
     let dir = tempfile::tempdir().expect("tempdir");
     Made {
-        queue: Box::new(Tiered::new(1000, Box::new(spool_in(&dir)))),
+        queue: Box::new(Tiered::new(1000, Box::new(spool_queue(dir.path())))),
         _dir: Some(dir),
     }
 }
@@ -179,13 +176,13 @@ async fn alarms_and_other_devices_are_never_merged(mut m: Made) {
 #[tokio::test]
 async fn the_spool_survives_a_restart_and_memory_hands_back_what_it_held() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spool = Box::new(spool_in(&dir));
+    let mut spool = Box::new(spool_queue(dir.path()));
     let _ = spool.push(vec![batch("A", &[1]), batch("A", &[2])]).await;
     assert!(
         spool.close().await.is_empty(),
         "nothing lost: it is on disk"
     );
-    let mut again = Box::new(spool_in(&dir));
+    let mut again = Box::new(spool_queue(dir.path()));
     assert_eq!(again.len().measurements, 2);
     let lease = again.take(10).await.expect("take").expect("a lease");
     assert_eq!(body(&lease.batch), "[1,2]");
@@ -207,7 +204,7 @@ async fn the_spool_survives_a_restart_and_memory_hands_back_what_it_held() {
 #[tokio::test]
 async fn tiered_stays_in_memory_until_a_failure_then_spools_until_drained() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut q = Tiered::new(1000, Box::new(spool_in(&dir)));
+    let mut q = Tiered::new(1000, Box::new(spool_queue(dir.path())));
     let _ = q.push(vec![batch("A", &[1])]).await;
     let lease = q.take(10).await.expect("take").expect("a lease");
     q.ack(lease).await.expect("ack");
@@ -233,7 +230,7 @@ async fn tiered_stays_in_memory_until_a_failure_then_spools_until_drained() {
 #[tokio::test]
 async fn tiered_spills_to_disk_when_memory_passes_its_bound() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut q = Tiered::new(2, Box::new(spool_in(&dir)));
+    let mut q = Tiered::new(2, Box::new(spool_queue(dir.path())));
     let _ = q.push(vec![batch("A", &[1, 2])]).await;
     assert!(!q.spooling());
     let pushed = q.push(vec![batch("A", &[3])]).await;

@@ -11,7 +11,7 @@ use rumqttc::QoS;
 use serde_json::Value;
 
 use support::api::RecordingApi;
-use support::broker::{InProcessBroker, Publisher, TestBroker};
+use support::broker::{InProcessBroker, Publisher, TestBroker, publish_charges};
 use support::collect::{CollectRun, number};
 use support::fixtures::DEVICE;
 use support::on_both_brokers;
@@ -26,21 +26,6 @@ fn collect(broker_port: u16, api_url: &str, state: &Path) -> CollectRun {
         .api_url(api_url)
         .state_dir(state)
         .env("RUST_LOG", "pv3=debug")
-}
-
-async fn publish_charges(port: u16, range: std::ops::Range<i64>) {
-    let publisher = Publisher::connect(port).await;
-    let topic = format!("pv/PV3/{DEVICE}/inverter/charge");
-    for power in range {
-        publisher
-            .publish(
-                &topic,
-                format!("{{\"power\":{power}}}"),
-                QoS::AtLeastOnce,
-                false,
-            )
-            .await;
-    }
 }
 
 fn powers(items: &[Value]) -> Vec<i64> {

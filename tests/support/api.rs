@@ -217,6 +217,19 @@ impl RecordingApi {
         lock(&self.store.data).measurements.clone()
     }
 
+    /// (device, value) of each stored measurement, in arrival order.
+    pub fn device_values(&self) -> Vec<(String, f64)> {
+        self.measurements()
+            .iter()
+            .map(|m| {
+                (
+                    m["device_id"].as_str().unwrap_or("?").to_string(),
+                    m["metric_value"].as_f64().unwrap_or(f64::NAN),
+                )
+            })
+            .collect()
+    }
+
     /// Alarm objects of accepted alarm requests: `(device_id, alarm)`. An
     /// array body yields one entry per element, an object with an `alarms`
     /// array one per element of it, any other object one entry.

@@ -39,6 +39,23 @@ const HARNESS_TIMEOUT: Duration = Duration::from_secs(10);
 /// MQTT topic-filter matching: `+` matches exactly one level, `#` matches any
 /// number of levels including the parent (`a/#` matches `a`), and topics
 /// starting with `$` are not matched by filters starting with a wildcard.
+/// Publishes `{"power": n}` on the test device's `inverter/charge` for each
+/// `n` in `range` (one battery_power reading each, a sequence number).
+pub async fn publish_charges(port: u16, range: std::ops::Range<i64>) {
+    let publisher = Publisher::connect(port).await;
+    let topic = format!("pv/PV3/{}/inverter/charge", super::fixtures::DEVICE);
+    for power in range {
+        publisher
+            .publish(
+                &topic,
+                format!("{{\"power\":{power}}}"),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await;
+    }
+}
+
 pub fn topic_matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;

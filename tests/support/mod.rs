@@ -6,6 +6,7 @@
 //! * [`api`]: recording HTTP/1.1 server mimicking the PV3 Monitor API.
 //! * [`proc`]: running the `pv3` binary.
 //! * [`collect`]: `pv3 collect` with test defaults, waits on `status.json`.
+//! * [`forward`]: pieces for driving the forwarder in-process.
 //! * [`proxy`]: TCP proxy for link-failure injection.
 //!
 //! Every server binds 127.0.0.1 only, on an OS-assigned port unless a port
@@ -15,6 +16,7 @@ pub mod api;
 pub mod broker;
 pub mod collect;
 pub mod fixtures;
+pub mod forward;
 pub mod proc;
 pub mod proxy;
 
