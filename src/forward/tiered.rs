@@ -20,6 +20,9 @@ use crate::ratelimit::{RateLimiter, suppressed_note};
 /// spooled whatever the reason (a failing, hanging or slow API).
 pub const SPOOL_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long the disk is left alone after a write to the spool failed.
+const DISK_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// See the module docs.
 pub struct Tiered {
     memory: MemoryQueue,
@@ -30,6 +33,8 @@ pub struct Tiered {
     /// Spool what has waited longer than this, unacknowledged.
     max_age: std::time::Duration,
     limiter: RateLimiter,
+    /// When a write to the spool last failed, while it keeps failing.
+    disk_failed_at: Option<std::time::Instant>,
     /// Counts of spills made while taking, reported with the next push.
     carry: Pushed,
 }
@@ -46,6 +51,7 @@ impl Tiered {
             limit,
             max_age: SPOOL_AFTER,
             limiter: RateLimiter::new(std::time::Duration::from_secs(60)),
+            disk_failed_at: None,
             carry: Pushed::default(),
         }
     }
@@ -72,11 +78,25 @@ impl Tiered {
 
     /// Moves what waits in memory (and `more`) to the spool; what the spool
     /// refuses stays in memory, the oldest dropped past the bound.
+    /// After a failed write the disk is left alone for [`DISK_RETRY`]
+    /// (batches wait in memory meanwhile, in order), so a full disk costs
+    /// one failed commit a second, not one per batch and per lease.
     async fn spill(&mut self, more: Vec<Batch>) -> Pushed {
+        if self
+            .disk_failed_at
+            .is_some_and(|t| t.elapsed() < DISK_RETRY)
+        {
+            self.memory.push_now(more);
+            return Pushed {
+                evicted: self.memory.evict_over(self.limit),
+                ..Pushed::default()
+            };
+        }
         let mut batches = self.memory.drain_unleased();
         batches.extend(more);
         let n: u64 = batches.iter().map(|b| b.count as u64).sum();
         let mut pushed = self.spool.push(batches).await;
+        self.disk_failed_at = pushed.error.is_some().then(std::time::Instant::now);
         if let Some(e) = &pushed.error {
             if let Some(k) = self.limiter.allow("spool write") {
                 error!(
