@@ -26,10 +26,14 @@ pub mod cli;
 pub mod cmd;
 // P3 topics and payloads to measurements and alarm states.
 pub mod decode;
+// Energy counters integrated from power readings, kept across restarts.
+pub mod energy;
 // Batching, queueing, retry and delivery to the API.
 pub mod forward;
 // Logging set-up.
 pub mod logging;
+// Per-metric metadata for the outputs: Home Assistant classes, Prometheus names.
+pub mod metric_info;
 // The MQTT connection: options, reconnects, subscriptions.
 pub mod mqtt;
 // Printing readings for `--dry-run`.

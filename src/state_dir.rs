@@ -7,6 +7,7 @@
 //!   spool.redb.corrupt-*    a spool that could not be read, moved aside for inspection
 //!   rejected.jsonl          batches the API refused for good (dead letters)
 //!   status.json             the running collector's self-report, read by check-api
+//!   energy.json             the energy counters' totals (only with an output that uses them)
 //! ```
 //!
 //! Under systemd the directory is [`SERVICE_DIR`] (`StateDirectory=pv3`,
@@ -25,6 +26,9 @@ pub const SPOOL_FILE: &str = "spool.redb";
 pub const DEAD_LETTER_FILE: &str = "rejected.jsonl";
 /// File name of the collector's status inside the state directory.
 pub const STATUS_FILE: &str = "status.json";
+
+/// File name of the energy counters' totals inside the state directory.
+pub const ENERGY_FILE: &str = "energy.json";
 
 /// A state directory's path and its layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +121,11 @@ impl StateDir {
         self.root.join(STATUS_FILE)
     }
 
+    /// The energy counters' totals.
+    pub fn energy(&self) -> PathBuf {
+        self.root.join(ENERGY_FILE)
+    }
+
     /// Creates the directory if needed and takes its lock: two collectors on
     /// one state directory would send everything twice.
     pub fn lock(&self) -> Result<StateLock, StateDirError> {
@@ -152,6 +161,7 @@ mod tests {
         assert_eq!(dir.spool(), Path::new("/s/spool.redb"));
         assert_eq!(dir.dead_letters(), Path::new("/s/rejected.jsonl"));
         assert_eq!(dir.status(), Path::new("/s/status.json"));
+        assert_eq!(dir.energy(), Path::new("/s/energy.json"));
         assert_eq!(dir.spool_aside(7), Path::new("/s/spool.redb.corrupt-7"));
     }
 
