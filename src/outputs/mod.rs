@@ -18,6 +18,7 @@
 //! never wait. An output that fails must never slow or lose another.
 
 mod api;
+mod stats;
 mod stdout;
 
 use std::future::Future;
@@ -25,6 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use api::ApiOutput;
+pub use stats::{Health, OutputReport, OutputStats};
 pub use stdout::StdoutOutput;
 
 use crate::reading::Reading;
@@ -46,6 +48,17 @@ pub trait Output: Send {
     fn send(&mut self, reading: Arc<Reading>) -> OutputFuture<'_, Result<(), Closed>>;
     /// One line for the periodic progress log, if it has anything to say.
     fn progress(&self) -> Option<String>;
+    /// Whether it takes the readings pv3 derives itself (the energy
+    /// counters, [`crate::energy`]) as well as the decoded ones. The API
+    /// output does not: PV3 Monitor computes its own daily totals.
+    fn wants_derived(&self) -> bool {
+        false
+    }
+    /// Its live counters, for `status.json` and `/metrics` (the API
+    /// output's are [`ApiOutput::stats`]).
+    fn stats(&self) -> Option<Arc<OutputStats>> {
+        None
+    }
     /// Stops: flushes or persists what it holds and says what became of
     /// it. `received`: messages collect received in all, for the stop line.
     fn finish(self: Box<Self>, received: u64) -> OutputFuture<'static, anyhow::Result<()>>;
