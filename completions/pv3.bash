@@ -121,7 +121,7 @@ _pv3() {
             return 0
             ;;
         pv3__subcmd__collect)
-            opts="-v -q -h -V --dry-run --format --spool-max-mb --share-group --stale-after --batch-size --linger-ms --queue-max --shutdown-grace --stats-interval --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --device-id --api-url --api-token --api-timeout --api-device-id --retry-max --soc-threshold --state-dir --verbose --quiet --help --version"
+            opts="-v -q -h -V --dry-run --ha-remove --format --spool-max-mb --share-group --stale-after --batch-size --linger-ms --queue-max --shutdown-grace --stats-interval --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --device-id --api-url --api-token --api-timeout --api-device-id --retry-max --soc-threshold --state-dir --no-api --publish --publish-prefix --publish-interval --ha --ha-prefix --metrics-listen --out-mqtt-host --out-mqtt-port --out-mqtt-username --out-mqtt-password --out-mqtt-tls --out-mqtt-ca --out-mqtt-client-id --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -220,6 +220,46 @@ _pv3() {
                     return 0
                     ;;
                 --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --publish-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --publish-interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ha-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out-mqtt-host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out-mqtt-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out-mqtt-username)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out-mqtt-password)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out-mqtt-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out-mqtt-client-id)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -357,7 +397,7 @@ _pv3() {
             return 0
             ;;
         pv3__subcmd__install__subcmd__service)
-            opts="-v -q -h -V --dry-run --uninstall --purge --user --binary --root --pretend-non-root --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --device-id --api-url --api-token --api-timeout --api-device-id --verbose --quiet --help --version"
+            opts="-v -q -h -V --dry-run --uninstall --purge --user --binary --root --pretend-non-root --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --device-id --api-url --api-token --api-timeout --api-device-id --no-api --publish --publish-prefix --publish-interval --ha --ha-prefix --metrics-listen --out-mqtt-host --out-mqtt-port --out-mqtt-username --out-mqtt-password --out-mqtt-tls --out-mqtt-ca --out-mqtt-client-id --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -416,6 +456,46 @@ _pv3() {
                     return 0
                     ;;
                 --api-device-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --publish-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --publish-interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ha-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out-mqtt-host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out-mqtt-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out-mqtt-username)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out-mqtt-password)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out-mqtt-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out-mqtt-client-id)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -60,8 +60,23 @@ complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l api-device-id -d 'Po
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l retry-max -d 'Longest wait between retries of a failed POST, in seconds' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l soc-threshold -d 'SOC filter threshold in percentage points (0 turns it off)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l state-dir -d 'Spool and status directory [default: $STATE_DIRECTORY (systemd), else ~/.local/state/pv3]' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l publish-prefix -d 'Topic prefix of --publish' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l publish-interval -d 'Publish a value at most this often, in seconds, unless it changes less (0: every reading)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l ha-prefix -d 'Home Assistant\'s discovery prefix' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l metrics-listen -d 'Serve Prometheus metrics on http://ADDR:PORT/metrics' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l out-mqtt-host -d 'Broker of --publish/--ha [default: the source broker]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l out-mqtt-port -d '[default: --mqtt-port, or 1883 (8883 with TLS) for another host]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l out-mqtt-username -d 'User name on the output broker' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l out-mqtt-password -d 'Never shown in --help or logs' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l out-mqtt-ca -d 'CA certificate (PEM) of the output broker; implies --out-mqtt-tls' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l out-mqtt-client-id -d '[default: --mqtt-client-id + "-out", else pv3-publish-<random>]' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l dry-run -d 'Print what would be sent; send nothing'
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l ha-remove -d 'Remove every entity --ha announced for --device-id (+: every P3), with the retained topics of --publish, then exit'
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-tls -d 'Connect with TLS'
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l no-api -d 'Do not send to the PV3 Monitor API (needs --publish, --ha or --metrics-listen)'
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l publish -d 'Publish each value as a plain number on PREFIX/DEVICE/METRIC (evcc, Telegraf, Node-RED)'
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l ha -d 'Home Assistant MQTT discovery (implies --publish)'
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l out-mqtt-tls -d 'TLS to the output broker'
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -s v -l verbose -d 'More log detail (-v debug, -vv trace)'
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -141,12 +156,26 @@ complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l api-url -d '
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l api-token -d 'Sent as `Authorization: Bearer`; never shown or logged' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l api-timeout -d 'Per-request timeout, in seconds' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l api-device-id -d 'Post under this device id instead of the topic\'s (the dashboard\'s configured id); one P3 only' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l publish-prefix -d 'Topic prefix of --publish' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l publish-interval -d 'Publish a value at most this often, in seconds, unless it changes less (0: every reading)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l ha-prefix -d 'Home Assistant\'s discovery prefix' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l metrics-listen -d 'Serve Prometheus metrics on http://ADDR:PORT/metrics' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l out-mqtt-host -d 'Broker of --publish/--ha [default: the source broker]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l out-mqtt-port -d '[default: --mqtt-port, or 1883 (8883 with TLS) for another host]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l out-mqtt-username -d 'User name on the output broker' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l out-mqtt-password -d 'Never shown in --help or logs' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l out-mqtt-ca -d 'CA certificate (PEM) of the output broker; implies --out-mqtt-tls' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l out-mqtt-client-id -d '[default: --mqtt-client-id + "-out", else pv3-publish-<random>]' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l dry-run -d 'Print each file it would write and each command it would run; change nothing (secrets shown as ***)'
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l uninstall -d 'Stop, disable and remove the service and its env file (state kept)'
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l purge -d 'With --uninstall: also delete the state directory (spool, status)'
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l user -d 'A user service (~/.config/systemd/user, systemctl --user): no root'
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l pretend-non-root -d 'Tests: behave as if not run as root'
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l mqtt-tls -d 'Connect with TLS'
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l no-api -d 'Do not send to the PV3 Monitor API (needs --publish, --ha or --metrics-listen)'
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l publish -d 'Publish each value as a plain number on PREFIX/DEVICE/METRIC (evcc, Telegraf, Node-RED)'
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l ha -d 'Home Assistant MQTT discovery (implies --publish)'
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l out-mqtt-tls -d 'TLS to the output broker'
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -s v -l verbose -d 'More log detail (-v debug, -vv trace)'
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -s h -l help -d 'Print help'

@@ -15,7 +15,7 @@ mod parse;
 
 use parse::{
     parse_device_id, parse_device_id_exact, parse_filter, parse_secs, parse_secs_or_zero,
-    parse_share_group, parse_speed, parse_threshold, parse_time,
+    parse_share_group, parse_speed, parse_threshold, parse_time, parse_topic_prefix,
 };
 
 #[derive(Debug, Parser)]
@@ -60,7 +60,9 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         pv3 collect --mqtt-host 192.168.1.215 --api-url http://pi.local:8800\n  \
         pv3 collect --device-id +             every P3 on the broker\n  \
-        pv3 collect --dry-run --format jsonl  show what would be sent, send nothing")]
+        pv3 collect --dry-run --format jsonl  show what would be sent, send nothing\n  \
+        pv3 collect --ha --out-mqtt-host homeassistant.local   Home Assistant too\n  \
+        pv3 collect --no-api --ha --metrics-listen 0.0.0.0:9853   no PV3 Monitor")]
     Collect(CollectArgs),
 
     /// Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)
@@ -219,8 +221,13 @@ pub struct DeliveryArgs {
 #[derive(Debug, Clone, Args)]
 pub struct CollectArgs {
     /// Print what would be sent; send nothing
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["no_api", "publish", "ha", "metrics_listen"])]
     pub dry_run: bool,
+
+    /// Remove every entity --ha announced for --device-id (+: every P3),
+    /// with the retained topics of --publish, then exit
+    #[arg(long, conflicts_with_all = ["dry_run", "no_api", "publish", "ha", "metrics_listen"])]
+    pub ha_remove: bool,
 
     /// Output of --dry-run [default: table on a terminal, else jsonl]
     #[arg(long, value_enum, value_name = "FORMAT", requires = "dry_run")]
@@ -288,6 +295,94 @@ pub struct CollectArgs {
     /// The state directory.
     #[command(flatten)]
     pub state: StateArgs,
+
+    /// Outputs beside the API.
+    #[command(flatten)]
+    pub outputs: OutputArgs,
+
+    /// The broker the outputs publish to.
+    #[command(flatten)]
+    pub out_mqtt: OutMqttArgs,
+}
+
+/// collect's outputs beside the PV3 Monitor API (`docs/home-assistant.md`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Outputs")]
+pub struct OutputArgs {
+    /// Do not send to the PV3 Monitor API (needs --publish, --ha or
+    /// --metrics-listen)
+    #[arg(long, env = "NO_API")]
+    pub no_api: bool,
+
+    /// Publish each value as a plain number on PREFIX/DEVICE/METRIC
+    /// (evcc, Telegraf, Node-RED)
+    #[arg(long, env = "PUBLISH")]
+    pub publish: bool,
+
+    /// Topic prefix of --publish
+    #[arg(long, env = "PUBLISH_PREFIX", default_value = "pv3", value_name = "P",
+          value_parser = parse_topic_prefix)]
+    pub publish_prefix: String,
+
+    /// Publish a value at most this often, in seconds, unless it changes
+    /// less (0: every reading)
+    #[arg(long, env = "PUBLISH_INTERVAL", default_value = "10", value_name = "SECS",
+          value_parser = parse_secs_or_zero)]
+    pub publish_interval: Duration,
+
+    /// Home Assistant MQTT discovery (implies --publish)
+    #[arg(long, env = "HA_DISCOVERY")]
+    pub ha: bool,
+
+    /// Home Assistant's discovery prefix
+    #[arg(long, env = "HA_PREFIX", default_value = "homeassistant", value_name = "P",
+          value_parser = parse_topic_prefix)]
+    pub ha_prefix: String,
+
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics
+    #[arg(long, env = "METRICS_LISTEN", value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// The broker of --publish and --ha. Without --out-mqtt-host: the source
+/// broker, each setting overridable. With it: another broker, whose
+/// settings start from MQTT's defaults (the P3 broker's credentials are
+/// not sent to it).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Output broker")]
+pub struct OutMqttArgs {
+    /// Broker of --publish/--ha [default: the source broker]
+    #[arg(long, env = "OUT_MQTT_HOST", value_name = "HOST")]
+    pub out_mqtt_host: Option<String>,
+
+    /// [default: --mqtt-port, or 1883 (8883 with TLS) for another host]
+    #[arg(long, env = "OUT_MQTT_PORT", value_name = "PORT")]
+    pub out_mqtt_port: Option<u16>,
+
+    /// User name on the output broker
+    #[arg(long, env = "OUT_MQTT_USERNAME", value_name = "USER")]
+    pub out_mqtt_username: Option<String>,
+
+    /// Never shown in --help or logs
+    #[arg(
+        long,
+        env = "OUT_MQTT_PASSWORD",
+        value_name = "PASS",
+        hide_env_values = true
+    )]
+    pub out_mqtt_password: Option<Secret>,
+
+    /// TLS to the output broker
+    #[arg(long, env = "OUT_MQTT_TLS")]
+    pub out_mqtt_tls: bool,
+
+    /// CA certificate (PEM) of the output broker; implies --out-mqtt-tls
+    #[arg(long = "out-mqtt-ca", env = "OUT_MQTT_CA_FILE", value_name = "FILE")]
+    pub out_mqtt_ca: Option<PathBuf>,
+
+    /// [default: --mqtt-client-id + "-out", else pv3-publish-<random>]
+    #[arg(long, env = "OUT_MQTT_CLIENT_ID", value_name = "ID")]
+    pub out_mqtt_client_id: Option<String>,
 }
 
 /// `pv3 sniff`.
@@ -493,6 +588,14 @@ pub struct InstallServiceArgs {
     /// The device id the API sees.
     #[command(flatten)]
     pub api_device: ApiDeviceArgs,
+
+    /// Outputs beside the API.
+    #[command(flatten)]
+    pub outputs: OutputArgs,
+
+    /// The broker the outputs publish to.
+    #[command(flatten)]
+    pub out_mqtt: OutMqttArgs,
 }
 
 /// What `pv3 completions` prints.

@@ -157,18 +157,23 @@ impl Energy {
         }
     }
 
-    /// Feeds one reading; `true` when a total of its device grew.
+    /// Feeds one reading; `true` when it carried a power the counters
+    /// integrate (the device's totals are then known, if not grown: the
+    /// outputs publish them from the first power reading on).
     pub fn observe(&mut self, reading: &Reading) -> bool {
-        let mut grew = false;
+        let mut fed = false;
         for m in &reading.measurements {
-            grew |= self.observe_power(
-                &reading.origin.device_id,
-                &m.metric,
-                m.value,
-                reading.timestamp,
-            );
+            if SOURCES.iter().any(|(metric, _, _)| *metric == m.metric) {
+                fed = true;
+                self.observe_power(
+                    &reading.origin.device_id,
+                    &m.metric,
+                    m.value,
+                    reading.timestamp,
+                );
+            }
         }
-        grew
+        fed
     }
 
     /// Feeds one value of `metric` (ignored unless it is a power source),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub use crate::outputs::OutputReport;
 use crate::state_dir::STATUS_FILE as FILE_NAME;
 
 /// What `status.json` holds: who wrote it, the broker connection, the last
@@ -48,6 +49,13 @@ pub struct Status {
     pub spool_measurements: u64,
     /// Bytes the spool holds.
     pub spool_bytes: u64,
+    /// `--no-api`: the collector sends nothing to the API, so its delivery
+    /// counters stay at zero.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_api: bool,
+    /// The outputs beside the API (`--publish`/`--ha`, `--metrics-listen`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputReport>,
 }
 
 /// This machine's boot id (`/proc/sys/kernel/random/boot_id`), where there

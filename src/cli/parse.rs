@@ -14,6 +14,22 @@ pub(super) fn parse_share_group(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// A topic prefix to publish under: one or more plain levels, no
+/// wildcards, no leading or trailing `/`.
+pub(super) fn parse_topic_prefix(text: &str) -> Result<String, String> {
+    if text.is_empty()
+        || text.starts_with('/')
+        || text.ends_with('/')
+        || text.contains(['+', '#', '\0'])
+        || text.split('/').any(str::is_empty)
+    {
+        return Err(format!(
+            "{text:?} is not a topic prefix: plain levels like pv3 or home/pv3, no + # or empty levels"
+        ));
+    }
+    Ok(text.to_string())
+}
+
 pub(super) fn parse_filter(text: &str) -> Result<String, String> {
     crate::topic::validate_filter(text)?;
     Ok(text.to_owned())

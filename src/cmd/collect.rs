@@ -13,14 +13,16 @@ use anyhow::Result;
 use tracing::{info, trace, warn};
 
 use crate::cli::CollectArgs;
+use crate::energy::{Energy, EnergyFile, Loaded};
 use crate::forward::{ForwardOptions, ForwardStats, Forwarder, Overflow, Storage, StorageError};
 use crate::mqtt::{self, Message};
 use crate::output::Format;
-use crate::outputs::{ApiOutput, Output, StdoutOutput};
+use crate::outputs::publish::HEARTBEAT;
+use crate::outputs::{ApiOutput, Health, Output, PublishOptions, PublishOutput, StdoutOutput};
 use crate::pipeline::Pipeline;
 use crate::ratelimit::{RateLimiter, suppressed_note};
 use crate::reading::Timestamp;
-use crate::state_dir::StateDir;
+use crate::state_dir::{StateDir, StateLock};
 use crate::status::{self, Counters, Status};
 
 /// How often `status.json` is rewritten.
@@ -39,6 +41,10 @@ fn status_every() -> Duration {
 /// `pv3 collect`: runs until SIGINT or SIGTERM. Bad settings come back as a
 /// [`ConfigError`](super::ConfigError) (exit code 2).
 pub async fn run(args: CollectArgs) -> Result<()> {
+    check_outputs(&args)?;
+    if args.ha_remove {
+        return remove_announced(&args).await;
+    }
     let mut settings = super::mqtt_settings(&args.mqtt, "collect");
     settings.stale_after = Some(args.stale_after);
     let filter = match &args.share_group {
@@ -48,18 +54,14 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         ),
         None => crate::topic::device_filter(&args.device.device_id),
     };
-    let (outputs, state_dir, api_stats) = open_outputs(&args)?;
+    let opened = open_outputs(&args).await?;
     let subscription =
         mqtt::subscribe(&settings, vec![filter.clone()]).map_err(super::ConfigError)?;
     info!(
         "pv3 collect {}: {} ({filter}) → {}{}",
         env!("CARGO_PKG_VERSION"),
         settings.endpoint(),
-        if args.dry_run {
-            "stdout (dry run)".to_string()
-        } else {
-            args.api.api_url.to_string()
-        },
+        opened.destinations.join(", "),
         args.api_device
             .api_device_id
             .as_deref()
@@ -71,65 +73,259 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         None => Pipeline::new(args.delivery.soc_threshold, None),
     };
     let status = StatusWriter::new(
-        state_dir,
+        opened.state_dir,
         settings.endpoint(),
         subscription.connected_flag(),
-        api_stats,
+        opened.health.clone(),
+        args.outputs.no_api,
     );
     let mut collector = Collector {
         pipeline,
-        outputs,
+        outputs: opened.outputs,
+        energy: opened.energy,
+        health: opened.health,
         status,
         warnings: RateLimiter::new(Duration::from_secs(60)),
         last_message: None,
+        _lock: opened.lock,
     };
     collector.serve(subscription, &args).await;
     collector.finish().await
 }
 
-/// The outputs the flags ask for, with the state directory and the API
-/// output's counters (none in a dry run).
-type Opened = (
-    Vec<Box<dyn Output>>,
-    Option<PathBuf>,
-    Option<Arc<ForwardStats>>,
-);
+/// Refuses output flags that cannot work together, before anything starts.
+fn check_outputs(args: &CollectArgs) -> Result<()> {
+    let o = &args.outputs;
+    if o.no_api && !(o.publish || o.ha || o.metrics_listen.is_some()) {
+        return Err(super::ConfigError(anyhow::anyhow!(
+            "--no-api leaves collect nothing to send to: add --publish, --ha or --metrics-listen"
+        ))
+        .into());
+    }
+    Ok(())
+}
 
-fn open_outputs(args: &CollectArgs) -> Result<Opened> {
+/// `--ha-remove`: clears what `--ha`/`--publish` announced, then exits.
+async fn remove_announced(args: &CollectArgs) -> Result<()> {
+    let settings = super::out_mqtt_settings(&args.mqtt, &args.out_mqtt);
+    let device = published_device(args);
+    let cleared = crate::outputs::publish::remove(
+        &settings,
+        &args.outputs.publish_prefix,
+        &args.outputs.ha_prefix,
+        device.as_deref(),
+    )
+    .await?;
+    if cleared == 0 {
+        info!(
+            "nothing to remove: no retained pv3 topics for {} on {}",
+            device.as_deref().unwrap_or("any device"),
+            settings.endpoint()
+        );
+    }
+    Ok(())
+}
+
+/// The one device the outputs publish (the id readings carry), or `None`
+/// for `--device-id +`.
+fn published_device(args: &CollectArgs) -> Option<String> {
+    match &args.api_device.api_device_id {
+        Some(id) => Some(id.clone()),
+        None => Some(args.device.device_id.clone()).filter(|d| d != "+"),
+    }
+}
+
+/// What the flags opened: the outputs and what they need kept.
+struct Opened {
+    outputs: Vec<Box<dyn Output>>,
+    /// For status.json (none in a dry run).
+    state_dir: Option<PathBuf>,
+    /// The directory's lock when no spool holds it (`--no-api`).
+    lock: Option<StateLock>,
+    energy: Option<EnergyKeeper>,
+    health: Arc<Health>,
+    /// Where readings go, for the first log line.
+    destinations: Vec<String>,
+}
+
+async fn open_outputs(args: &CollectArgs) -> Result<Opened> {
     if args.dry_run {
         let format = args.format.unwrap_or_else(Format::default_for_stdout);
-        return Ok((vec![Box::new(StdoutOutput::new(format))], None, None));
+        return Ok(Opened {
+            outputs: vec![Box::new(StdoutOutput::new(format))],
+            state_dir: None,
+            lock: None,
+            energy: None,
+            health: Arc::new(Health::default()),
+            destinations: vec!["stdout (dry run)".into()],
+        });
     }
-    let api = super::api_client(&args.api)?;
     let dir = StateDir::resolve(args.state.state_dir.as_deref()).ok_or_else(|| {
         super::ConfigError(anyhow::anyhow!(
             "no state directory: pass --state-dir DIR (or set HOME)"
         ))
     })?;
-    let max_bytes = args.spool_max_mb.saturating_mul(1024 * 1024);
-    let storage = match Storage::open(&dir, max_bytes) {
-        Ok(storage) => storage,
-        // In use: exit 2 (see cmd::exit_code); an I/O fault: exit 1.
-        Err(StorageError::StateDir(e)) => return Err(e.into()),
-        Err(e) => return Err(e.into()),
+    let mut outputs: Vec<Box<dyn Output>> = Vec::new();
+    let mut destinations = Vec::new();
+    let mut health = Health::default();
+    let mut lock = None;
+    if args.outputs.no_api {
+        // No spool to take the lock: two collectors must still not share
+        // the energy counters' file.
+        lock = Some(dir.lock()?);
+    } else {
+        let api = super::api_client(&args.api)?;
+        let max_bytes = args.spool_max_mb.saturating_mul(1024 * 1024);
+        let storage = match Storage::open(&dir, max_bytes) {
+            Ok(storage) => storage,
+            // In use: exit 2 (see cmd::exit_code); an I/O fault: exit 1.
+            Err(StorageError::StateDir(e)) => return Err(e.into()),
+            Err(e) => return Err(e.into()),
+        };
+        let forwarder = Forwarder::start_with(api, forward_options(args), storage);
+        let output = ApiOutput::new(forwarder, args.shutdown_grace);
+        health.api = Some(output.stats());
+        outputs.push(Box::new(output));
+        destinations.push(args.api.api_url.to_string());
+    }
+    if args.outputs.publish || args.outputs.ha {
+        let settings = super::out_mqtt_settings(&args.mqtt, &args.out_mqtt);
+        let output = PublishOutput::start(PublishOptions {
+            prefix: args.outputs.publish_prefix.clone(),
+            ha_prefix: args.outputs.ha.then(|| args.outputs.ha_prefix.clone()),
+            interval: args.outputs.publish_interval,
+            heartbeat: publish_heartbeat(),
+            stale_after: args.stale_after,
+            device: published_device(args),
+            settings: settings.clone(),
+        })
+        .map_err(super::ConfigError)?;
+        let what = if args.outputs.ha {
+            "Home Assistant"
+        } else {
+            "flat topics"
+        };
+        destinations.push(format!("{what} on {}", settings.endpoint()));
+        health.outputs.extend(output.stats());
+        outputs.push(Box::new(output));
+    }
+    let energy = if outputs.iter().any(|o| o.wants_derived()) {
+        Some(EnergyKeeper::open(EnergyFile::new(dir.energy())))
+    } else {
+        None
     };
-    let forwarder = Forwarder::start_with(api, forward_options(args), storage);
-    let output = ApiOutput::new(forwarder, args.shutdown_grace);
-    let stats = output.stats();
-    Ok((
-        vec![Box::new(output)],
-        Some(dir.path().to_owned()),
-        Some(stats),
-    ))
+    Ok(Opened {
+        outputs,
+        state_dir: Some(dir.path().to_owned()),
+        lock,
+        energy,
+        health: Arc::new(health),
+        destinations,
+    })
+}
+
+/// The flat topics' heartbeat: [`HEARTBEAT`], or `PV3_PUBLISH_HEARTBEAT_MS`
+/// (undocumented: tests see a heartbeat without waiting five minutes).
+fn publish_heartbeat() -> Duration {
+    std::env::var("PV3_PUBLISH_HEARTBEAT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(HEARTBEAT, Duration::from_millis)
+}
+
+/// The energy counters with their file: saved at most once a minute while
+/// they grow, and at the stop. The write (with its fsync) runs off the
+/// runtime's thread.
+struct EnergyKeeper {
+    energy: Energy,
+    file: EnergyFile,
+    saving: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl EnergyKeeper {
+    fn open(file: EnergyFile) -> EnergyKeeper {
+        let energy = match file.load() {
+            Loaded::Totals(totals) => {
+                info!("energy counters continue from {}", file.path().display());
+                Energy::from_totals(totals)
+            }
+            Loaded::Missing => {
+                info!(
+                    "energy counters start at zero (no {} yet)",
+                    file.path().display()
+                );
+                Energy::new()
+            }
+            Loaded::Corrupt { reason, moved_to } => {
+                warn!(
+                    "energy counters start at zero: {} is unreadable ({reason}){}",
+                    file.path().display(),
+                    moved_to
+                        .map(|p| format!("; kept as {}", p.display()))
+                        .unwrap_or_default()
+                );
+                Energy::new()
+            }
+        };
+        EnergyKeeper {
+            energy,
+            file,
+            saving: None,
+        }
+    }
+
+    /// Starts a save in the background if the totals grew and the last
+    /// save is done.
+    fn save_soon(&mut self) {
+        if !self.energy.is_dirty() || self.saving.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let snapshot = self.energy.clone();
+        self.energy.mark_saved();
+        let file = self.file.clone();
+        self.saving = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = file.save(&snapshot) {
+                warn!("{e:#}");
+            }
+        }));
+    }
+
+    /// The last save, awaited.
+    async fn save_now(&mut self) {
+        if let Some(task) = self.saving.take() {
+            let _ = task.await;
+        }
+        self.save_soon();
+        if let Some(task) = self.saving.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// How often the energy counters are saved while they grow.
+const ENERGY_SAVE_EVERY: Duration = Duration::from_secs(60);
+
+/// The energy counters' save interval: [`ENERGY_SAVE_EVERY`], or
+/// `PV3_ENERGY_SAVE_MS` (undocumented, for tests).
+fn energy_save_every() -> Duration {
+    std::env::var("PV3_ENERGY_SAVE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(ENERGY_SAVE_EVERY, Duration::from_millis)
 }
 
 /// The running collector: messages in, readings out, a status kept.
 struct Collector {
     pipeline: Pipeline,
     outputs: Vec<Box<dyn Output>>,
+    energy: Option<EnergyKeeper>,
+    health: Arc<Health>,
     status: StatusWriter,
     warnings: RateLimiter,
     last_message: Option<tokio::time::Instant>,
+    _lock: Option<StateLock>,
 }
 
 impl Collector {
@@ -146,6 +342,7 @@ impl Collector {
         let mut stats_timer =
             tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
         let mut status_timer = tokio::time::interval(status_every());
+        let mut energy_timer = tokio::time::interval(energy_save_every());
         let mut subscribed = subscription.subscribed();
         let watchdog_every = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut watchdog_timer =
@@ -176,6 +373,11 @@ impl Collector {
                     }
                 }
                 _ = status_timer.tick() => self.status.write(&self.pipeline),
+                _ = energy_timer.tick(), if self.energy.is_some() => {
+                    if let Some(keeper) = &mut self.energy {
+                        keeper.save_soon();
+                    }
+                }
                 _ = stats_timer.tick() => log_progress(&self.pipeline, &self.outputs),
             }
         }
@@ -190,6 +392,10 @@ impl Collector {
         trace!("received {} ({} bytes)", msg.topic, msg.payload.len());
         self.last_message = Some(tokio::time::Instant::now());
         self.status.last_message = Some(msg.received);
+        let h = &self.health;
+        h.received.fetch_add(1, Ordering::Relaxed);
+        let millis = u64::try_from(msg.received.unix_millis()).unwrap_or(0);
+        h.last_message_ms.store(millis, Ordering::Relaxed);
         let other_before = self.pipeline.counts.other_device;
         let reading = match self
             .pipeline
@@ -209,6 +415,7 @@ impl Collector {
                 return true;
             }
             Err(e) => {
+                self.health.decode_errors.fetch_add(1, Ordering::Relaxed);
                 let key = crate::topic::P3Topic::parse(&msg.topic).map_or("", |t| t.suffix);
                 if let Some(n) = self.warnings.allow(key) {
                     warn!("skipped a message: {e}{}", suppressed_note(n));
@@ -216,8 +423,26 @@ impl Collector {
                 return true;
             }
         };
+        let derived = self.energy.as_mut().and_then(|keeper| {
+            keeper
+                .energy
+                .observe(&reading)
+                .then(|| {
+                    keeper
+                        .energy
+                        .reading(&reading.origin.device_id, reading.timestamp)
+                })
+                .flatten()
+                .map(Arc::new)
+        });
         for output in self.outputs.iter_mut() {
             if output.send(reading.clone()).await.is_err() {
+                return false;
+            }
+            if let Some(derived) = &derived
+                && output.wants_derived()
+                && output.send(derived.clone()).await.is_err()
+            {
                 return false;
             }
         }
@@ -235,6 +460,12 @@ impl Collector {
                 warn!("output {name}: {e:#}");
                 result = Err(e);
             }
+        }
+        if let Some(keeper) = &mut self.energy {
+            keeper.save_now().await;
+        }
+        if self.status.base.no_api {
+            info!("stopped: {received} messages received");
         }
         self.status.connected.store(false, Ordering::Relaxed);
         self.status.write(&self.pipeline);
@@ -285,8 +516,8 @@ struct StatusWriter {
     dir: Option<PathBuf>,
     base: Status,
     connected: Arc<AtomicBool>,
-    /// The API output's counters (none in a dry run).
-    stats: Option<Arc<ForwardStats>>,
+    /// The outputs' counters.
+    health: Arc<Health>,
     last_message: Option<Timestamp>,
     subscriptions: u64,
     failed_once: bool,
@@ -297,7 +528,8 @@ impl StatusWriter {
         dir: Option<PathBuf>,
         broker: String,
         connected: Arc<AtomicBool>,
-        stats: Option<Arc<ForwardStats>>,
+        health: Arc<Health>,
+        no_api: bool,
     ) -> Self {
         let now = Timestamp::now().to_rfc3339();
         StatusWriter {
@@ -310,10 +542,11 @@ impl StatusWriter {
                 started_at: now.clone(),
                 updated_at: now,
                 broker,
+                no_api,
                 ..Status::default()
             },
             connected,
-            stats,
+            health,
             last_message: None,
             subscriptions: 0,
             failed_once: false,
@@ -321,9 +554,10 @@ impl StatusWriter {
     }
 
     fn write(&mut self, pipeline: &Pipeline) {
-        let (Some(dir), Some(stats)) = (self.dir.clone(), self.stats.clone()) else {
+        let Some(dir) = self.dir.clone() else {
             return;
         };
+        let stats = self.health.api.clone().unwrap_or_default();
         let get = ForwardStats::get;
         let last_delivery = get(&stats.last_delivery_ms);
         let status = Status {
@@ -346,6 +580,7 @@ impl StatusWriter {
             spool_batches: get(&stats.spool_batches),
             spool_measurements: get(&stats.spool_measurements),
             spool_bytes: get(&stats.spool_bytes),
+            outputs: self.health.outputs.iter().map(|o| o.report()).collect(),
             ..self.base.clone()
         };
         if let Err(e) = status::write(&dir, &status) {

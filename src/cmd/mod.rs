@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::api::ApiClient;
-use crate::cli::{ApiArgs, Cli, Command, MqttArgs};
+use crate::cli::{ApiArgs, Cli, Command, MqttArgs, OutMqttArgs};
 use crate::mqtt::{self, MqttSettings};
 use crate::state_dir::StateDirError;
 
@@ -67,6 +67,42 @@ pub(crate) fn mqtt_settings(args: &MqttArgs, command: &str) -> MqttSettings {
         reconnect_initial: Duration::from_millis(500),
         reconnect_max: args.mqtt_reconnect_max,
         stale_after: None,
+    }
+}
+
+/// The output broker of `collect --publish/--ha`: the source broker with
+/// the `--out-mqtt-*` overrides, or, with `--out-mqtt-host`, another broker
+/// that gets none of the source broker's credentials or TLS settings.
+pub(crate) fn out_mqtt_settings(source: &MqttArgs, out: &OutMqttArgs) -> MqttSettings {
+    let base = mqtt_settings(source, "publish");
+    let same_broker = out.out_mqtt_host.is_none();
+    let tls = out.out_mqtt_tls || out.out_mqtt_ca.is_some() || (same_broker && base.tls);
+    let port = out.out_mqtt_port.unwrap_or(if same_broker {
+        base.port
+    } else if tls {
+        8883
+    } else {
+        1883
+    });
+    let client_id = match (&out.out_mqtt_client_id, &source.mqtt_client_id) {
+        (Some(id), _) => id.clone(),
+        (None, Some(id)) => format!("{id}-out"),
+        (None, None) => base.client_id.clone(),
+    };
+    fn inherit<T: Clone>(given: &Option<T>, from: &Option<T>, same_broker: bool) -> Option<T> {
+        given
+            .clone()
+            .or_else(|| from.clone().filter(|_| same_broker))
+    }
+    MqttSettings {
+        host: out.out_mqtt_host.clone().unwrap_or(base.host.clone()),
+        port,
+        username: inherit(&out.out_mqtt_username, &base.username, same_broker),
+        password: inherit(&out.out_mqtt_password, &base.password, same_broker),
+        tls,
+        ca_file: inherit(&out.out_mqtt_ca, &base.ca_file, same_broker),
+        client_id,
+        ..base
     }
 }
 

@@ -188,7 +188,7 @@ impl BrokerShared {
 /// Supports CONNECT, SUBSCRIBE (granted QoS = min(requested, 1)), UNSUBSCRIBE,
 /// PUBLISH QoS 0/1 (QoS 2 is acknowledged with PUBREC/PUBCOMP and routed at
 /// QoS ≤ 1), wildcards, `$share/<group>/<filter>` round-robin shared
-/// subscriptions, retained messages, PINGREQ, DISCONNECT, session takeover
+/// subscriptions, retained messages, last wills, PINGREQ, DISCONNECT, session takeover
 /// by client id and (non-queuing) persistent sessions for
 /// `clean_session = false`. Packets up to 16 MiB.
 pub struct InProcessBroker {
@@ -384,6 +384,23 @@ impl Drop for ClientGuard {
     }
 }
 
+/// Publishes a connection's last will when the connection task ends
+/// without a DISCONNECT.
+struct WillGuard {
+    shared: Arc<BrokerShared>,
+    will: Option<rumqttc::LastWill>,
+}
+
+impl Drop for WillGuard {
+    fn drop(&mut self) {
+        if let Some(will) = self.will.take() {
+            let mut publish = Publish::new(will.topic, will.qos, will.message);
+            publish.retain = will.retain;
+            route_publish(&self.shared, publish);
+        }
+    }
+}
+
 async fn write_packets(stream: &mut TcpStream, packets: &[Packet]) -> bool {
     let mut out = BytesMut::new();
     for p in packets {
@@ -413,6 +430,12 @@ async fn serve_client(mut stream: TcpStream, shared: Arc<BrokerShared>) {
     };
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut connected = false;
+    // Published when the connection ends without a DISCONNECT (MQTT 3.1.1
+    // §3.1.2.5): a killed client, a dropped socket.
+    let mut will = WillGuard {
+        shared: Arc::clone(&shared),
+        will: None,
+    };
     loop {
         tokio::select! {
             read = stream.read_buf(&mut buf) => {
@@ -429,10 +452,14 @@ async fn serve_client(mut stream: TcpStream, shared: Arc<BrokerShared>) {
                     let replies = match (connected, packet) {
                         (false, Packet::Connect(connect)) => {
                             connected = true;
+                            will.will = connect.last_will;
                             vec![handle_connect(&shared, id, connect.client_id, connect.clean_session)]
                         }
                         (false, _) | (true, Packet::Connect(_)) => return,
-                        (true, Packet::Disconnect) => return,
+                        (true, Packet::Disconnect) => {
+                            will.will = None;
+                            return;
+                        }
                         (true, packet) => handle_packet(&shared, id, packet),
                     };
                     if !replies.is_empty() && !write_packets(&mut stream, &replies).await {

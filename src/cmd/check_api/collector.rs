@@ -119,7 +119,51 @@ fn judge(dir: &StateDir, s: &Status, max_age: f64) -> Vec<CheckResult> {
             human_secs(updated)
         ),
     );
-    vec![running, mqtt(s, now, max_age), delivery(dir, s, now)]
+    let mut rows = vec![running, mqtt(s, now, max_age), delivery(dir, s, now)];
+    if !s.outputs.is_empty() {
+        rows.push(outputs(s, now));
+    }
+    rows
+}
+
+/// Each output beside the API: connected (or listening), and when it last
+/// published (or was scraped).
+fn outputs(s: &Status, now: Timestamp) -> CheckResult {
+    let mut parts = Vec::new();
+    let mut down = Vec::new();
+    for o in &s.outputs {
+        let (up, verb, never) = match o.name.as_str() {
+            "prometheus" => ("listening", "last scrape", "not scraped yet"),
+            _ => ("connected", "last publish", "nothing published yet"),
+        };
+        let last = match age(now, o.last_at.as_deref()) {
+            Some(a) => format!("{verb} {} ago", human_secs(a)),
+            None => never.to_owned(),
+        };
+        let state = if o.connected { up } else { "not connected" };
+        let dropped = if o.dropped > 0 {
+            format!(", {} dropped", o.dropped)
+        } else {
+            String::new()
+        };
+        parts.push(format!("{}: {state}, {last}{dropped}", o.name));
+        if !o.connected {
+            down.push(o.name.as_str());
+        }
+    }
+    let detail = parts.join("; ");
+    if down.is_empty() {
+        CheckResult::new(Check::CollectorOutputs, Outcome::Pass, detail)
+    } else {
+        CheckResult::new(
+            Check::CollectorOutputs,
+            Outcome::Warn,
+            format!(
+                "{detail}: {} cannot reach its destination (see the collector's log)",
+                down.join(", ")
+            ),
+        )
+    }
 }
 
 /// Connected to the broker, and hearing from the P3?
@@ -158,6 +202,13 @@ fn mqtt(s: &Status, now: Timestamp, max_age: f64) -> CheckResult {
 
 /// Delivering, with nothing waiting, dropped or refused?
 fn delivery(dir: &StateDir, s: &Status, now: Timestamp) -> CheckResult {
+    if s.no_api {
+        return CheckResult::new(
+            Check::CollectorDelivery,
+            Outcome::Skip,
+            "the collector runs with --no-api",
+        );
+    }
     let last_delivery = match age(now, s.last_delivery_at.as_deref()) {
         Some(age) => format!("last delivery {} ago", human_secs(age)),
         None => "nothing delivered yet".to_owned(),

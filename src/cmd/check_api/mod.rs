@@ -57,6 +57,8 @@ enum Check {
     CollectorMqtt,
     /// The collector delivers, with nothing waiting, dropped or refused.
     CollectorDelivery,
+    /// The collector's outputs beside the API publish or are scraped.
+    CollectorOutputs,
 }
 
 impl Check {
@@ -72,6 +74,7 @@ impl Check {
             Check::CollectorRunning => "collector running",
             Check::CollectorMqtt => "collector MQTT",
             Check::CollectorDelivery => "collector delivery",
+            Check::CollectorOutputs => "collector outputs",
         }
     }
 }

@@ -45,6 +45,10 @@ const SKIPPED: &[(&str, Skip)] = &[
     ),
     ("format", Skip::NotForService("the output of --dry-run")),
     (
+        "ha_remove",
+        Skip::NotForService("a one-off clean-up, run by hand"),
+    ),
+    (
         "state_dir",
         Skip::NotForService("systemd sets STATE_DIRECTORY from StateDirectory="),
     ),
@@ -409,6 +413,20 @@ mod tests {
             ("API_TOKEN", true),
             ("API_TIMEOUT", false),
             ("API_DEVICE_ID", false),
+            ("NO_API", false),
+            ("PUBLISH", false),
+            ("PUBLISH_PREFIX", false),
+            ("PUBLISH_INTERVAL", false),
+            ("HA_DISCOVERY", false),
+            ("HA_PREFIX", false),
+            ("METRICS_LISTEN", false),
+            ("OUT_MQTT_HOST", false),
+            ("OUT_MQTT_PORT", false),
+            ("OUT_MQTT_USERNAME", false),
+            ("OUT_MQTT_PASSWORD", true),
+            ("OUT_MQTT_TLS", false),
+            ("OUT_MQTT_CA_FILE", false),
+            ("OUT_MQTT_CLIENT_ID", false),
         ];
         let expected: Vec<(String, bool)> = expected
             .iter()

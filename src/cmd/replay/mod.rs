@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::capture::{CaptureReader, LineError, Record};
 use crate::cli::{ReplayArgs, Speed};
+use crate::energy::{Energy, Totals};
 use crate::forward::{ForwardOptions, ForwardReport, Forwarder, Overflow};
 use crate::mqtt::Publisher;
 use crate::output::{Format, Printer, is_broken_pipe};
@@ -183,6 +184,9 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
     }
     let summary = outcome?;
     eprintln!("replay of {name}: {summary}");
+    for (device, totals) in summary.energy.iter().flat_map(Energy::all) {
+        eprintln!("{}", energy_line(device, &totals));
+    }
     if let Some(problem) = summary.problem() {
         bail!("{problem}");
     }
@@ -196,6 +200,20 @@ struct Summary {
     delivery: Option<ForwardReport>,
     backfill: Option<Backfilled>,
     published: Option<u64>,
+    /// The energy counters over the capture (dry run).
+    energy: Option<Energy>,
+}
+
+/// One device's energy totals over a capture, from its times.
+fn energy_line(device: &str, totals: &Totals) -> String {
+    let parts: Vec<String> = totals
+        .iter()
+        .map(|(c, kwh)| format!("{} {kwh:.6}", c.metric()))
+        .collect();
+    format!(
+        "energy of {device} in kWh, from capture times: {}",
+        parts.join(", ")
+    )
 }
 
 /// What a replay into the API did with every measurement it decoded.
@@ -307,12 +325,14 @@ fn decode_record(pipeline: &mut Pipeline, record: &Record) -> Option<crate::read
 
 async fn dry_run(mut source: Source, format: Format, args: &ReplayArgs) -> Result<Summary> {
     let mut pipeline = new_pipeline(args);
+    let mut energy = Energy::new();
     let handle = tokio::task::spawn_blocking(move || -> Result<Summary> {
         let stdout = io::stdout().lock();
         let mut printer = Printer::new(BufWriter::with_capacity(64 * 1024, stdout), format);
         let result = (|| -> Result<()> {
             while let Some(record) = source.next()? {
                 if let Some(reading) = decode_record(&mut pipeline, &record) {
+                    energy.observe(&reading);
                     printer.print(&reading)?;
                 }
             }
@@ -331,6 +351,7 @@ async fn dry_run(mut source: Source, format: Format, args: &ReplayArgs) -> Resul
             delivery: None,
             backfill: None,
             published: None,
+            energy: Some(energy),
         })
     });
     handle.await.context("replay thread failed")?
@@ -466,6 +487,7 @@ fn summarise(
         }),
         delivery: Some(report),
         published: None,
+        energy: None,
     }
 }
 
@@ -532,6 +554,7 @@ async fn to_mqtt(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
         delivery: None,
         backfill: None,
         published: Some(published),
+        energy: None,
     })
 }
 

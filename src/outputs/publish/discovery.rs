@@ -1,0 +1,252 @@
+//! Topic names and Home Assistant discovery configs: pure functions of the
+//! device id, the metric and the options, so that a restart (or another
+//! version of pv3) announces the same entities under the same ids.
+
+use serde_json::{Map, Value, json};
+
+use crate::metric_info::{self, MetricInfo};
+
+/// The names the output publishes under.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    /// Flat topics' prefix (`pv3`).
+    pub(crate) prefix: String,
+    /// Home Assistant's discovery prefix (`homeassistant`).
+    pub(crate) ha_prefix: String,
+    /// The availability topic that is also the connection's last will.
+    pub(crate) will_topic: String,
+    /// Whether `will_topic` is pv3's own (one per instance, for `+`) rather
+    /// than the device's status topic.
+    pub(crate) instance_will: bool,
+}
+
+/// What a published value is: a number or an alarm flag.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Key {
+    /// A metric, with the unit the decoder gives it.
+    Metric(String, &'static str),
+    /// An inverter alarm flag.
+    Alarm(String),
+}
+
+/// A topic level made safe: MQTT wildcards and separators become `_`.
+fn level(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '/' | '+' | '#' | '\0' => '_',
+            c => c,
+        })
+        .collect()
+}
+
+/// An id Home Assistant accepts (`[a-zA-Z0-9_-]`), lower case.
+pub(crate) fn id_part(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Discovery's node id for a device: `pv3_<device>`.
+pub(crate) fn node_id(device: &str) -> String {
+    format!("pv3_{}", id_part(device))
+}
+
+impl Names {
+    /// `<prefix>/<device>/status`: `online` while the device's data flows.
+    pub(crate) fn device_status(&self, device: &str) -> String {
+        format!("{}/{}/status", self.prefix, level(device))
+    }
+
+    /// The flat state topic of `key`.
+    pub(crate) fn state_topic(&self, device: &str, key: &Key) -> String {
+        match key {
+            Key::Metric(metric, _) => {
+                format!("{}/{}/{}", self.prefix, level(device), level(metric))
+            }
+            Key::Alarm(flag) => format!("{}/{}/alarm/{}", self.prefix, level(device), level(flag)),
+        }
+    }
+
+    /// `<ha_prefix>/<component>/<node_id>/<object_id>/config`.
+    pub(crate) fn config_topic(&self, device: &str, key: &Key) -> String {
+        let (component, object) = match key {
+            Key::Metric(metric, _) => ("sensor", id_part(metric)),
+            Key::Alarm(flag) => ("binary_sensor", format!("alarm_{}", id_part(flag))),
+        };
+        format!(
+            "{}/{component}/{}/{object}/config",
+            self.ha_prefix,
+            node_id(device)
+        )
+    }
+
+    /// The discovery config of `key` (see `docs/home-assistant.md`).
+    pub(crate) fn config(&self, device: &str, key: &Key, expire_after: u64) -> Value {
+        let node = node_id(device);
+        let mut availability = vec![json!({ "topic": self.device_status(device) })];
+        if self.instance_will {
+            availability.push(json!({ "topic": self.will_topic }));
+        }
+        let mut config = Map::new();
+        let mut put = |k: &str, v: Value| {
+            config.insert(k.to_string(), v);
+        };
+        put("state_topic", json!(self.state_topic(device, key)));
+        put("availability", Value::Array(availability));
+        put("availability_mode", json!("all"));
+        put("payload_available", json!("online"));
+        put("payload_not_available", json!("offline"));
+        put("expire_after", json!(expire_after));
+        put(
+            "device",
+            json!({
+                "identifiers": [node],
+                "name": format!("P3 {device}"),
+                "manufacturer": "Powervault",
+                "model": "P3",
+                "serial_number": device,
+            }),
+        );
+        let mut origin = json!({ "name": "pv3", "sw_version": env!("CARGO_PKG_VERSION") });
+        let repository = env!("CARGO_PKG_REPOSITORY");
+        if !repository.is_empty() {
+            origin["support_url"] = json!(repository);
+        }
+        put("origin", origin);
+        match key {
+            Key::Metric(metric, unit) => {
+                let info = metric_info::info(metric, unit);
+                put("unique_id", json!(format!("{node}_{}", id_part(metric))));
+                put("name", json!(display_name(metric)));
+                sensor_fields(&mut put, &info);
+            }
+            Key::Alarm(flag) => {
+                put(
+                    "unique_id",
+                    json!(format!("{node}_alarm_{}", id_part(flag))),
+                );
+                put("name", json!(format!("{} alarm", display_name(flag))));
+                put("device_class", json!("problem"));
+                put("entity_category", json!("diagnostic"));
+                put("payload_on", json!("ON"));
+                put("payload_off", json!("OFF"));
+            }
+        }
+        Value::Object(config)
+    }
+}
+
+fn sensor_fields(put: &mut impl FnMut(&str, Value), info: &MetricInfo) {
+    if let Some(unit) = info.ha_unit {
+        put("unit_of_measurement", json!(unit));
+    }
+    if let Some(class) = info.device_class {
+        put("device_class", json!(class));
+    }
+    if let Some(class) = info.state_class {
+        put("state_class", json!(class));
+    }
+    if info.diagnostic {
+        put("entity_category", json!("diagnostic"));
+    }
+    if info.resolution > 0.0 {
+        let digits = (-info.resolution.log10()).round().max(0.0);
+        put("suggested_display_precision", json!(digits as u32));
+    }
+}
+
+/// `grid_power` → `Grid power`; acronyms in capitals (`SOC module 4`).
+pub(crate) fn display_name(metric: &str) -> String {
+    let words: Vec<String> = metric
+        .split('_')
+        .filter(|w| !w.is_empty())
+        .map(|w| match w {
+            "soc" | "soh" | "eps" | "bms" | "ffr" | "pv" | "pv1" | "pv2" | "ip" => {
+                w.to_ascii_uppercase()
+            }
+            "temp" => "temperature".to_string(),
+            w => w.to_string(),
+        })
+        .collect();
+    let mut name = words.join(" ");
+    if let Some(first) = name.get(0..1) {
+        let upper = first.to_ascii_uppercase();
+        name.replace_range(0..1, &upper);
+    }
+    name
+}
+
+/// A value as a flat topic's payload: plain decimal text, rounded to a
+/// millionth so that float noise (`0.30000000000000004`) never shows.
+pub(crate) fn payload(value: f64) -> String {
+    let rounded = (value * 1e6).round() / 1e6;
+    if rounded == 0.0 {
+        return "0".to_string();
+    }
+    format!("{rounded}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Names {
+        Names {
+            prefix: "pv3".into(),
+            ha_prefix: "homeassistant".into(),
+            will_topic: "pv3/PV001001DEV/status".into(),
+            instance_will: false,
+        }
+    }
+
+    #[test]
+    fn payloads_are_plain_numbers() {
+        assert_eq!(payload(97.0), "97");
+        assert_eq!(payload(-413.793), "-413.793");
+        assert_eq!(payload(0.1 + 0.2), "0.3");
+        assert_eq!(payload(-0.0), "0");
+    }
+
+    #[test]
+    fn names_are_stable_and_safe() {
+        let n = names();
+        let key = Key::Metric("grid_power".into(), "W");
+        assert_eq!(
+            n.state_topic("PV001001DEV", &key),
+            "pv3/PV001001DEV/grid_power"
+        );
+        assert_eq!(
+            n.config_topic("PV001001DEV", &key),
+            "homeassistant/sensor/pv3_pv001001dev/grid_power/config"
+        );
+        let alarm = Key::Alarm("fan_lock".into());
+        assert_eq!(
+            n.state_topic("PV001001DEV", &alarm),
+            "pv3/PV001001DEV/alarm/fan_lock"
+        );
+        assert_eq!(
+            n.config_topic("PV001001DEV", &alarm),
+            "homeassistant/binary_sensor/pv3_pv001001dev/alarm_fan_lock/config"
+        );
+        let odd = Key::Metric("safetycheck_a/b+c".into(), "");
+        assert_eq!(n.state_topic("PV1", &odd), "pv3/PV1/safetycheck_a_b_c");
+        assert_eq!(display_name("soc_module_4"), "SOC module 4");
+        assert_eq!(display_name("inverter_temp"), "Inverter temperature");
+    }
+
+    #[test]
+    fn a_temperature_config_uses_home_assistants_unit() {
+        let c = names().config("PV1", &Key::Metric("inverter_temp".into(), "C"), 900);
+        assert_eq!(c["unit_of_measurement"], "°C");
+        assert_eq!(c["device_class"], "temperature");
+        assert_eq!(c["state_class"], "measurement");
+        assert_eq!(c["unique_id"], "pv3_pv1_inverter_temp");
+        assert!(c.get("value_template").is_none());
+    }
+}

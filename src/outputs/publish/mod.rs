@@ -1,0 +1,536 @@
+//! Flat MQTT state topics and Home Assistant discovery (`collect --publish`,
+//! `--ha`): every decoded value as a plain number on
+//! `<prefix>/<device>/<metric>`, alarm flags as `ON`/`OFF` on
+//! `<prefix>/<device>/alarm/<flag>`, and with `--ha` a retained discovery
+//! config for each before its first state. The contract is
+//! `shared/spec/home-assistant.md`; the user's view is
+//! `docs/home-assistant.md`.
+//!
+//! Decisions, with the reasons:
+//! - **States are retained.** Home Assistant (and evcc, Node-RED) then has
+//!   a value the moment it (re)subscribes instead of "unknown" until the
+//!   next change; availability says when a retained value is stale.
+//! - **Availability** is `<prefix>/<device>/status`: `online` while the
+//!   device's data flows, `offline` after `--stale-after` without a reading
+//!   and on a clean stop. It is also the connection's last will, so a
+//!   `kill -9` or a pulled cable shows the entities unavailable. With
+//!   `--device-id +` one will cannot cover every device: the will is then
+//!   pv3's own `<prefix>/status`, and each entity lists both topics
+//!   (`availability_mode: all`).
+//! - **Rate**: see [`rate`]. Values arrive by the P3's cadence (~10
+//!   messages/s); Home Assistant's recorder writes every state change.
+//!
+//! Like every output it never slows the others: [`PublishOutput::send`]
+//! only appends to a bounded inbox (the oldest reading is dropped, and
+//! counted, if the task ever falls 4,096 readings behind), and one task
+//! owns the connection, publishing with `try_*` calls only.
+
+mod discovery;
+mod rate;
+mod remove;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+pub use remove::remove;
+
+use super::{Closed, Output, OutputFuture, OutputStats};
+use crate::backoff::Backoff;
+use crate::metric_info;
+use crate::mqtt::MqttSettings;
+use crate::reading::Reading;
+use discovery::{Key, Names, payload};
+use rate::{Rate, Slot};
+
+/// How long an unchanged value may go unpublished while its device sends
+/// (Home Assistant's `expire_after` is three of these).
+pub const HEARTBEAT: Duration = Duration::from_secs(300);
+
+/// Readings the task may fall behind by before the oldest are dropped.
+const INBOX_MAX: usize = 4096;
+
+/// How often due values are looked for between readings.
+const TICK: Duration = Duration::from_millis(250);
+
+/// rumqttc's request queue: room for a full re-announcement.
+const REQUESTS: usize = 4096;
+
+/// What `--publish`/`--ha` were given.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// The output broker.
+    pub settings: MqttSettings,
+    /// Flat topics' prefix.
+    pub prefix: String,
+    /// Home Assistant's discovery prefix, with `--ha`.
+    pub ha_prefix: Option<String>,
+    /// `--publish-interval`.
+    pub interval: Duration,
+    /// At least one publish per this while the device sends (raised to the
+    /// interval if shorter).
+    pub heartbeat: Duration,
+    /// A device without a reading this long is `offline`.
+    pub stale_after: Duration,
+    /// The one device published (its status topic is the last will), or
+    /// `None` for every device on the broker.
+    pub device: Option<String>,
+}
+
+impl PublishOptions {
+    fn names(&self) -> Names {
+        let (will_topic, instance_will) = match &self.device {
+            Some(device) => (format!("{}/{}/status", self.prefix, device), false),
+            None => (format!("{}/status", self.prefix), true),
+        };
+        Names {
+            prefix: self.prefix.clone(),
+            ha_prefix: self.ha_prefix.clone().unwrap_or_default(),
+            will_topic,
+            instance_will,
+        }
+    }
+}
+
+/// Readings handed over by [`PublishOutput::send`], waiting for the task.
+#[derive(Default)]
+struct Inbox {
+    readings: Mutex<VecDeque<Arc<Reading>>>,
+    notify: Notify,
+}
+
+impl Inbox {
+    fn take(&self) -> VecDeque<Arc<Reading>> {
+        match self.readings.lock() {
+            Ok(mut q) => std::mem::take(&mut *q),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
+}
+
+/// The flat-topic and Home Assistant output; see the module docs.
+pub struct PublishOutput {
+    inbox: Arc<Inbox>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    stats: Arc<OutputStats>,
+    endpoint: String,
+}
+
+impl PublishOutput {
+    /// Starts connecting to the output broker in the background. Fails only
+    /// on settings that can never work (a CA file that cannot be read).
+    pub fn start(options: PublishOptions) -> Result<PublishOutput> {
+        let names = options.names();
+        let mut mqtt = crate::mqtt::client_options(&options.settings)?;
+        mqtt.set_last_will(LastWill::new(
+            names.will_topic.clone(),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, eventloop) = AsyncClient::new(mqtt, REQUESTS);
+        let stats = OutputStats::new("mqtt");
+        let heartbeat = options.heartbeat.max(options.interval);
+        let publisher = Publisher {
+            client,
+            names,
+            ha: options.ha_prefix.is_some(),
+            rate: Rate {
+                interval: options.interval,
+                heartbeat,
+            },
+            stale_after: options.stale_after,
+            expire_after: heartbeat.as_secs().saturating_mul(3).max(1),
+            devices: BTreeMap::new(),
+            stats: stats.clone(),
+            connected: false,
+            endpoint: options.settings.endpoint(),
+        };
+        let inbox = Arc::new(Inbox::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let backoff = Backoff::new(
+            options.settings.reconnect_initial,
+            options.settings.reconnect_max,
+        );
+        let task = tokio::spawn(run(publisher, eventloop, inbox.clone(), stop_rx, backoff));
+        Ok(PublishOutput {
+            inbox,
+            stop,
+            task,
+            stats,
+            endpoint: options.settings.endpoint(),
+        })
+    }
+}
+
+impl Output for PublishOutput {
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn send(&mut self, reading: Arc<Reading>) -> OutputFuture<'_, Result<(), Closed>> {
+        let dropped = match self.inbox.readings.lock() {
+            Ok(mut q) => {
+                q.push_back(reading);
+                let over = q.len().saturating_sub(INBOX_MAX);
+                q.drain(..over);
+                over
+            }
+            Err(_) => 1,
+        };
+        if dropped > 0 {
+            self.stats.dropped(dropped as u64);
+        }
+        self.inbox.notify.notify_one();
+        Box::pin(async { Ok(()) })
+    }
+
+    fn progress(&self) -> Option<String> {
+        let r = self.stats.report();
+        Some(format!(
+            "{} published to {} ({}), {} dropped",
+            r.published,
+            self.endpoint,
+            if r.connected {
+                "connected"
+            } else {
+                "not connected"
+            },
+            r.dropped
+        ))
+    }
+
+    fn wants_derived(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> Option<Arc<OutputStats>> {
+        Some(self.stats.clone())
+    }
+
+    fn finish(self: Box<Self>, _received: u64) -> OutputFuture<'static, anyhow::Result<()>> {
+        Box::pin(async move {
+            let _ = self.stop.send(true);
+            let mut task = self.task;
+            if tokio::time::timeout(Duration::from_secs(3), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+            let r = self.stats.report();
+            info!(
+                "mqtt output: {} messages published to {}, {} readings dropped",
+                r.published, self.endpoint, r.dropped
+            );
+            Ok(())
+        })
+    }
+}
+
+/// One value's entry: what it is, its rate state, whether announced.
+struct Entry {
+    key: Key,
+    slot: Slot,
+    announced: bool,
+}
+
+/// One device's values and availability.
+struct Device {
+    /// By topic suffix (`grid_power`, `alarm/fan_lock`).
+    entries: BTreeMap<String, Entry>,
+    last_seen: Instant,
+    /// The availability last published (`None`: not since connecting).
+    online: Option<bool>,
+}
+
+/// The task's state: the connection's client and every value.
+struct Publisher {
+    client: AsyncClient,
+    names: Names,
+    ha: bool,
+    rate: Rate,
+    stale_after: Duration,
+    expire_after: u64,
+    devices: BTreeMap<Arc<str>, Device>,
+    stats: Arc<OutputStats>,
+    connected: bool,
+    endpoint: String,
+}
+
+/// The task: the event loop, the inbox and the clock, until stopped.
+async fn run(
+    mut p: Publisher,
+    mut eventloop: EventLoop,
+    inbox: Arc<Inbox>,
+    mut stop: watch::Receiver<bool>,
+    mut backoff: Backoff,
+) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => {
+                p.take(&inbox);
+                p.flush(Instant::now());
+                p.goodbye(&mut eventloop).await;
+                return;
+            }
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if failures > 0 {
+                        info!("output broker {}: connected after {failures} failed attempts", p.endpoint);
+                    } else {
+                        info!("output broker {}: connected", p.endpoint);
+                    }
+                    failures = 0;
+                    backoff.reset();
+                    p.on_connect();
+                }
+                Ok(Event::Incoming(Packet::Publish(m))) => p.on_message(&m.topic, &m.payload),
+                Ok(_) => {}
+                Err(e) => {
+                    p.connected = false;
+                    p.stats.set_connected(false);
+                    let delay = backoff.next_delay();
+                    if failures == 0 {
+                        warn!(
+                            "output broker {}: {e}; reconnecting in {:.1} s (and on, with backoff)",
+                            p.endpoint,
+                            delay.as_secs_f64()
+                        );
+                    } else {
+                        debug!("output broker {}: {e}", p.endpoint);
+                    }
+                    failures = failures.saturating_add(1);
+                    if wait(delay, &mut p, &inbox, &mut stop).await {
+                        return;
+                    }
+                }
+            },
+            _ = inbox.notify.notified() => {
+                p.take(&inbox);
+                p.flush(Instant::now());
+            }
+            _ = tick.tick() => p.flush(Instant::now()),
+        }
+    }
+}
+
+/// Waits `delay` before the next connection attempt, still taking readings
+/// in (so that the newest values go out after the reconnect); true when
+/// stopped meanwhile.
+async fn wait(
+    delay: Duration,
+    p: &mut Publisher,
+    inbox: &Inbox,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let until = Instant::now() + delay;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return false,
+            _ = stop.changed() => return true,
+            _ = inbox.notify.notified() => p.take(inbox),
+        }
+    }
+}
+
+impl Publisher {
+    /// Takes the waiting readings into the devices' entries.
+    fn take(&mut self, inbox: &Inbox) {
+        let now = Instant::now();
+        for reading in inbox.take() {
+            let device = self
+                .devices
+                .entry(reading.origin.device_id.clone())
+                .or_insert_with(|| Device {
+                    entries: BTreeMap::new(),
+                    last_seen: now,
+                    online: None,
+                });
+            device.last_seen = now;
+            for m in &reading.measurements {
+                match device.entries.get_mut(&*m.metric) {
+                    Some(entry) => entry.slot.update(m.value),
+                    None => {
+                        let resolution = metric_info::info(&m.metric, m.unit).resolution;
+                        device.entries.insert(
+                            m.metric.to_string(),
+                            Entry {
+                                key: Key::Metric(m.metric.to_string(), m.unit),
+                                slot: Slot::new(m.value, resolution),
+                                announced: false,
+                            },
+                        );
+                    }
+                }
+            }
+            for (flag, on) in reading.alarms.iter().flatten() {
+                let value = if *on { 1.0 } else { 0.0 };
+                let suffix = format!("alarm/{flag}");
+                match device.entries.get_mut(&suffix) {
+                    Some(entry) => entry.slot.update(value),
+                    None => {
+                        device.entries.insert(
+                            suffix,
+                            Entry {
+                                key: Key::Alarm(flag.clone()),
+                                slot: Slot::new(value, 0.0),
+                                announced: false,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues one PUBLISH; false when rumqttc's queue is full (the value
+    /// stays due and goes out on a later pass).
+    fn put(&self, topic: String, payload: impl Into<Vec<u8>>, qos: QoS) -> bool {
+        let queued = self.client.try_publish(topic, qos, true, payload).is_ok();
+        if queued {
+            self.stats.published(1);
+        }
+        queued
+    }
+
+    /// Publishes what is due: availability changes, configs not yet
+    /// announced, values by the rate rule.
+    fn flush(&mut self, now: Instant) {
+        if !self.connected {
+            return;
+        }
+        let Publisher {
+            client,
+            devices,
+            names,
+            rate,
+            stale_after,
+            ha,
+            expire_after,
+            stats,
+            ..
+        } = self;
+        for (id, device) in devices.iter_mut() {
+            let alive = now.saturating_duration_since(device.last_seen) < *stale_after;
+            if device.online != Some(alive) {
+                let text = if alive { "online" } else { "offline" };
+                let topic = names.device_status(id);
+                if client
+                    .try_publish(topic, QoS::AtLeastOnce, true, text)
+                    .is_err()
+                {
+                    return;
+                }
+                stats.published(1);
+                device.online = Some(alive);
+            }
+            for entry in device.entries.values_mut() {
+                if !entry.slot.due(*rate, now, alive) {
+                    continue;
+                }
+                if *ha && !entry.announced {
+                    let config = names.config(id, &entry.key, *expire_after).to_string();
+                    let topic = names.config_topic(id, &entry.key);
+                    if client
+                        .try_publish(topic, QoS::AtLeastOnce, true, config)
+                        .is_err()
+                    {
+                        return;
+                    }
+                    stats.published(1);
+                    entry.announced = true;
+                }
+                let text = match entry.key {
+                    Key::Alarm(_) if entry.slot.value != 0.0 => "ON".to_string(),
+                    Key::Alarm(_) => "OFF".to_string(),
+                    Key::Metric(..) => payload(entry.slot.value),
+                };
+                let topic = names.state_topic(id, &entry.key);
+                if client
+                    .try_publish(topic, QoS::AtMostOnce, true, text)
+                    .is_err()
+                {
+                    return;
+                }
+                stats.published(1);
+                entry.slot.published(now);
+            }
+        }
+    }
+
+    /// A new connection: clean session, so subscribe again, and announce
+    /// everything again (the broker may have lost its retained messages).
+    fn on_connect(&mut self) {
+        self.connected = true;
+        self.stats.set_connected(true);
+        if self.names.instance_will {
+            self.put(self.names.will_topic.clone(), "online", QoS::AtLeastOnce);
+        }
+        if self.ha {
+            let birth = format!("{}/status", self.names.ha_prefix);
+            if let Err(e) = self.client.try_subscribe(birth, QoS::AtLeastOnce) {
+                warn!("output broker {}: cannot subscribe: {e}", self.endpoint);
+            }
+        }
+        self.announce_again();
+        self.flush(Instant::now());
+    }
+
+    /// Home Assistant's birth message (`online` on `<ha_prefix>/status`):
+    /// it has restarted, so configs and states go out again.
+    fn on_message(&mut self, topic: &str, payload: &[u8]) {
+        if self.ha && payload == b"online" && topic == format!("{}/status", self.names.ha_prefix) {
+            info!("Home Assistant came online: announcing the entities again");
+            self.announce_again();
+            self.flush(Instant::now());
+        }
+    }
+
+    fn announce_again(&mut self) {
+        for device in self.devices.values_mut() {
+            device.online = None;
+            for entry in device.entries.values_mut() {
+                entry.announced = false;
+                entry.slot.republish();
+            }
+        }
+    }
+
+    /// A clean stop: every device `offline` (retained), then DISCONNECT
+    /// (so the broker does not send the will as well), briefly awaited.
+    async fn goodbye(&mut self, eventloop: &mut EventLoop) {
+        if !self.connected {
+            return;
+        }
+        let ids: Vec<Arc<str>> = self.devices.keys().cloned().collect();
+        for id in ids {
+            self.put(self.names.device_status(&id), "offline", QoS::AtLeastOnce);
+        }
+        if self.names.instance_will {
+            self.put(self.names.will_topic.clone(), "offline", QoS::AtLeastOnce);
+        }
+        let _ = self.client.try_disconnect();
+        let drain = async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        self.stats.set_connected(false);
+    }
+}

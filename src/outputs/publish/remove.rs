@@ -1,0 +1,123 @@
+//! `collect --ha-remove`: clear what `--ha` and `--publish` left retained
+//! on the output broker, so Home Assistant forgets the entities.
+//!
+//! pv3 keeps no list of what it announced: it asks the broker. It
+//! subscribes to the discovery topics of the device's node (`pv3_<device>`,
+//! every `pv3_*` node for `+`) and to the flat topics, collects the
+//! retained messages the broker sends back, and publishes an empty retained
+//! message on each (MQTT's way to delete one; Home Assistant removes an
+//! entity whose config is emptied). This also finds what an older version
+//! announced.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS, SubscribeFilter};
+use tokio::time::Instant;
+use tracing::info;
+
+use super::discovery::node_id;
+use crate::mqtt::MqttSettings;
+
+/// After the subscription is acknowledged, retained messages are taken to
+/// be complete once none has come for this long.
+const QUIET: Duration = Duration::from_millis(1500);
+
+/// The longest the whole clean-up may take.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Clears the retained discovery configs under `ha_prefix` and the flat
+/// topics under `prefix` for `device` (`None`: every device). Returns how
+/// many topics were cleared.
+pub async fn remove(
+    settings: &MqttSettings,
+    prefix: &str,
+    ha_prefix: &str,
+    device: Option<&str>,
+) -> Result<usize> {
+    let options = crate::mqtt::client_options(settings)?;
+    let (client, mut eventloop) = AsyncClient::new(options, 4096);
+    let node = device.map_or_else(|| "+".to_string(), node_id);
+    let flat = match device {
+        Some(d) => format!("{prefix}/{d}/#"),
+        None => format!("{prefix}/#"),
+    };
+    let filters = vec![
+        SubscribeFilter::new(format!("{ha_prefix}/+/{node}/+/config"), QoS::AtLeastOnce),
+        SubscribeFilter::new(flat, QoS::AtLeastOnce),
+    ];
+    let deadline = Instant::now() + LIMIT;
+    let mut found = BTreeSet::new();
+    let mut quiet_from: Option<Instant> = None;
+    let endpoint = settings.endpoint();
+    // Collect the retained topics.
+    loop {
+        let until = quiet_from.map_or(deadline, |t| (t + QUIET).min(deadline));
+        let event = tokio::select! {
+            event = eventloop.poll() => event,
+            _ = tokio::time::sleep_until(until) => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                client.try_subscribe_many(filters.clone())?;
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => quiet_from = Some(Instant::now()),
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if p.retain && !p.payload.is_empty() && ours(&p.topic, ha_prefix, device.is_none())
+                {
+                    found.insert(p.topic);
+                }
+                if quiet_from.is_some() {
+                    quiet_from = Some(Instant::now());
+                }
+            }
+            Ok(_) => {}
+            Err(e) => bail!("output broker {endpoint}: {e}"),
+        }
+    }
+    if quiet_from.is_none() {
+        bail!("output broker {endpoint}: no answer to the subscription within {LIMIT:?}");
+    }
+    // Discovery configs first: Home Assistant drops the entities, then
+    // their states go.
+    let (configs, states): (Vec<_>, Vec<_>) = found
+        .iter()
+        .partition(|t| t.starts_with(&format!("{ha_prefix}/")));
+    for topic in configs.iter().chain(&states) {
+        client.try_publish(topic.as_str(), QoS::AtLeastOnce, true, Vec::new())?;
+    }
+    client.try_disconnect()?;
+    loop {
+        let event = tokio::select! {
+            event = eventloop.poll() => event,
+            _ = tokio::time::sleep_until(deadline) => bail!("output broker {endpoint}: timed out clearing topics"),
+        };
+        match event {
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(e) => bail!("output broker {endpoint}: {e}"),
+        }
+    }
+    info!(
+        "removed {} Home Assistant entities and {} retained topics from {endpoint}",
+        configs.len(),
+        states.len()
+    );
+    Ok(found.len())
+}
+
+/// With `+`, the discovery filter matched every node: keep pv3's only.
+fn ours(topic: &str, ha_prefix: &str, any_device: bool) -> bool {
+    let Some(rest) = topic
+        .strip_prefix(ha_prefix)
+        .and_then(|r| r.strip_prefix('/'))
+    else {
+        return true; // a flat topic under our own prefix
+    };
+    !any_device
+        || rest
+            .split('/')
+            .nth(1)
+            .is_some_and(|node| node.starts_with("pv3_"))
+}
