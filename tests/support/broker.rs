@@ -384,6 +384,27 @@ impl Drop for ClientGuard {
     }
 }
 
+/// Handles the packets left in `buf` of a connection that can no longer be
+/// written to, up to a DISCONNECT.
+fn drain_after_close(
+    shared: &Arc<BrokerShared>,
+    id: u64,
+    buf: &mut BytesMut,
+    will: &mut WillGuard,
+) {
+    while let Ok(packet) = Packet::read(buf, MAX_PACKET) {
+        match packet {
+            Packet::Disconnect => {
+                will.will = None;
+                return;
+            }
+            packet => {
+                handle_packet(shared, id, packet);
+            }
+        }
+    }
+}
+
 /// Publishes a connection's last will when the connection task ends
 /// without a DISCONNECT.
 struct WillGuard {
@@ -463,6 +484,10 @@ async fn serve_client(mut stream: TcpStream, shared: Arc<BrokerShared>) {
                         (true, packet) => handle_packet(&shared, id, packet),
                     };
                     if !replies.is_empty() && !write_packets(&mut stream, &replies).await {
+                        // The client may have sent DISCONNECT and closed
+                        // already: what it sent before still counts (a
+                        // real broker routes it too), the replies do not.
+                        drain_after_close(&shared, id, &mut buf, &mut will);
                         return;
                     }
                 }
@@ -930,7 +955,7 @@ impl TestBroker {
 
 static CLIENT_SEQ: AtomicU64 = AtomicU64::new(1);
 
-fn client_options(prefix: &str, port: u16) -> MqttOptions {
+pub fn client_options(prefix: &str, port: u16) -> MqttOptions {
     let id = format!(
         "{prefix}-{}-{}",
         std::process::id(),

@@ -87,13 +87,30 @@ pub async fn remove(
     for topic in configs.iter().chain(&states) {
         client.try_publish(topic.as_str(), QoS::AtLeastOnce, true, Vec::new())?;
     }
-    client.try_disconnect()?;
+    // Every clearing acknowledged before the DISCONNECT: rumqttc holds
+    // back publishes past its in-flight window until acks come in, and a
+    // DISCONNECT sent meanwhile would leave them unsent.
+    let mut acked = 0;
+    let mut disconnecting = found.is_empty();
+    if disconnecting {
+        client.try_disconnect()?;
+    }
     loop {
         let event = tokio::select! {
             event = eventloop.poll() => event,
-            _ = tokio::time::sleep_until(deadline) => bail!("output broker {endpoint}: timed out clearing topics"),
+            _ = tokio::time::sleep_until(deadline) => bail!(
+                "output broker {endpoint}: timed out clearing topics ({acked} of {} acknowledged)",
+                found.len()
+            ),
         };
         match event {
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                acked += 1;
+                if acked == found.len() && !disconnecting {
+                    disconnecting = true;
+                    client.try_disconnect()?;
+                }
+            }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(e) => bail!("output broker {endpoint}: {e}"),
