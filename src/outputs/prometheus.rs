@@ -256,8 +256,10 @@ struct Family {
     name: String,
     help: String,
     counter: bool,
-    /// From the decoded value to the base unit.
-    scale: f64,
+    /// From the decoded value to the base unit: `value * scale`, or
+    /// `value / divisor` when the scale is a fraction (mV → V), which gives
+    /// the correctly rounded 3.316 rather than 3.3160000000000003.
+    scale: Scale,
     samples: BTreeMap<Arc<str>, f64>,
 }
 
@@ -309,7 +311,7 @@ impl Latest {
                 continue;
             };
             let family = &mut self.families[index];
-            let value = m.value * family.scale;
+            let value = family.scale.apply(m.value);
             if let Some(slot) = family.samples.get_mut(&**device) {
                 *slot = value;
             } else if self.series < MAX_SERIES {
@@ -404,8 +406,33 @@ fn family(metric: &str, unit: &str, info: &MetricInfo, name: String) -> Family {
         name,
         help,
         counter: info.prom_counter,
-        scale: info.prom_scale,
+        scale: Scale::of(info.prom_scale),
         samples: BTreeMap::new(),
+    }
+}
+
+/// A conversion to the base unit (see [`Family::scale`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scale {
+    Times(f64),
+    DividedBy(f64),
+}
+
+impl Scale {
+    fn of(factor: f64) -> Scale {
+        let divisor = (1.0 / factor).round();
+        if factor > 0.0 && factor < 1.0 && divisor * factor == 1.0 {
+            Scale::DividedBy(divisor)
+        } else {
+            Scale::Times(factor)
+        }
+    }
+
+    fn apply(self, value: f64) -> f64 {
+        match self {
+            Scale::Times(factor) => value * factor,
+            Scale::DividedBy(divisor) => value / divisor,
+        }
     }
 }
 
@@ -582,11 +609,14 @@ fn render_health(x: &mut Exposition, health: &Health, own: &Arc<OutputStats>, no
     if let Some(api) = &health.api {
         render_api(x, api, now_ms);
     }
-    // The outputs' list, with this output's own counters once whether or
-    // not collect put them in it.
-    let mut outputs: Vec<&Arc<OutputStats>> = health.outputs.iter().collect();
-    if !outputs.iter().any(|o| Arc::ptr_eq(o, own)) {
-        outputs.push(own);
+    // The outputs' list, with this output's own counters whether or not
+    // collect put them in it; one entry per name, the first, since two
+    // samples with one label set would make the exposition invalid.
+    let mut outputs: Vec<&Arc<OutputStats>> = Vec::with_capacity(health.outputs.len() + 1);
+    for o in health.outputs.iter().chain(std::iter::once(own)) {
+        if !outputs.iter().any(|seen| seen.name == o.name) {
+            outputs.push(o);
+        }
     }
     x.header(
         "pv3_output_connected",
@@ -1004,6 +1034,8 @@ mod tests {
         drop(latest);
         let text = render(&s);
         assert!(text.contains("pv3_cell_voltage_max_volts{device=\"D\"} 3.317\n"));
+        assert_eq!(Scale::of(0.001).apply(3316.0), 3.316);
+        assert_eq!(Scale::of(3.6e6), Scale::Times(3.6e6));
         assert!(text.contains("# TYPE pv3_grid_import_energy_joules_total counter\n"));
         assert!(text.contains("pv3_grid_import_energy_joules_total{device=\"D\"} 7200000\n"));
         assert_eq!(
