@@ -131,9 +131,10 @@ impl PrometheusOutput {
     /// Binds `addr` at once, so that a bad or busy address stops collect
     /// before it starts (the error is one line and names the address), then
     /// serves in a task of its own until [`Output::finish`] or a drop.
-    /// `health` is read at every scrape; its `outputs` list may or may not
-    /// hold this output's own [`OutputStats`]: they are shown once either
-    /// way (see [`PrometheusOutput::stats`]).
+    /// `health` is read at every scrape. Its `outputs` list need not hold
+    /// this output's own [`OutputStats`] (it cannot, before this call):
+    /// they are added unless an output named `prometheus` is listed, and
+    /// each name is shown once (see [`PrometheusOutput::stats`]).
     pub async fn bind(addr: SocketAddr, health: Arc<Health>) -> anyhow::Result<PrometheusOutput> {
         let listener = TcpListener::bind(addr)
             .await
@@ -634,7 +635,7 @@ fn render_health(x: &mut Exposition, health: &Health, own: &Arc<OutputStats>, no
     x.header(
         "pv3_output_published_total",
         "counter",
-        "Messages the output published (Prometheus: scrapes answered, this one included)",
+        "Messages the output published (Prometheus: scrapes answered before this one)",
     );
     for o in &outputs {
         x.sample(
@@ -668,7 +669,7 @@ fn render_health(x: &mut Exposition, health: &Health, own: &Arc<OutputStats>, no
         x.header(
             "pv3_output_last_publish_age_seconds",
             "gauge",
-            "Seconds since the output last published (Prometheus: since the last scrape)",
+            "Seconds since the output last published (Prometheus: since the previous scrape)",
         );
         for (name, age) in ages {
             x.sample(
@@ -901,12 +902,14 @@ fn answer(head: &[u8], shared: &Shared) -> Response {
             false,
         ),
         "/metrics" => {
+            let body = render(shared);
             if !is_head {
-                // Counted before rendering, so the scrape reports itself:
-                // the first scrape reads 1, whatever the timing.
+                // Counted once rendered and before the answer goes out: a
+                // scrape shows the scrapes before it (and the age of the
+                // last one, not a useless 0 for itself), and the next
+                // scrape always sees this one counted.
                 shared.stats.published(1);
             }
-            let body = render(shared);
             Response::new(200, "OK", CONTENT_TYPE, "", &body, is_head)
         }
         "/" => Response::new(
