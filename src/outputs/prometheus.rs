@@ -166,7 +166,7 @@ impl PrometheusOutput {
     }
 
     /// Its counters: `published` counts scrapes answered, `dropped` values
-    /// refused (a name taken by another metric, or past [`MAX_SERIES`]),
+    /// refused (a name taken by another metric, or past the 10,000 series kept),
     /// `connected` whether it is listening. The same `Arc` as
     /// [`Output::stats`], available before the output is boxed.
     pub fn stats(&self) -> Arc<OutputStats> {
@@ -370,13 +370,13 @@ impl Latest {
         let route = match self.owners.get(&name) {
             Some(owner) => {
                 warnings.push(format!(
-                    "{metric} ({unit:?}) would be exposed as {name}, which {owner} already use; it is left out of /metrics"
+                    "{metric} ({unit:?}) would be exposed as {name}, a name already taken by {owner}; it is left out of /metrics (counted as dropped)"
                 ));
                 Route::Refused
             }
             None => {
                 self.owners
-                    .insert(name.clone(), format!("{metric} ({unit:?}) and its devices"));
+                    .insert(name.clone(), format!("{metric} ({unit:?})"));
                 self.families.push(family(metric, unit, &info, name));
                 Route::Family(self.families.len() - 1)
             }
