@@ -120,15 +120,26 @@ pub fn info(metric: &str, unit: &str) -> MetricInfo {
     }
 }
 
-/// The Prometheus metric name of `metric`: `pv3_` + the name (anything
-/// outside `[a-zA-Z0-9_]` becomes `_`) + the unit suffix unless the name
-/// already ends with it, + `_total` for counters.
+/// Metrics whose own name would end in a suffix the exposition format
+/// reserves for other types (`_count` belongs to histograms and summaries;
+/// `promtool check metrics` rejects it on a gauge), with the name
+/// Prometheus sees instead.
+const PROMETHEUS_RENAMES: &[(&str, &str)] = &[("alarm_count", "alarms_active")];
+
+/// The Prometheus metric name of `metric`: `pv3_` + the name in snake case
+/// (ASCII lower case; anything outside `[a-z0-9_]` becomes `_`; the renames
+/// above applied) + the unit suffix unless the name already ends with it,
+/// + `_total` for counters.
 pub fn prometheus_name(metric: &str, info: &MetricInfo) -> String {
+    let metric = PROMETHEUS_RENAMES
+        .iter()
+        .find(|(from, _)| *from == metric)
+        .map_or(metric, |(_, to)| to);
     let mut name = String::with_capacity(metric.len() + 24);
     name.push_str("pv3_");
     name.extend(metric.chars().map(|c| {
         if c.is_ascii_alphanumeric() || c == '_' {
-            c
+            c.to_ascii_lowercase()
         } else {
             '_'
         }
@@ -161,8 +172,9 @@ mod tests {
             "pv3_grid_import_energy_joules_total"
         );
         assert_eq!(prom("cell_voltage_max", "mV"), "pv3_cell_voltage_max_volts");
-        assert_eq!(prom("alarm_count", ""), "pv3_alarm_count");
+        assert_eq!(prom("alarm_count", ""), "pv3_alarms_active");
         assert_eq!(prom("safetycheck_a-b", ""), "pv3_safetycheck_a_b");
+        assert_eq!(prom("safetycheck_State", ""), "pv3_safetycheck_state");
     }
 
     #[test]

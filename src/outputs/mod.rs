@@ -18,6 +18,7 @@
 //! never wait. An output that fails must never slow or lose another.
 
 mod api;
+mod prometheus;
 pub mod publish;
 mod stats;
 mod stdout;
@@ -27,6 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use api::ApiOutput;
+pub use prometheus::PrometheusOutput;
 pub use publish::{PublishOptions, PublishOutput};
 pub use stats::{Health, OutputReport, OutputStats};
 pub use stdout::StdoutOutput;
