@@ -732,3 +732,58 @@ fn output_flags_that_cannot_work_are_refused_before_anything_starts() {
         assert!(!stderr.contains("connected"), "{args:?}: started: {stderr}");
     }
 }
+
+/// The body of `GET http://addr/metrics`, or `None` while nothing listens.
+async fn scrape(addr: &str) -> Option<String> {
+    let response = support::api::http_client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .ok()?;
+    assert_eq!(response.status(), 200);
+    response.text().await.ok()
+}
+
+/// The value of the sample line that starts with `series` (name and
+/// labels exactly as written).
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collect_serves_the_decoded_values_on_metrics_beside_home_assistant() {
+    let broker = InProcessBroker::start().await;
+    let port = broker.port();
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    let topics = Topics::watch(port, &["pv3/#", "homeassistant/#"]).await;
+    let pv3 = ha_collect(port).args(&["--metrics-listen", &addr]).spawn();
+    pv3.subscribed(1).await;
+    publish_every_topic(port).await;
+    wait_announced(&topics).await;
+    // Every output got each reading before the flat topics showed it
+    // (collect hands a reading to all outputs before taking the next).
+    let body = scrape(&addr).await.expect("listening");
+    let soc = format!("pv3_soc_percent{{device=\"{DEVICE}\"}}");
+    assert_eq!(sample(&body, &soc), Some(97.0), "{body}");
+    let grid = format!("pv3_grid_power_watts{{device=\"{DEVICE}\"}}");
+    assert_eq!(sample(&body, &grid), Some(-406.464));
+    let temp = format!("pv3_inverter_temp_celsius{{device=\"{DEVICE}\"}}");
+    assert_eq!(sample(&body, &temp), Some(38.0));
+    assert_eq!(sample(&body, "pv3_messages_received_total"), Some(15.0));
+    let energy = format!("pv3_grid_import_energy_joules_total{{device=\"{DEVICE}\"}}");
+    assert_eq!(sample(&body, &energy), Some(0.0));
+    // status.json and check-api see the scrape.
+    pv3.wait_status("the prometheus output scraped", |s| {
+        s["outputs"].as_array().is_some_and(|o| {
+            o.iter()
+                .any(|o| o["name"] == "prometheus" && o["last_at"].is_string())
+        })
+    })
+    .await;
+    pv3.stop().await;
+    assert!(
+        scrape(&addr).await.is_none(),
+        "still listening after the stop"
+    );
+}

@@ -6,24 +6,30 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Result;
 use tracing::{info, trace, warn};
 
 use crate::cli::CollectArgs;
-use crate::energy::{Energy, EnergyFile, Loaded};
-use crate::forward::{ForwardOptions, ForwardStats, Forwarder, Overflow, Storage, StorageError};
+use crate::energy::EnergyFile;
+use crate::forward::{ForwardOptions, Forwarder, Overflow, Storage, StorageError};
 use crate::mqtt::{self, Message};
 use crate::output::Format;
 use crate::outputs::publish::HEARTBEAT;
-use crate::outputs::{ApiOutput, Health, Output, PublishOptions, PublishOutput, StdoutOutput};
+use crate::outputs::{
+    ApiOutput, Health, Output, PrometheusOutput, PublishOptions, PublishOutput, StdoutOutput,
+};
 use crate::pipeline::Pipeline;
 use crate::ratelimit::{RateLimiter, suppressed_note};
-use crate::reading::Timestamp;
 use crate::state_dir::{StateDir, StateLock};
-use crate::status::{self, Counters, Status};
+
+mod energy;
+mod status;
+
+use energy::{EnergyKeeper, energy_save_every};
+use status::StatusWriter;
 
 /// How often `status.json` is rewritten.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
@@ -77,6 +83,7 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         settings.endpoint(),
         subscription.connected_flag(),
         opened.health.clone(),
+        opened.outputs.iter().filter_map(|o| o.stats()).collect(),
         args.outputs.no_api,
     );
     let mut collector = Collector {
@@ -209,6 +216,15 @@ async fn open_outputs(args: &CollectArgs) -> Result<Opened> {
         health.outputs.extend(output.stats());
         outputs.push(Box::new(output));
     }
+    let health = Arc::new(health);
+    if let Some(addr) = args.outputs.metrics_listen {
+        // Bound now: a busy address stops collect before it subscribes.
+        let output = PrometheusOutput::bind(addr, health.clone())
+            .await
+            .map_err(super::ConfigError)?;
+        destinations.push(format!("http://{}/metrics", output.local_addr()));
+        outputs.push(Box::new(output));
+    }
     let energy = if outputs.iter().any(|o| o.wants_derived()) {
         Some(EnergyKeeper::open(EnergyFile::new(dir.energy())))
     } else {
@@ -219,7 +235,7 @@ async fn open_outputs(args: &CollectArgs) -> Result<Opened> {
         state_dir: Some(dir.path().to_owned()),
         lock,
         energy,
-        health: Arc::new(health),
+        health,
         destinations,
     })
 }
@@ -232,88 +248,6 @@ fn publish_heartbeat() -> Duration {
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|&ms| ms > 0)
         .map_or(HEARTBEAT, Duration::from_millis)
-}
-
-/// The energy counters with their file: saved at most once a minute while
-/// they grow, and at the stop. The write (with its fsync) runs off the
-/// runtime's thread.
-struct EnergyKeeper {
-    energy: Energy,
-    file: EnergyFile,
-    saving: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl EnergyKeeper {
-    fn open(file: EnergyFile) -> EnergyKeeper {
-        let energy = match file.load() {
-            Loaded::Totals(totals) => {
-                info!("energy counters continue from {}", file.path().display());
-                Energy::from_totals(totals)
-            }
-            Loaded::Missing => {
-                info!(
-                    "energy counters start at zero (no {} yet)",
-                    file.path().display()
-                );
-                Energy::new()
-            }
-            Loaded::Corrupt { reason, moved_to } => {
-                warn!(
-                    "energy counters start at zero: {} is unreadable ({reason}){}",
-                    file.path().display(),
-                    moved_to
-                        .map(|p| format!("; kept as {}", p.display()))
-                        .unwrap_or_default()
-                );
-                Energy::new()
-            }
-        };
-        EnergyKeeper {
-            energy,
-            file,
-            saving: None,
-        }
-    }
-
-    /// Starts a save in the background if the totals grew and the last
-    /// save is done.
-    fn save_soon(&mut self) {
-        if !self.energy.is_dirty() || self.saving.as_ref().is_some_and(|t| !t.is_finished()) {
-            return;
-        }
-        let snapshot = self.energy.clone();
-        self.energy.mark_saved();
-        let file = self.file.clone();
-        self.saving = Some(tokio::task::spawn_blocking(move || {
-            if let Err(e) = file.save(&snapshot) {
-                warn!("{e:#}");
-            }
-        }));
-    }
-
-    /// The last save, awaited.
-    async fn save_now(&mut self) {
-        if let Some(task) = self.saving.take() {
-            let _ = task.await;
-        }
-        self.save_soon();
-        if let Some(task) = self.saving.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-/// How often the energy counters are saved while they grow.
-const ENERGY_SAVE_EVERY: Duration = Duration::from_secs(60);
-
-/// The energy counters' save interval: [`ENERGY_SAVE_EVERY`], or
-/// `PV3_ENERGY_SAVE_MS` (undocumented, for tests).
-fn energy_save_every() -> Duration {
-    std::env::var("PV3_ENERGY_SAVE_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&ms| ms > 0)
-        .map_or(ENERGY_SAVE_EVERY, Duration::from_millis)
 }
 
 /// The running collector: messages in, readings out, a status kept.
@@ -508,87 +442,5 @@ fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
         && let Err(e) = sd_notify::notify(state)
     {
         warn!("cannot notify systemd: {e}");
-    }
-}
-
-/// Keeps `status.json` current (API mode only: a dry run has no state).
-struct StatusWriter {
-    dir: Option<PathBuf>,
-    base: Status,
-    connected: Arc<AtomicBool>,
-    /// The outputs' counters.
-    health: Arc<Health>,
-    last_message: Option<Timestamp>,
-    subscriptions: u64,
-    failed_once: bool,
-}
-
-impl StatusWriter {
-    fn new(
-        dir: Option<PathBuf>,
-        broker: String,
-        connected: Arc<AtomicBool>,
-        health: Arc<Health>,
-        no_api: bool,
-    ) -> Self {
-        let now = Timestamp::now().to_rfc3339();
-        StatusWriter {
-            dir,
-            base: Status {
-                version: 1,
-                pid: std::process::id(),
-                boot_id: status::boot_id(),
-                pv3_version: env!("CARGO_PKG_VERSION").to_string(),
-                started_at: now.clone(),
-                updated_at: now,
-                broker,
-                no_api,
-                ..Status::default()
-            },
-            connected,
-            health,
-            last_message: None,
-            subscriptions: 0,
-            failed_once: false,
-        }
-    }
-
-    fn write(&mut self, pipeline: &Pipeline) {
-        let Some(dir) = self.dir.clone() else {
-            return;
-        };
-        let stats = self.health.api.clone().unwrap_or_default();
-        let get = ForwardStats::get;
-        let last_delivery = get(&stats.last_delivery_ms);
-        let status = Status {
-            updated_at: Timestamp::now().to_rfc3339(),
-            broker_connected: self.connected.load(Ordering::Relaxed),
-            subscriptions: self.subscriptions,
-            last_message_at: self.last_message.map(Timestamp::to_rfc3339),
-            last_delivery_at: (last_delivery > 0).then(|| {
-                Timestamp::from_unix_micros(i64::try_from(last_delivery).unwrap_or(0) * 1000)
-                    .to_rfc3339()
-            }),
-            counters: Counters {
-                received: pipeline.counts.messages(),
-                delivered: get(&stats.delivered),
-                spooled: get(&stats.spooled),
-                dropped: get(&stats.dropped),
-                rejected: get(&stats.rejected),
-                decode_errors: pipeline.counts.errors,
-            },
-            spool_batches: get(&stats.spool_batches),
-            spool_measurements: get(&stats.spool_measurements),
-            spool_bytes: get(&stats.spool_bytes),
-            outputs: self.health.outputs.iter().map(|o| o.report()).collect(),
-            ..self.base.clone()
-        };
-        if let Err(e) = status::write(&dir, &status) {
-            // Once: a read-only state dir should not flood the journal.
-            if !self.failed_once {
-                warn!("{e:#}");
-                self.failed_once = true;
-            }
-        }
     }
 }
