@@ -29,9 +29,13 @@
 #            replay's summary line). Zero loss: passes 0 and 1 deliver every
 #            decoded measurement, pass 2 none (all skipped), and the sink
 #            holds each once. About 45 s with RUNS=3 (alone: ONLY=backfill)
+#   outputs  collect with the API only and collect with every output on
+#            (--publish --ha --metrics-listen, scraped every 15 s) side by
+#            side at the real cadence, as in cadence: CPU % and RSS of each
+#            (issue 12). About 3.5 minutes per run (OUTPUTS_RUNS, default 1)
 #   size     release binary size
 # Knobs (environment): ONLY RUNS N_FAST N_PY N_SNIFF N_SOAK SOAK_SPEED
-# SOAK_LINGER SOAK_RUNS REPLAY_LINES CADENCE_FILE CADENCE_WINDOW CADENCE_RUNS PV3_BIN
+# SOAK_LINGER SOAK_RUNS REPLAY_LINES CADENCE_FILE CADENCE_WINDOW CADENCE_RUNS OUTPUTS_RUNS PV3_BIN
 # KEEP_WORK RESULTS_FILE.
 set -euo pipefail
 
@@ -275,6 +279,58 @@ if want fast; then
         add py_cpu1k "$(calc "($c1 - $c0) * 1000 / $N_PY")"
         add py_hwm "$hwm"
         log "  python run $r: $(fmt "$(calc "$got / (($last - $t0) / 1000000000)")") measurements/s"
+    done
+fi
+
+# ---------------------------------------------------------------- outputs
+if want outputs; then
+    read -r SAMPLE_M SAMPLE_A < <(expect "$CADENCE_FILE")
+    start_sink sink-outputs
+    SINK_O=$SINK_PORT
+    for r in $(seq "${OUTPUTS_RUNS:-1}"); do
+        sink_reset "$SINK_A"; sink_reset "$SINK_O"
+        log "outputs run $r: collect (API only) and collect (every output) side by side, $CADENCE_FILE at --speed 1"
+        "$PV3" collect --mqtt-host 127.0.0.1 --mqtt-port "$MQ_PORT" --mqtt-client-id "bench-collect-api-$r" \
+            --api-url "http://127.0.0.1:$SINK_A" --state-dir "$WORK/state-api-$r" --stats-interval 0 \
+            2>"$WORK/collect-api-$r.log" &
+        apid=$!; PIDS+=("$apid")
+        METRICS_PORT=$(free_port)
+        "$PV3" collect --mqtt-host 127.0.0.1 --mqtt-port "$MQ_PORT" --mqtt-client-id "bench-collect-all-$r" \
+            --api-url "http://127.0.0.1:$SINK_O" --state-dir "$WORK/state-all-$r" --stats-interval 0 \
+            --ha --metrics-listen "127.0.0.1:$METRICS_PORT" 2>"$WORK/collect-all-$r.log" &
+        opid=$!; PIDS+=("$opid")
+        wait_subscribed "bench-collect-api-$r" "$apid"
+        wait_subscribed "bench-collect-all-$r" "$opid"
+        # What Prometheus would do: a scrape every 15 s.
+        ( while kill -0 "$opid" 2>/dev/null; do
+              curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/metrics-$r.txt" 2>/dev/null || true
+              sleep 15
+          done ) &
+        scrape_pid=$!; PIDS+=("$scrape_pid")
+        "$PV3" replay "$CADENCE_FILE" --to-mqtt --speed 1 --mqtt-host 127.0.0.1 --mqtt-port "$MQ_PORT" \
+            --mqtt-client-id "bench-replay-out-$r" 2>"$WORK/replay-out-$r.log" &
+        rpid=$!; PIDS+=("$rpid")
+        t_start=$(now_ns); ac0=$(cpu_s "$apid"); oc0=$(cpu_s "$opid")
+        while kill -0 "$rpid" 2>/dev/null; do
+            for _ in $(seq $((CADENCE_WINDOW * 10))); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
+            t=$(now_ns); ac=$(cpu_s "$apid"); oc=$(cpu_s "$opid")
+            dt=$(calc "($t - $t_start) / 1000000000")
+            if (($(echo "$dt > $CADENCE_WINDOW / 2" | bc))); then
+                add out_api_cpu "$(calc "($ac - $ac0) * 100 / $dt")"
+                add out_all_cpu "$(calc "($oc - $oc0) * 100 / $dt")"
+                add out_api_rss "$(rss_kb "$apid")"
+                add out_all_rss "$(rss_kb "$opid")"
+            fi
+            t_start=$t; ac0=$ac; oc0=$oc
+        done
+        wait "$rpid" || die "replay --to-mqtt failed: $(tail -3 "$WORK/replay-out-$r.log")"
+        wait_sink "$SINK_A" "$SAMPLE_M" "$SAMPLE_A" 10 || die "outputs: collect (API only) lost data"
+        wait_sink "$SINK_O" "$SAMPLE_M" "$SAMPLE_A" 10 || die "outputs: collect (every output) lost data"
+        grep -q '^pv3_soc_percent' "$WORK/metrics-$r.txt" || die "outputs: /metrics has no SOC"
+        add out_api_hwm "$(hwm_kb "$apid")"
+        add out_all_hwm "$(hwm_kb "$opid")"
+        stop "$apid"; stop "$opid"; kill "$scrape_pid" 2>/dev/null || true
+        log "  CPU % per window, API only:${V[out_api_cpu]}; every output:${V[out_all_cpu]}"
     done
 fi
 
@@ -569,6 +625,12 @@ mb() { [[ $1 == n/a ]] && echo n/a || printf '%.1f MB' "$(calc "$1 / 1024")"; }
         row "python baseline: peak RSS" "$(mb "$(m py_hwm)")" ""
         row "collect / python, measurements/s" "$(ratio "$(m collect_mps)" "$(m py_mps)")" "≥ 50×"
         row "python / collect, CPU per message" "$(ratio "$(m py_cpu1k)" "$(m collect_cpu1k)")" ""
+    fi
+    if want outputs; then
+        row "outputs: collect, API only, CPU % of one core" "$(fmt "$(m out_api_cpu)" 3) %" ""
+        row "outputs: collect, every output on, CPU % of one core" "$(fmt "$(m out_all_cpu)" 3) %" "< 0.5 %; $(ratio "$(m out_all_cpu)" "$(m out_api_cpu)") API only"
+        row "outputs: RSS / peak, API only" "$(mb "$(m out_api_rss)") / $(mb "$(m out_api_hwm)")" ""
+        row "outputs: RSS / peak, every output on" "$(mb "$(m out_all_rss)") / $(mb "$(m out_all_hwm)")" "< 10 MB"
     fi
     if want cadence; then
         row "cadence: collect CPU % of one core (${CADENCE_WINDOW} s windows)" "$(fmt "$(m cad_pv3_cpu)" 3) %" "< 0.5 %"
