@@ -62,7 +62,7 @@ pub enum Command {
         pv3 collect --device-id +             every P3 on the broker\n  \
         pv3 collect --dry-run --format jsonl  show what would be sent, send nothing\n  \
         pv3 collect --ha --out-mqtt-host homeassistant.local   Home Assistant too\n  \
-        pv3 collect --no-api --ha --metrics-listen 0.0.0.0:9853   no PV3 Monitor")]
+        pv3 collect --no-api --ha --metrics-listen 0.0.0.0:9800   no PV3 Monitor")]
     Collect(CollectArgs),
 
     /// Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)
