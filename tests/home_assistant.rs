@@ -846,3 +846,44 @@ fn check_entity_table(configs: &BTreeMap<String, Value>) {
          `PV3_UPDATE_GENERATED=1 cargo test --test home_assistant` and commit it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_output_broker_costs_the_api_nothing() {
+    let broker = InProcessBroker::start().await;
+    let port = broker.port();
+    let api = RecordingApi::start().await;
+    // Nothing listens there: the output broker is down for the whole run.
+    let dead = support::free_port().to_string();
+    let pv3 = CollectRun::new(port)
+        .api(&api)
+        .args(&[
+            "--ha",
+            "--metrics-listen",
+            &format!("127.0.0.1:{}", support::free_port()),
+            "--out-mqtt-host",
+            "127.0.0.1",
+            "--out-mqtt-port",
+            &dead,
+        ])
+        .spawn();
+    pv3.subscribed(1).await;
+    publish_every_topic(port).await;
+    api.wait_for_measurements(EVERY_TOPIC_EXPECTED.len(), Duration::from_secs(30))
+        .await;
+    let status = pv3
+        .wait_status("the outputs in status.json", |s| {
+            s["outputs"].as_array().is_some_and(|o| o.len() == 2)
+        })
+        .await;
+    let mqtt = &status["outputs"][0];
+    assert_eq!(mqtt["name"], "mqtt", "{status}");
+    assert_eq!(mqtt["connected"], false, "{status}");
+    assert_eq!(status["outputs"][1]["name"], "prometheus", "{status}");
+    assert_eq!(status["outputs"][1]["connected"], true, "{status}");
+    let stderr = pv3.stop().await;
+    assert!(
+        stderr.contains(&format!("output broker 127.0.0.1:{dead}")),
+        "the output broker's trouble is logged:\n{stderr}"
+    );
+    assert_eq!(api.measurements().len(), EVERY_TOPIC_EXPECTED.len());
+}
