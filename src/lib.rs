@@ -20,6 +20,8 @@ pub mod api;
 pub mod backoff;
 // Capture files: what `sniff` writes and `replay` reads.
 pub mod capture;
+// Which P3s publish on a broker (`pv3 devices`, collect's device hint).
+pub mod census;
 // The command line (clap definitions).
 pub mod cli;
 // One module per subcommand.

@@ -4,6 +4,7 @@
 pub(crate) mod check_api;
 pub(crate) mod collect;
 pub mod completions;
+mod devices;
 pub mod install_service;
 mod replay;
 mod sniff;
@@ -39,6 +40,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
 /// Runs the chosen command; `matches` is what clap parsed into `cli`.
 pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     match cli.command {
+        Command::Devices(args) => devices::run(args).await,
         Command::Collect(args) => collect::run(args).await,
         Command::Sniff(args) => sniff::run(args).await,
         Command::Replay(args) => replay::run(args).await,

@@ -240,7 +240,7 @@ fn parse_time(text: &str) -> Option<Timestamp> {
 }
 
 /// "0.4 s", "12 s", "5 min", "3 h 5 min", "2 d 4 h".
-fn human_secs(secs: f64) -> String {
+pub(crate) fn human_secs(secs: f64) -> String {
     if secs < 10.0 {
         return format!("{secs:.1} s");
     }
