@@ -28,6 +28,8 @@ pub mod cli;
 pub mod cmd;
 // P3 topics and payloads to measurements and alarm states.
 pub mod decode;
+// collect's hint when nothing arrives for its --device-id.
+pub mod device_hint;
 // Batching, queueing, retry and delivery to the API.
 pub mod forward;
 // Logging set-up.

@@ -48,6 +48,11 @@ pub struct Status {
     pub spool_measurements: u64,
     /// Bytes the spool holds.
     pub spool_bytes: u64,
+    /// Nothing arrives for the configured device: what `pv/PV3/+/#`
+    /// carries instead ("did you mean --device-id ...?"). Absent while
+    /// the device is heard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_hint: Option<String>,
 }
 
 /// This machine's boot id (`/proc/sys/kernel/random/boot_id`), where there

@@ -1,5 +1,7 @@
-//! Finding the P3: `pv3 devices` lists what publishes on a broker. Each
-//! test runs against the in-process broker and a real Mosquitto.
+//! Finding the P3: `pv3 devices` lists what publishes on a broker, and
+//! `collect` with a wrong `--device-id` says which id does publish (in its
+//! log, in `status.json`, and in check-api's collector row). Each test runs
+//! against the in-process broker and a real Mosquitto.
 
 mod support;
 
@@ -10,9 +12,14 @@ use rumqttc::QoS;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
+use support::api::RecordingApi;
 use support::broker::{Publisher, TestBroker};
+use support::collect::CollectRun;
 use support::on_both_brokers;
 use support::proc::run_pv3;
+
+/// Waits end on the event; this only bounds them.
+const T: Duration = Duration::from_secs(30);
 
 /// Two P3s, as their brokers carry them: (device, soc raw, battery W, grid CT mW).
 const FLEET: &[(&str, i64, i64, i64)] = &[
@@ -205,4 +212,109 @@ fn devices_refuses_bad_flags_before_connecting() {
             show(&out)
         );
     }
+}
+
+// ---- collect with the wrong device id ----------------------------------
+
+/// collect for `device`, told to look around 300 ms after subscribing.
+fn collect_for(
+    device: &str,
+    broker: &TestBroker,
+    api: &RecordingApi,
+) -> support::collect::Collector {
+    CollectRun::new(broker.port())
+        .api(api)
+        .args(&["--device-id", device])
+        .env("PV3_DEVICE_HINT_AFTER_MS", "300")
+        .spawn()
+}
+
+fn hint_of(status: &Value) -> Option<&str> {
+    status["device_hint"].as_str()
+}
+
+on_both_brokers!(collect_with_a_wrong_device_id_names_the_right_one);
+async fn collect_with_a_wrong_device_id_names_the_right_one(broker: TestBroker) {
+    let api = RecordingApi::start().await;
+    let _p3 = FakeP3s::start(broker.port(), &FLEET[..1]).await;
+    let pv3 = collect_for("PV001002ABD", &broker, &api);
+    let said = "no messages for PV001002ABD in 0.3 s of subscribing; messages are flowing for \
+                PV001002ABC — did you mean --device-id PV001002ABC?";
+    let status = pv3
+        .wait_status("a device hint", |s| hint_of(s).is_some())
+        .await;
+    assert!(
+        hint_of(&status).is_some_and(|h| h.starts_with(said)),
+        "{status}"
+    );
+    assert!(pv3.wait_for_stderr(said, T).await, "{}", pv3.stderr());
+
+    // check-api's collector row carries the same hint.
+    let dir = pv3.state_dir().to_str().expect("utf-8").to_owned();
+    let url = api.url();
+    let out = tokio::task::spawn_blocking(move || {
+        run_pv3(
+            &[
+                "check-api",
+                "--api-url",
+                &url,
+                "--state-dir",
+                &dir,
+                "--format",
+                "json",
+            ],
+            &[],
+            None,
+        )
+    })
+    .await
+    .expect("check-api thread");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("check-api --format json: {e}\n{}", show(&out)));
+    let row = report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "collector MQTT"))
+        .unwrap_or_else(|| panic!("no collector MQTT row: {report}"));
+    assert_eq!(row["status"], "warn", "{row}");
+    assert!(
+        row["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("did you mean --device-id PV001002ABC?")),
+        "{row}"
+    );
+    pv3.stop().await;
+    assert!(
+        api.measurements().is_empty(),
+        "another device's data was posted"
+    );
+}
+
+on_both_brokers!(collect_on_a_broker_without_p3s_asks_whether_it_is_the_p3s);
+async fn collect_on_a_broker_without_p3s_asks_whether_it_is_the_p3s(broker: TestBroker) {
+    let api = RecordingApi::start().await;
+    let pv3 = collect_for("PV001002ABD", &broker, &api);
+    let status = pv3
+        .wait_status("a device hint", |s| hint_of(s).is_some())
+        .await;
+    assert!(
+        hint_of(&status).is_some_and(|h| h.contains(
+            "no messages for PV001002ABD in 0.3 s of subscribing, and nothing at all on pv/PV3/: is this the P3's broker?"
+        )),
+        "{status}"
+    );
+    // The device turns up after all: the hint is withdrawn.
+    let publisher = Publisher::connect(broker.port()).await;
+    publisher
+        .publish(
+            "pv/PV3/PV001002ABD/inverter/charge",
+            r#"{"power":5}"#,
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await;
+    pv3.wait_status("the hint withdrawn", |s| {
+        hint_of(s).is_none() && s["counters"]["received"] == 1
+    })
+    .await;
+    pv3.stop().await;
 }

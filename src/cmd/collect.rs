@@ -13,6 +13,7 @@ use anyhow::Result;
 use tracing::{info, trace, warn};
 
 use crate::cli::CollectArgs;
+use crate::device_hint::DeviceHint;
 use crate::forward::{ForwardOptions, ForwardStats, Forwarder, Overflow, Storage, StorageError};
 use crate::mqtt::{self, Message};
 use crate::output::Format;
@@ -66,6 +67,7 @@ pub async fn run(args: CollectArgs) -> Result<()> {
             .map(|id| format!(" as device {id}"))
             .unwrap_or_default()
     );
+    let hint = DeviceHint::start(&settings, &args.device.device_id, subscription.subscribed());
     let pipeline = match &args.api_device.api_device_id {
         Some(id) => Pipeline::mapping_one_device(args.delivery.soc_threshold, id),
         None => Pipeline::new(args.delivery.soc_threshold, None),
@@ -80,6 +82,7 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         pipeline,
         outputs,
         status,
+        hint,
         warnings: RateLimiter::new(Duration::from_secs(60)),
         last_message: None,
     };
@@ -130,6 +133,8 @@ struct Collector {
     status: StatusWriter,
     warnings: RateLimiter,
     last_message: Option<tokio::time::Instant>,
+    /// Says so when nothing arrives for the device (a wrong --device-id).
+    hint: DeviceHint,
 }
 
 impl Collector {
@@ -165,7 +170,7 @@ impl Collector {
                 Ok(()) = subscribed.changed() => {
                     if *subscribed.borrow_and_update() {
                         self.status.subscriptions += 1;
-                        self.status.write(&self.pipeline);
+                        self.status.write(&self.pipeline, self.hint.text());
                         notify_systemd(&[sd_notify::NotifyState::Ready]);
                     }
                 }
@@ -175,7 +180,7 @@ impl Collector {
                         notify_systemd(&[sd_notify::NotifyState::Watchdog]);
                     }
                 }
-                _ = status_timer.tick() => self.status.write(&self.pipeline),
+                _ = status_timer.tick() => self.status.write(&self.pipeline, self.hint.text()),
                 _ = stats_timer.tick() => log_progress(&self.pipeline, &self.outputs),
             }
         }
@@ -190,6 +195,7 @@ impl Collector {
         trace!("received {} ({} bytes)", msg.topic, msg.payload.len());
         self.last_message = Some(tokio::time::Instant::now());
         self.status.last_message = Some(msg.received);
+        self.hint.heard();
         let other_before = self.pipeline.counts.other_device;
         let reading = match self
             .pipeline
@@ -237,7 +243,7 @@ impl Collector {
             }
         }
         self.status.connected.store(false, Ordering::Relaxed);
-        self.status.write(&self.pipeline);
+        self.status.write(&self.pipeline, self.hint.text());
         result
     }
 }
@@ -320,7 +326,7 @@ impl StatusWriter {
         }
     }
 
-    fn write(&mut self, pipeline: &Pipeline) {
+    fn write(&mut self, pipeline: &Pipeline, device_hint: Option<String>) {
         let (Some(dir), Some(stats)) = (self.dir.clone(), self.stats.clone()) else {
             return;
         };
@@ -346,6 +352,7 @@ impl StatusWriter {
             spool_batches: get(&stats.spool_batches),
             spool_measurements: get(&stats.spool_measurements),
             spool_bytes: get(&stats.spool_bytes),
+            device_hint,
             ..self.base.clone()
         };
         if let Err(e) = status::write(&dir, &status) {
