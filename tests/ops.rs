@@ -725,6 +725,48 @@ fn install_service_uninstall_dry_run_lists_the_plan_and_removes_nothing() {
 }
 
 #[test]
+fn install_service_runs_the_packaged_binary_when_dpkg_put_it_there() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root_dir = root.path().to_string_lossy().into_owned();
+    let bin = bin_path();
+    let unit = root.path().join("etc/systemd/system/pv3-collector.service");
+    let exec_start = || {
+        let text = std::fs::read_to_string(&unit).expect("unit written");
+        text.lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("an ExecStart= line")
+            .to_owned()
+    };
+    let packaged = root.path().join("usr/bin/pv3");
+    std::fs::create_dir_all(packaged.parent().expect("usr/bin")).expect("usr/bin");
+    std::fs::copy(PV3_BIN, &packaged).expect("copy pv3");
+
+    // A /usr/bin/pv3 that dpkg does not list is someone else's: not used.
+    let out = install(&["--root", &root_dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(exec_start(), format!("{bin} collect"));
+
+    // The pv3 package's file list names it: the service runs it, so that
+    // apt upgrades the service too.
+    let info = root.path().join("var/lib/dpkg/info");
+    std::fs::create_dir_all(&info).expect("dpkg info dir");
+    std::fs::write(info.join("pv3.list"), "/.\n/usr\n/usr/bin\n/usr/bin/pv3\n").expect("list");
+    let out = install(&["--root", &root_dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(exec_start(), "/usr/bin/pv3 collect");
+    assert!(
+        stderr(&out).contains("the service runs /usr/bin/pv3, which the pv3 package installed"),
+        "{}",
+        show(&out)
+    );
+
+    // --binary still chooses.
+    let out = install(&["--root", &root_dir, "--binary", &bin], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(exec_start(), format!("{bin} collect"));
+}
+
+#[test]
 fn install_service_user_unit_goes_to_the_users_config() {
     let root = tempfile::tempdir().expect("tempdir");
     let root_dir = root.path().to_string_lossy().into_owned();
