@@ -8,7 +8,6 @@
 //! broker that carries no P3) and exits 1.
 
 use std::fmt::Write as _;
-use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -19,7 +18,6 @@ use tracing::info;
 use super::check_api::human_secs;
 use crate::census::{self, Census, DeviceTally, Reach};
 use crate::cli::{DevicesArgs, DevicesFormat};
-use crate::output::is_broken_pipe;
 use crate::reading::Timestamp;
 use crate::topic;
 
@@ -47,11 +45,7 @@ pub(crate) async fn run(args: DevicesArgs) -> Result<()> {
         DevicesFormat::Table => table(&census, now),
         DevicesFormat::Json => json_lines(&census, now)?,
     };
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if !is_broken_pipe(&e) => Err(e).context("cannot write to stdout"),
-        _ => Ok(()),
-    }
+    crate::output::print_stdout(text.as_bytes())
 }
 
 /// The error line and the hints for a listen that heard no P3.

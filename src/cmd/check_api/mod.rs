@@ -14,7 +14,6 @@
 mod api;
 mod collector;
 
-use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -24,7 +23,6 @@ use tabled::settings::{Style, Width};
 use tabled::{Table, Tabled};
 
 use crate::cli::{CheckApiArgs, CheckFormat};
-use crate::output::is_broken_pipe;
 use crate::reading::Timestamp;
 
 /// The metric `--write` posts and reads back.
@@ -183,11 +181,7 @@ fn print(report: &Report, format: CheckFormat) -> Result<()> {
         }
         CheckFormat::Table => render_table(report),
     };
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if !is_broken_pipe(&e) => Err(e).context("cannot write to stdout"),
-        _ => Ok(()),
-    }
+    crate::output::print_stdout(text.as_bytes())
 }
 
 #[derive(Tabled)]
