@@ -16,7 +16,7 @@ use support::api::RecordingApi;
 use support::broker::{Publisher, TestBroker};
 use support::collect::CollectRun;
 use support::on_both_brokers;
-use support::proc::run_pv3;
+use support::proc::{run_pv3, run_pv3_async, show};
 
 /// Waits end on the event; this only bounds them.
 const T: Duration = Duration::from_secs(30);
@@ -74,30 +74,12 @@ impl Drop for FakeP3s {
     }
 }
 
-/// `pv3 devices` against the broker on `port`, run to its end off the
-/// runtime's threads.
+/// `pv3 devices` against the broker on `port`, run to its end.
 async fn devices(port: u16, extra: &[&str]) -> Output {
-    let mut args: Vec<String> = ["devices", "--mqtt-host", "127.0.0.1", "--mqtt-port"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    args.push(port.to_string());
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_pv3(&args, &[], None)
-    })
-    .await
-    .expect("pv3 runner thread")
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    let port = port.to_string();
+    let mut args = vec!["devices", "--mqtt-host", "127.0.0.1", "--mqtt-port", &port];
+    args.extend_from_slice(extra);
+    run_pv3_async(&args, &[]).await
 }
 
 // --------------------------------------------------------------------------
