@@ -33,11 +33,7 @@ const LOOK: Duration = Duration::from_secs(10);
 
 /// [`AFTER`], or `PV3_DEVICE_HINT_AFTER_MS` (tests).
 fn after() -> Duration {
-    std::env::var("PV3_DEVICE_HINT_AFTER_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&ms| ms > 0)
-        .map_or(AFTER, Duration::from_millis)
+    crate::cmd::interval_from_env("PV3_DEVICE_HINT_AFTER_MS", AFTER)
 }
 
 /// What the hint task and collect share.

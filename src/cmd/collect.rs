@@ -30,11 +30,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// `status.json`'s interval: [`STATUS_EVERY`], or `PV3_STATUS_INTERVAL_MS`
 /// (undocumented: the integration tests wait on the file, not on logs).
 fn status_every() -> Duration {
-    std::env::var("PV3_STATUS_INTERVAL_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&ms| ms > 0)
-        .map_or(STATUS_EVERY, Duration::from_millis)
+    super::interval_from_env("PV3_STATUS_INTERVAL_MS", STATUS_EVERY)
 }
 
 /// `pv3 collect`: runs until SIGINT or SIGTERM. Bad settings come back as a
