@@ -29,6 +29,7 @@ Register-ArgumentCompleter -Native -CommandName 'pv3' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('devices', 'devices', [CompletionResultType]::ParameterValue, 'List the P3s publishing on a broker: find your device id')
             [CompletionResult]::new('collect', 'collect', [CompletionResultType]::ParameterValue, 'Forward live P3 data from MQTT to the PV3 Monitor API')
             [CompletionResult]::new('sniff', 'sniff', [CompletionResultType]::ParameterValue, 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)')
             [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Decode a capture and send it to the API (or print it with --dry-run)')
@@ -36,6 +37,27 @@ Register-ArgumentCompleter -Native -CommandName 'pv3' -ScriptBlock {
             [CompletionResult]::new('install-service', 'install-service', [CompletionResultType]::ParameterValue, 'Install `pv3 collect` as a hardened systemd service')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'pv3;devices' {
+            [CompletionResult]::new('--wait', '--wait', [CompletionResultType]::ParameterName, 'How long to listen once subscribed, in seconds (connecting may take as long again)')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output: a block per device for people, or JSON Lines for scripts')
+            [CompletionResult]::new('--mqtt-host', '--mqtt-host', [CompletionResultType]::ParameterName, 'Broker host (the P3''s LAN address)')
+            [CompletionResult]::new('--mqtt-port', '--mqtt-port', [CompletionResultType]::ParameterName, 'Broker port [default: 1883, or 8883 with --mqtt-tls]')
+            [CompletionResult]::new('--mqtt-username', '--mqtt-username', [CompletionResultType]::ParameterName, 'User name, for a broker that asks for one')
+            [CompletionResult]::new('--mqtt-password', '--mqtt-password', [CompletionResultType]::ParameterName, 'Never shown in --help or logs')
+            [CompletionResult]::new('--mqtt-ca', '--mqtt-ca', [CompletionResultType]::ParameterName, 'CA certificate (PEM) for TLS; implies --mqtt-tls [default: the system''s roots]')
+            [CompletionResult]::new('--mqtt-client-id', '--mqtt-client-id', [CompletionResultType]::ParameterName, '[default: pv3-<command>-<random>]')
+            [CompletionResult]::new('--mqtt-reconnect-max', '--mqtt-reconnect-max', [CompletionResultType]::ParameterName, 'Longest wait between reconnect attempts, in seconds')
+            [CompletionResult]::new('--mqtt-tls', '--mqtt-tls', [CompletionResultType]::ParameterName, 'Connect with TLS')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log detail (-v debug, -vv trace)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log detail (-v debug, -vv trace)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Less log detail (-q warnings only, -qq errors only)')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Less log detail (-q warnings only, -qq errors only)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
         'pv3;collect' {
@@ -228,6 +250,7 @@ Register-ArgumentCompleter -Native -CommandName 'pv3' -ScriptBlock {
             break
         }
         'pv3;help' {
+            [CompletionResult]::new('devices', 'devices', [CompletionResultType]::ParameterValue, 'List the P3s publishing on a broker: find your device id')
             [CompletionResult]::new('collect', 'collect', [CompletionResultType]::ParameterValue, 'Forward live P3 data from MQTT to the PV3 Monitor API')
             [CompletionResult]::new('sniff', 'sniff', [CompletionResultType]::ParameterValue, 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)')
             [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Decode a capture and send it to the API (or print it with --dry-run)')
@@ -235,6 +258,9 @@ Register-ArgumentCompleter -Native -CommandName 'pv3' -ScriptBlock {
             [CompletionResult]::new('install-service', 'install-service', [CompletionResultType]::ParameterValue, 'Install `pv3 collect` as a hardened systemd service')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'pv3;help;devices' {
             break
         }
         'pv3;help;collect' {

@@ -25,6 +25,9 @@ _pv3() {
             pv3,completions)
                 cmd="pv3__subcmd__completions"
                 ;;
+            pv3,devices)
+                cmd="pv3__subcmd__devices"
+                ;;
             pv3,help)
                 cmd="pv3__subcmd__help"
                 ;;
@@ -46,6 +49,9 @@ _pv3() {
             pv3__subcmd__help,completions)
                 cmd="pv3__subcmd__help__subcmd__completions"
                 ;;
+            pv3__subcmd__help,devices)
+                cmd="pv3__subcmd__help__subcmd__devices"
+                ;;
             pv3__subcmd__help,help)
                 cmd="pv3__subcmd__help__subcmd__help"
                 ;;
@@ -65,7 +71,7 @@ _pv3() {
 
     case "${cmd}" in
         pv3)
-            opts="-v -q -h -V --verbose --quiet --help --version collect sniff replay check-api install-service completions help"
+            opts="-v -q -h -V --verbose --quiet --help --version devices collect sniff replay check-api install-service completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -284,8 +290,58 @@ _pv3() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        pv3__subcmd__devices)
+            opts="-v -q -h -V --wait --format --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --mqtt-host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mqtt-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mqtt-username)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mqtt-password)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mqtt-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mqtt-client-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mqtt-reconnect-max)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         pv3__subcmd__help)
-            opts="collect sniff replay check-api install-service completions help"
+            opts="devices collect sniff replay check-api install-service completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -327,6 +383,20 @@ _pv3() {
             return 0
             ;;
         pv3__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pv3__subcmd__help__subcmd__devices)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -26,6 +26,7 @@ set edit:completion:arg-completer[pv3] = {|@words|
             cand --help 'Print help'
             cand -V 'Print version'
             cand --version 'Print version'
+            cand devices 'List the P3s publishing on a broker: find your device id'
             cand collect 'Forward live P3 data from MQTT to the PV3 Monitor API'
             cand sniff 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)'
             cand replay 'Decode a capture and send it to the API (or print it with --dry-run)'
@@ -33,6 +34,26 @@ set edit:completion:arg-completer[pv3] = {|@words|
             cand install-service 'Install `pv3 collect` as a hardened systemd service'
             cand completions 'Print a shell completion script'
             cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'pv3;devices'= {
+            cand --wait 'How long to listen once subscribed, in seconds (connecting may take as long again)'
+            cand --format 'Output: a block per device for people, or JSON Lines for scripts'
+            cand --mqtt-host 'Broker host (the P3''s LAN address)'
+            cand --mqtt-port 'Broker port [default: 1883, or 8883 with --mqtt-tls]'
+            cand --mqtt-username 'User name, for a broker that asks for one'
+            cand --mqtt-password 'Never shown in --help or logs'
+            cand --mqtt-ca 'CA certificate (PEM) for TLS; implies --mqtt-tls [default: the system''s roots]'
+            cand --mqtt-client-id '[default: pv3-<command>-<random>]'
+            cand --mqtt-reconnect-max 'Longest wait between reconnect attempts, in seconds'
+            cand --mqtt-tls 'Connect with TLS'
+            cand -v 'More log detail (-v debug, -vv trace)'
+            cand --verbose 'More log detail (-v debug, -vv trace)'
+            cand -q 'Less log detail (-q warnings only, -qq errors only)'
+            cand --quiet 'Less log detail (-q warnings only, -qq errors only)'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
         }
         &'pv3;collect'= {
             cand --format 'Output of --dry-run [default: table on a terminal, else jsonl]'
@@ -218,6 +239,7 @@ set edit:completion:arg-completer[pv3] = {|@words|
             cand --version 'Print version'
         }
         &'pv3;help'= {
+            cand devices 'List the P3s publishing on a broker: find your device id'
             cand collect 'Forward live P3 data from MQTT to the PV3 Monitor API'
             cand sniff 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)'
             cand replay 'Decode a capture and send it to the API (or print it with --dry-run)'
@@ -225,6 +247,8 @@ set edit:completion:arg-completer[pv3] = {|@words|
             cand install-service 'Install `pv3 collect` as a hardened systemd service'
             cand completions 'Print a shell completion script'
             cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'pv3;help;devices'= {
         }
         &'pv3;help;collect'= {
         }

@@ -28,6 +28,7 @@ complete -c pv3 -n "__fish_pv3_needs_command" -s v -l verbose -d 'More log detai
 complete -c pv3 -n "__fish_pv3_needs_command" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
 complete -c pv3 -n "__fish_pv3_needs_command" -s h -l help -d 'Print help'
 complete -c pv3 -n "__fish_pv3_needs_command" -s V -l version -d 'Print version'
+complete -c pv3 -n "__fish_pv3_needs_command" -f -a "devices" -d 'List the P3s publishing on a broker: find your device id'
 complete -c pv3 -n "__fish_pv3_needs_command" -f -a "collect" -d 'Forward live P3 data from MQTT to the PV3 Monitor API'
 complete -c pv3 -n "__fish_pv3_needs_command" -f -a "sniff" -d 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)'
 complete -c pv3 -n "__fish_pv3_needs_command" -f -a "replay" -d 'Decode a capture and send it to the API (or print it with --dry-run)'
@@ -35,6 +36,21 @@ complete -c pv3 -n "__fish_pv3_needs_command" -f -a "check-api" -d 'Check the AP
 complete -c pv3 -n "__fish_pv3_needs_command" -f -a "install-service" -d 'Install `pv3 collect` as a hardened systemd service'
 complete -c pv3 -n "__fish_pv3_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c pv3 -n "__fish_pv3_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c pv3 -n "__fish_pv3_using_subcommand devices" -l wait -d 'How long to listen once subscribed, in seconds (connecting may take as long again)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand devices" -l format -d 'Output: a block per device for people, or JSON Lines for scripts' -r -f -a "table\t'A block per device, for people'
+json\t'One JSON object per device, one per line'"
+complete -c pv3 -n "__fish_pv3_using_subcommand devices" -l mqtt-host -d 'Broker host (the P3\'s LAN address)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand devices" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand devices" -l mqtt-username -d 'User name, for a broker that asks for one' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand devices" -l mqtt-password -d 'Never shown in --help or logs' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand devices" -l mqtt-ca -d 'CA certificate (PEM) for TLS; implies --mqtt-tls [default: the system\'s roots]' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand devices" -l mqtt-client-id -d '[default: pv3-<command>-<random>]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand devices" -l mqtt-reconnect-max -d 'Longest wait between reconnect attempts, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand devices" -l mqtt-tls -d 'Connect with TLS'
+complete -c pv3 -n "__fish_pv3_using_subcommand devices" -s v -l verbose -d 'More log detail (-v debug, -vv trace)'
+complete -c pv3 -n "__fish_pv3_using_subcommand devices" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
+complete -c pv3 -n "__fish_pv3_using_subcommand devices" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c pv3 -n "__fish_pv3_using_subcommand devices" -s V -l version -d 'Print version'
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l format -d 'Output of --dry-run [default: table on a terminal, else jsonl]' -r -f -a "jsonl\t'One JSON object per line'
 table\t'A table for people'"
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l spool-max-mb -d 'Largest on-disk spool, in MiB; when full the oldest readings are dropped (and counted)' -r
@@ -184,10 +200,11 @@ complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s v -l verbose -d 
 complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
 complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "collect" -d 'Forward live P3 data from MQTT to the PV3 Monitor API'
-complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "sniff" -d 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)'
-complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "replay" -d 'Decode a capture and send it to the API (or print it with --dry-run)'
-complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "check-api" -d 'Check the API end to end, and the local collector\'s status'
-complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "install-service" -d 'Install `pv3 collect` as a hardened systemd service'
-complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from collect sniff replay check-api install-service completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "devices" -d 'List the P3s publishing on a broker: find your device id'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "collect" -d 'Forward live P3 data from MQTT to the PV3 Monitor API'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "sniff" -d 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "replay" -d 'Decode a capture and send it to the API (or print it with --dry-run)'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "check-api" -d 'Check the API end to end, and the local collector\'s status'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "install-service" -d 'Install `pv3 collect` as a hardened systemd service'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -56,6 +56,15 @@ impl Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// List the P3s publishing on a broker: find your device id
+    #[command(after_help = "Examples:\n  \
+        pv3 devices --mqtt-host 192.168.1.215\n  \
+        pv3 devices --wait 30                 listen longer\n  \
+        pv3 devices --format json | jq -r .device_id\n\n\
+        Listens on pv/PV3/+/# and prints each device seen: its topics, its last\n\
+        message and its SOC, battery and grid power. Exit code 1 when none.")]
+    Devices(DevicesArgs),
+
     /// Forward live P3 data from MQTT to the PV3 Monitor API
     #[command(after_help = "Examples:\n  \
         pv3 collect --mqtt-host 192.168.1.215 --api-url http://pi.local:8800\n  \
@@ -622,6 +631,33 @@ pub struct CompletionsArgs {
     /// The shell to complete for
     #[arg(value_enum, value_name = "SHELL")]
     pub shell: CompletionTarget,
+}
+
+/// `devices --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DevicesFormat {
+    /// A block per device, for people.
+    Table,
+    /// One JSON object per device, one per line.
+    Json,
+}
+
+/// `pv3 devices`.
+#[derive(Debug, Clone, Args)]
+pub struct DevicesArgs {
+    /// How long to listen once subscribed, in seconds (connecting may take
+    /// as long again)
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
+    pub wait: Duration,
+
+    /// Output: a block per device for people, or JSON Lines for scripts
+    #[arg(long, value_enum, default_value = "table", value_name = "FORMAT")]
+    pub format: DevicesFormat,
+
+    // Groups last: a group's help heading carries over to what follows it.
+    /// The MQTT broker.
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
 }
 
 #[cfg(test)]

@@ -20,12 +20,16 @@ pub mod api;
 pub mod backoff;
 // Capture files: what `sniff` writes and `replay` reads.
 pub mod capture;
+// Which P3s publish on a broker (`pv3 devices`, collect's device hint).
+pub mod census;
 // The command line (clap definitions).
 pub mod cli;
 // One module per subcommand.
 pub mod cmd;
 // P3 topics and payloads to measurements and alarm states.
 pub mod decode;
+// collect's hint when nothing arrives for its --device-id.
+pub mod device_hint;
 // Energy counters integrated from power readings, kept across restarts.
 pub mod energy;
 // Batching, queueing, retry and delivery to the API.

@@ -2,6 +2,8 @@
 //!
 //! Under systemd (`JOURNAL_STREAM` set) lines carry no timestamp and no
 //! colour, since journald adds its own time and shows escapes literally.
+//! `NO_COLOR` (<https://no-color.org>) turns colour off everywhere: in the
+//! log, and in the progress bars, which [`stderr_is_styled`] turns off.
 
 use std::io::IsTerminal;
 
@@ -26,11 +28,26 @@ pub fn init(verbosity: i8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(verbosity >= 1)
-        .with_ansi(!under_journald && std::io::stderr().is_terminal());
+        .with_ansi(!under_journald && stderr_is_styled());
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = if under_journald {
         builder.without_time().try_init()
     } else {
         builder.try_init()
     };
+}
+
+/// `NO_COLOR` is set to something (an empty value does not count, as
+/// no-color.org says).
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+/// May stderr carry escape sequences: colour in the log, progress bars and
+/// spinners? Only on a terminal, and not with `NO_COLOR`: people set it
+/// where escapes show up literally (a screen reader, a captured session),
+/// and a progress bar can only redraw itself with escapes, so it goes too
+/// (the summary at the end still says everything).
+pub fn stderr_is_styled() -> bool {
+    !no_color() && std::io::stderr().is_terminal()
 }

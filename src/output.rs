@@ -169,3 +169,16 @@ impl<W: Write> Printer<W> {
 pub fn is_broken_pipe(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::BrokenPipe
 }
+
+/// Writes `bytes` to stdout and flushes: what devices, check-api,
+/// completions and install-service print. A closed pipe (`| head`) is not an
+/// error.
+pub fn print_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if !is_broken_pipe(&e) => {
+            Err(anyhow::Error::new(e).context("cannot write to stdout"))
+        }
+        _ => Ok(()),
+    }
+}

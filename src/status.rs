@@ -56,6 +56,11 @@ pub struct Status {
     /// The outputs beside the API (`--publish`/`--ha`, `--metrics-listen`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<OutputReport>,
+    /// Nothing arrives for the configured device: what `pv/PV3/+/#`
+    /// carries instead ("did you mean --device-id ...?"). Absent while
+    /// the device is heard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_hint: Option<String>,
 }
 
 /// This machine's boot id (`/proc/sys/kernel/random/boot_id`), where there

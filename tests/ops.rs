@@ -21,24 +21,7 @@ use pv3::reading::Timestamp;
 use pv3::status::{Counters, Status};
 use support::api::RecordingApi;
 use support::fixtures::DEVICE;
-use support::proc::{PV3_BIN, run_pv3};
-
-/// Runs pv3 to completion off the async runtime's threads (the recording
-/// API runs on them).
-async fn pv3(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-    let envs: Vec<(String, String)> = envs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        run_pv3(&args, &envs, None)
-    })
-    .await
-    .expect("pv3 runner thread")
-}
+use support::proc::{PV3_BIN, run_pv3, run_pv3_async, show};
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -46,15 +29,6 @@ fn stdout(out: &Output) -> String {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status.code(),
-        stdout(out),
-        stderr(out)
-    )
 }
 
 fn rfc3339_ago(secs: i64) -> String {
@@ -82,7 +56,7 @@ async fn check_json(url: &str, extra: &[&str]) -> (Option<i32>, Value, Output) {
         args.extend(["--state-dir", &empty_dir]);
     }
     args.extend_from_slice(extra);
-    let out = pv3(&args, &[]).await;
+    let out = run_pv3_async(&args, &[]).await;
     let report: Value = match serde_json::from_slice(&out.stdout) {
         Ok(v) => v,
         Err(e) => panic!("--format json is not JSON ({e}):\n{}", show(&out)),
@@ -165,7 +139,7 @@ async fn check_api_passes_against_a_healthy_api_with_fresh_data() {
     let empty = tempfile::tempdir().expect("tempdir");
     let url = api.url();
     let state = empty.path().to_string_lossy().into_owned();
-    let out = pv3(
+    let out = run_pv3_async(
         &["check-api", "--api-url", &url, "--state-dir", &state],
         &[],
     )
@@ -278,7 +252,7 @@ async fn an_absent_api_fails_fast_with_every_row_shown() {
     let empty = tempfile::tempdir().expect("tempdir");
     let state = empty.path().to_string_lossy().into_owned();
     let start = Instant::now();
-    let out = pv3(
+    let out = run_pv3_async(
         &["check-api", "--api-url", &url, "--state-dir", &state],
         &[],
     )
@@ -320,7 +294,7 @@ async fn a_stalled_api_is_bounded_by_the_timeout() {
     let state = empty.path().to_string_lossy().into_owned();
     let url = api.url();
     let start = Instant::now();
-    let out = pv3(
+    let out = run_pv3_async(
         &[
             "check-api",
             "--api-url",
@@ -389,7 +363,7 @@ async fn the_token_is_sent_but_never_printed() {
     let empty = tempfile::tempdir().expect("tempdir");
     let state = empty.path().to_string_lossy().into_owned();
     for format in ["table", "json"] {
-        let out = pv3(
+        let out = run_pv3_async(
             &[
                 "check-api",
                 "--api-url",
@@ -490,7 +464,7 @@ async fn a_collectors_status_file_adds_rows() {
     pv3::status::write(dir.path(), &status_file(1)).expect("write status");
     let url = format!("http://127.0.0.1:{}", support::free_port());
     let list = format!("{state}:/nonexistent");
-    let out = pv3(
+    let out = run_pv3_async(
         &["check-api", "--api-url", &url, "--format", "json"],
         &[("STATE_DIRECTORY", list.as_str())],
     )
@@ -722,6 +696,48 @@ fn install_service_uninstall_dry_run_lists_the_plan_and_removes_nothing() {
         before,
         "a dry run removes nothing"
     );
+}
+
+#[test]
+fn install_service_runs_the_packaged_binary_when_dpkg_put_it_there() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root_dir = root.path().to_string_lossy().into_owned();
+    let bin = bin_path();
+    let unit = root.path().join("etc/systemd/system/pv3-collector.service");
+    let exec_start = || {
+        let text = std::fs::read_to_string(&unit).expect("unit written");
+        text.lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("an ExecStart= line")
+            .to_owned()
+    };
+    let packaged = root.path().join("usr/bin/pv3");
+    std::fs::create_dir_all(packaged.parent().expect("usr/bin")).expect("usr/bin");
+    std::fs::copy(PV3_BIN, &packaged).expect("copy pv3");
+
+    // A /usr/bin/pv3 that dpkg does not list is someone else's: not used.
+    let out = install(&["--root", &root_dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(exec_start(), format!("{bin} collect"));
+
+    // The pv3 package's file list names it: the service runs it, so that
+    // apt upgrades the service too.
+    let info = root.path().join("var/lib/dpkg/info");
+    std::fs::create_dir_all(&info).expect("dpkg info dir");
+    std::fs::write(info.join("pv3.list"), "/.\n/usr\n/usr/bin\n/usr/bin/pv3\n").expect("list");
+    let out = install(&["--root", &root_dir], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(exec_start(), "/usr/bin/pv3 collect");
+    assert!(
+        stderr(&out).contains("the service runs /usr/bin/pv3, which the pv3 package installed"),
+        "{}",
+        show(&out)
+    );
+
+    // --binary still chooses.
+    let out = install(&["--root", &root_dir, "--binary", &bin], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(exec_start(), format!("{bin} collect"));
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Arg, CommandFactory};
 use clap_complete::Shell;
 
@@ -27,11 +27,7 @@ pub const GENERATED: &[(CompletionTarget, &str)] = &[
 /// `pv3 completions`: writes the script or the man page to stdout.
 pub fn run(args: CompletionsArgs) -> Result<()> {
     let text = render(args.shell)?;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(&text).and_then(|()| out.flush()) {
-        Err(e) if !crate::output::is_broken_pipe(&e) => Err(e).context("cannot write to stdout"),
-        _ => Ok(()),
-    }
+    crate::output::print_stdout(&text)
 }
 
 /// The completion script for `target`, or the man page for

@@ -4,6 +4,7 @@
 pub(crate) mod check_api;
 pub(crate) mod collect;
 pub mod completions;
+mod devices;
 pub mod install_service;
 mod replay;
 mod sniff;
@@ -39,6 +40,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
 /// Runs the chosen command; `matches` is what clap parsed into `cli`.
 pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     match cli.command {
+        Command::Devices(args) => devices::run(args).await,
         Command::Collect(args) => collect::run(args).await,
         Command::Sniff(args) => sniff::run(args).await,
         Command::Replay(args) => replay::run(args).await,
@@ -46,6 +48,18 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::InstallService(args) => install_service::run(args, matches),
         Command::Completions(args) => completions::run(args),
     }
+}
+
+/// `default`, or the milliseconds in the environment variable `var`: the
+/// undocumented knobs with which tests shorten collect's intervals
+/// (`PV3_STATUS_INTERVAL_MS`, `PV3_DEVICE_HINT_AFTER_MS`,
+/// `PV3_PUBLISH_HEARTBEAT_MS`, `PV3_ENERGY_SAVE_MS`).
+pub(crate) fn interval_from_env(var: &str, default: Duration) -> Duration {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(default, Duration::from_millis)
 }
 
 /// MQTT settings from the shared flags; `command` names the client id.

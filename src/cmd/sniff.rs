@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::io::{self, BufWriter, IsTerminal, Write};
+use std::io::{self, BufWriter, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -296,10 +296,11 @@ async fn finish(
     }
 }
 
-/// A spinner with the message count and rate, only on a terminal, so a
-/// redirected stderr gets the log lines and the summary and nothing else.
+/// A spinner with the message count and rate, only on a terminal (and not
+/// with `NO_COLOR`), so a redirected stderr gets the log lines and the
+/// summary and nothing else.
 fn spinner() -> Option<ProgressBar> {
-    if !io::stderr().is_terminal() {
+    if !crate::logging::stderr_is_styled() {
         return None;
     }
     let sp = ProgressBar::new_spinner();

@@ -8,6 +8,7 @@
 //! * [`collect`]: `pv3 collect` with test defaults, waits on `status.json`.
 //! * [`forward`]: pieces for driving the forwarder in-process.
 //! * [`proxy`]: TCP proxy for link-failure injection.
+//! * [`pty`]: running pv3 on a pseudo-terminal.
 //! * [`topics`]: what an MQTT consumer sees of the topics pv3 publishes.
 //!
 //! Every server binds 127.0.0.1 only, on an OS-assigned port unless a port
@@ -20,6 +21,7 @@ pub mod fixtures;
 pub mod forward;
 pub mod proc;
 pub mod proxy;
+pub mod pty;
 pub mod topics;
 
 use std::collections::HashMap;

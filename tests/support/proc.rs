@@ -367,3 +367,30 @@ pub fn run_pv3(args: &[&str], envs: &[(&str, &str)], stdin: Option<&[u8]>) -> Ou
     }
     output
 }
+
+/// [`run_pv3`] off the async runtime's threads (a test's servers run on
+/// them), with stdin closed.
+pub async fn run_pv3_async(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let envs: Vec<(String, String)> = envs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_pv3(&args, &envs, None)
+    })
+    .await
+    .expect("pv3 runner thread")
+}
+
+/// A finished run for a failure message: exit code, stdout, stderr.
+pub fn show(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

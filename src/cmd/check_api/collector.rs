@@ -182,6 +182,12 @@ fn mqtt(s: &Status, now: Timestamp, max_age: f64) -> CheckResult {
                 s.broker
             ),
         )
+    } else if let Some(hint) = &s.device_hint {
+        CheckResult::new(
+            Check::CollectorMqtt,
+            Outcome::Warn,
+            format!("connected to {}, but {hint}", s.broker),
+        )
     } else if message_age.is_some_and(|age| age > max_age) {
         CheckResult::new(
             Check::CollectorMqtt,

@@ -14,7 +14,6 @@
 mod api;
 mod collector;
 
-use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -24,7 +23,6 @@ use tabled::settings::{Style, Width};
 use tabled::{Table, Tabled};
 
 use crate::cli::{CheckApiArgs, CheckFormat};
-use crate::output::is_broken_pipe;
 use crate::reading::Timestamp;
 
 /// The metric `--write` posts and reads back.
@@ -186,11 +184,7 @@ fn print(report: &Report, format: CheckFormat) -> Result<()> {
         }
         CheckFormat::Table => render_table(report),
     };
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if !is_broken_pipe(&e) => Err(e).context("cannot write to stdout"),
-        _ => Ok(()),
-    }
+    crate::output::print_stdout(text.as_bytes())
 }
 
 #[derive(Tabled)]
@@ -243,7 +237,7 @@ fn parse_time(text: &str) -> Option<Timestamp> {
 }
 
 /// "0.4 s", "12 s", "5 min", "3 h 5 min", "2 d 4 h".
-fn human_secs(secs: f64) -> String {
+pub(crate) fn human_secs(secs: f64) -> String {
     if secs < 10.0 {
         return format!("{secs:.1} s");
     }

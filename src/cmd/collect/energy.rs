@@ -81,9 +81,5 @@ const ENERGY_SAVE_EVERY: Duration = Duration::from_secs(60);
 /// The energy counters' save interval: [`ENERGY_SAVE_EVERY`], or
 /// `PV3_ENERGY_SAVE_MS` (undocumented, for tests).
 pub(super) fn energy_save_every() -> Duration {
-    std::env::var("PV3_ENERGY_SAVE_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&ms| ms > 0)
-        .map_or(ENERGY_SAVE_EVERY, Duration::from_millis)
+    crate::cmd::interval_from_env("PV3_ENERGY_SAVE_MS", ENERGY_SAVE_EVERY)
 }

@@ -13,6 +13,7 @@ use anyhow::Result;
 use tracing::{info, trace, warn};
 
 use crate::cli::CollectArgs;
+use crate::device_hint::DeviceHint;
 use crate::energy::EnergyFile;
 use crate::forward::{ForwardOptions, Forwarder, Overflow, Storage, StorageError};
 use crate::mqtt::{self, Message};
@@ -37,11 +38,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// `status.json`'s interval: [`STATUS_EVERY`], or `PV3_STATUS_INTERVAL_MS`
 /// (undocumented: the integration tests wait on the file, not on logs).
 fn status_every() -> Duration {
-    std::env::var("PV3_STATUS_INTERVAL_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&ms| ms > 0)
-        .map_or(STATUS_EVERY, Duration::from_millis)
+    super::interval_from_env("PV3_STATUS_INTERVAL_MS", STATUS_EVERY)
 }
 
 /// `pv3 collect`: runs until SIGINT or SIGTERM. Bad settings come back as a
@@ -74,6 +71,7 @@ pub async fn run(args: CollectArgs) -> Result<()> {
             .map(|id| format!(" as device {id}"))
             .unwrap_or_default()
     );
+    let hint = DeviceHint::start(&settings, &args.device.device_id, subscription.subscribed());
     let pipeline = match &args.api_device.api_device_id {
         Some(id) => Pipeline::mapping_one_device(args.delivery.soc_threshold, id),
         None => Pipeline::new(args.delivery.soc_threshold, None),
@@ -92,6 +90,7 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         energy: opened.energy,
         health: opened.health,
         status,
+        hint,
         warnings: RateLimiter::new(Duration::from_secs(60)),
         last_message: None,
         _lock: opened.lock,
@@ -243,11 +242,7 @@ async fn open_outputs(args: &CollectArgs) -> Result<Opened> {
 /// The flat topics' heartbeat: [`HEARTBEAT`], or `PV3_PUBLISH_HEARTBEAT_MS`
 /// (undocumented: tests see a heartbeat without waiting five minutes).
 fn publish_heartbeat() -> Duration {
-    std::env::var("PV3_PUBLISH_HEARTBEAT_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&ms| ms > 0)
-        .map_or(HEARTBEAT, Duration::from_millis)
+    super::interval_from_env("PV3_PUBLISH_HEARTBEAT_MS", HEARTBEAT)
 }
 
 /// The running collector: messages in, readings out, a status kept.
@@ -260,6 +255,8 @@ struct Collector {
     warnings: RateLimiter,
     last_message: Option<tokio::time::Instant>,
     _lock: Option<StateLock>,
+    /// Says so when nothing arrives for the device (a wrong --device-id).
+    hint: DeviceHint,
 }
 
 impl Collector {
@@ -296,7 +293,7 @@ impl Collector {
                 Ok(()) = subscribed.changed() => {
                     if *subscribed.borrow_and_update() {
                         self.status.subscriptions += 1;
-                        self.status.write(&self.pipeline);
+                        self.status.write(&self.pipeline, self.hint.text());
                         notify_systemd(&[sd_notify::NotifyState::Ready]);
                     }
                 }
@@ -306,7 +303,7 @@ impl Collector {
                         notify_systemd(&[sd_notify::NotifyState::Watchdog]);
                     }
                 }
-                _ = status_timer.tick() => self.status.write(&self.pipeline),
+                _ = status_timer.tick() => self.status.write(&self.pipeline, self.hint.text()),
                 _ = energy_timer.tick(), if self.energy.is_some() => {
                     if let Some(keeper) = &mut self.energy {
                         keeper.save_soon();
@@ -330,6 +327,7 @@ impl Collector {
         h.received.fetch_add(1, Ordering::Relaxed);
         let millis = u64::try_from(msg.received.unix_millis()).unwrap_or(0);
         h.last_message_ms.store(millis, Ordering::Relaxed);
+        self.hint.heard();
         let other_before = self.pipeline.counts.other_device;
         let reading = match self
             .pipeline
@@ -402,7 +400,7 @@ impl Collector {
             info!("stopped: {received} messages received");
         }
         self.status.connected.store(false, Ordering::Relaxed);
-        self.status.write(&self.pipeline);
+        self.status.write(&self.pipeline, self.hint.text());
         result
     }
 }

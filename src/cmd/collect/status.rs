@@ -58,7 +58,7 @@ impl StatusWriter {
         }
     }
 
-    pub(super) fn write(&mut self, pipeline: &Pipeline) {
+    pub(super) fn write(&mut self, pipeline: &Pipeline, device_hint: Option<String>) {
         let Some(dir) = self.dir.clone() else {
             return;
         };
@@ -86,6 +86,7 @@ impl StatusWriter {
             spool_measurements: get(&stats.spool_measurements),
             spool_bytes: get(&stats.spool_bytes),
             outputs: self.outputs.iter().map(|o| o.report()).collect(),
+            device_hint,
             ..self.base.clone()
         };
         if let Err(e) = status::write(&dir, &status) {

@@ -28,7 +28,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use clap::ArgMatches;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::ConfigError;
 use crate::cli::InstallServiceArgs;
@@ -163,7 +163,7 @@ fn is_root() -> bool {
 
 fn install(args: &InstallServiceArgs, matches: &ArgMatches, layout: &Layout) -> Result<()> {
     let real = !args.dry_run && layout.root.is_none();
-    let binary = binary(args)?;
+    let binary = binary(args, layout.root.as_deref())?;
     if !layout.user {
         hidden_from_service(&binary, "the pv3 binary", "--binary", real)?;
     }
@@ -292,10 +292,26 @@ fn installed(layout: &Layout, already: bool) -> String {
     out
 }
 
-/// The binary the service runs: absolute, symlinks resolved.
-fn binary(args: &InstallServiceArgs) -> Result<PathBuf> {
+/// Where the Debian package puts pv3 (and where apt upgrades it).
+const PACKAGED: &str = "/usr/bin/pv3";
+
+/// The binary the service runs: absolute, symlinks resolved. Without
+/// `--binary`, the pv3 package's [`PACKAGED`] when the package installed it
+/// (so that `apt upgrade` upgrades the service too, whichever pv3 ran
+/// install-service), else this one.
+fn binary(args: &InstallServiceArgs, root: Option<&Path>) -> Result<PathBuf> {
     let given = match &args.binary {
         Some(path) => path.clone(),
+        None if packaged(root) => {
+            let this = std::env::current_exe().and_then(fs::canonicalize).ok();
+            if this.as_deref() != Some(Path::new(PACKAGED)) {
+                info!(
+                    "the service runs {PACKAGED}, which the pv3 package installed (apt upgrades it), not {}; --binary chooses another",
+                    this.map_or_else(|| "this binary".to_owned(), |p| p.display().to_string())
+                );
+            }
+            return Ok(PathBuf::from(PACKAGED));
+        }
         None => std::env::current_exe()
             .context("cannot tell where this pv3 binary is: pass --binary PATH")?,
     };
@@ -339,6 +355,24 @@ fn hidden_from_service(path: &Path, what: &str, flag: &str, real: bool) -> Resul
         warn!("{message}");
         Ok(())
     }
+}
+
+/// Did the pv3 Debian package install [`PACKAGED`]? dpkg's list of the
+/// package's files says (`pv3.list`, or `pv3:<arch>.list`), under `root`.
+fn packaged(root: Option<&Path>) -> bool {
+    if !on_disk(root, Path::new(PACKAGED)).is_file() {
+        return false;
+    }
+    let Ok(entries) = fs::read_dir(on_disk(root, Path::new("/var/lib/dpkg/info"))) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = name == "pv3.list" || (name.starts_with("pv3:") && name.ends_with(".list"));
+        ours && fs::read_to_string(entry.path())
+            .is_ok_and(|list| list.lines().any(|line| line == PACKAGED))
+    })
 }
 
 // ---- uninstall ---------------------------------------------------------

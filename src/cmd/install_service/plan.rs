@@ -244,11 +244,7 @@ fn make_dir(dir: &Path, mode: u32) -> Result<()> {
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
 pub(super) fn print(text: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if !crate::output::is_broken_pipe(&e) => Err(e).context("cannot write to stdout"),
-        _ => Ok(()),
-    }
+    crate::output::print_stdout(text.as_bytes())
 }
 
 #[cfg(test)]

@@ -151,7 +151,7 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
         .dry_run
         .then(|| args.format.unwrap_or_else(Format::default_for_stdout));
     // A bar would tangle with a table printed to the same terminal.
-    let progress = (io::stderr().is_terminal()
+    let progress = (crate::logging::stderr_is_styled()
         && !(dry_run_format.is_some() && io::stdout().is_terminal()))
     .then(|| progress_bar(size));
     let speed = match args.speed {
