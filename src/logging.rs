@@ -91,7 +91,8 @@ impl Write for LogWriter {
                     kept.lines.pop_front();
                     kept.dropped += 1;
                 }
-                kept.lines.push_back(String::from_utf8_lossy(buf).into_owned());
+                kept.lines
+                    .push_back(String::from_utf8_lossy(buf).into_owned());
                 return Ok(buf.len());
             }
         }

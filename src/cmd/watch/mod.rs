@@ -97,6 +97,8 @@ fn capture_name(path: &Path) -> String {
     if path == Path::new("-") {
         return "stdin".into();
     }
-    path.file_name()
-        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }

@@ -21,8 +21,8 @@ use crate::output::is_broken_pipe;
 use crate::reading::Timestamp;
 use crate::topic::{ANY_DEVICE, P3Topic, device_filter};
 
-use super::state::{Snapshot, WatchState};
 use super::Feed;
+use super::state::{Snapshot, WatchState};
 
 /// Bad capture lines reported one by one; past this only counted.
 const BAD_LINES_SHOWN: u64 = 20;
@@ -95,10 +95,12 @@ pub(super) async fn from_capture(
     only: Option<String>,
     format: SnapshotFormat,
 ) -> Result<()> {
-    let (input, _, name) = super::super::replay::open_input(path)?;
+    let (input, _, _) = super::super::replay::open_input(path)?;
+    let name = super::capture_name(path);
+    let filter = only.clone();
     let task = tokio::task::spawn_blocking(move || -> Result<(Feed, Option<Timestamp>)> {
         let mut reader = CaptureReader::new(input);
-        let mut feed = Feed::new(only);
+        let mut feed = Feed::new(filter);
         let mut last = None;
         let mut bad = 0u64;
         while let Some(item) = reader.next_record().context("cannot read the capture")? {
@@ -121,7 +123,10 @@ pub(super) async fn from_capture(
     let (feed, last) = task.await.context("the capture reader failed")??;
     match last {
         Some(now) if feed.state.has_data() => print(&feed.state, now, format),
-        _ => bail!("no data in {name} that pv3 can decode"),
+        _ => match only {
+            Some(device) => bail!("no data of device {device} in {name}"),
+            None => bail!("no data in {name} that pv3 can decode"),
+        },
     }
 }
 

@@ -165,7 +165,11 @@ pub fn draw(frame: &mut Frame<'_>, view: &View<'_>) {
     let widths = if roomy {
         [Constraint::Fill(1); 3]
     } else {
-        [Constraint::Fill(25), Constraint::Fill(28), Constraint::Fill(25)]
+        [
+            Constraint::Fill(25),
+            Constraint::Fill(28),
+            Constraint::Fill(25),
+        ]
     };
     let [power, battery, inverter] = Layout::horizontal(widths).spacing(1).areas(top);
     panels.draw(frame, power, "Power", &panels.power_rows());
@@ -242,8 +246,7 @@ fn draw_header(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
     }
     right.push(Span::raw(" "));
     let width = right.iter().map(Span::width).sum::<usize>() as u16;
-    let [l, r] =
-        Layout::horizontal([Constraint::Min(0), Constraint::Length(width)]).areas(area);
+    let [l, r] = Layout::horizontal([Constraint::Min(0), Constraint::Length(width)]).areas(area);
     frame.render_widget(Paragraph::new(Line::from(left)), l);
     frame.render_widget(Paragraph::new(Line::from(right)), r);
 }
@@ -274,10 +277,7 @@ fn draw_band(frame: &mut Frame<'_>, area: Rect, view: &View<'_>, device: Option<
     }
     let noun = if active.len() == 1 { "ALARM" } else { "ALARMS" };
     let text = format!(" {} {noun}: {}", active.len(), active.join(", "));
-    frame.render_widget(
-        Paragraph::new(Span::raw(text)).style(theme.alarm()),
-        area,
-    );
+    frame.render_widget(Paragraph::new(Span::raw(text)).style(theme.alarm()), area);
 }
 
 fn draw_footer(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
@@ -482,10 +482,7 @@ impl Panels<'_, '_> {
         if let Some(w) = self.value("aux_power") {
             rows.push(Row::new("AUX1", watts(w)).extra());
         }
-        if let (Some(v), Some(a)) = (
-            self.value("battery_voltage"),
-            self.value("battery_current"),
-        ) {
+        if let (Some(v), Some(a)) = (self.value("battery_voltage"), self.value("battery_current")) {
             rows.push(Row::new("Battery DC", format!("{} V {} A", num(v, 1), num(a, 1))).extra());
         }
         rows
@@ -548,7 +545,10 @@ impl Panels<'_, '_> {
         ));
         rows.push(Row::new(
             "Cell spread",
-            match (self.value("cell_voltage_min"), self.value("cell_voltage_max")) {
+            match (
+                self.value("cell_voltage_min"),
+                self.value("cell_voltage_max"),
+            ) {
                 (Some(min), Some(max)) => {
                     format!("{} mV ({}–{})", num(max - min, 0), num(min, 0), num(max, 0))
                 }
@@ -696,7 +696,11 @@ impl Panels<'_, '_> {
             vec![
                 Row::new(
                     "Grid in/out",
-                    format!("{}/{} kWh", kwh(Counter::GridImport), kwh(Counter::GridExport)),
+                    format!(
+                        "{}/{} kWh",
+                        kwh(Counter::GridImport),
+                        kwh(Counter::GridExport)
+                    ),
                 ),
                 Row::new(
                     "Battery in/out",
@@ -764,10 +768,7 @@ impl Panels<'_, '_> {
                 let ago = age(now.seconds_since(f.last));
                 let name_width = col_width.saturating_sub(ago.chars().count() + 2);
                 Line::styled(
-                    format!(
-                        "{:<name_width$} {ago}",
-                        clip(short_name(name), name_width)
-                    ),
+                    format!("{:<name_width$} {ago}", clip(short_name(name), name_width)),
                     style_of(f),
                 )
             };
@@ -906,7 +907,10 @@ fn dataset<'d>(data: &'d [(f64, f64)], marker: Marker, style: Style) -> Dataset<
 /// widened so that a flat line sits inside the chart.
 fn bounds(values: impl Iterator<Item = f64>, include: f64) -> (f64, f64) {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    for v in values.chain(std::iter::once(include)).filter(|v| v.is_finite()) {
+    for v in values
+        .chain(std::iter::once(include))
+        .filter(|v| v.is_finite())
+    {
         lo = lo.min(v);
         hi = hi.max(v);
     }
@@ -957,7 +961,8 @@ fn schedule_name(code: f64) -> String {
 /// `HH:MM:SS` UTC.
 fn clock(at: Timestamp) -> String {
     let text = at.to_rfc3339();
-    text.get(11..19).map_or(text.clone(), |t| format!("{t} UTC"))
+    text.get(11..19)
+        .map_or(text.clone(), |t| format!("{t} UTC"))
 }
 
 /// A short age: `0.4s`, `12s`, `3m`, `2h`.

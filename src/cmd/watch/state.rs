@@ -478,7 +478,10 @@ mod tests {
         // The aggregate and four module SOCs every 5 s, 0.02 s apart.
         for burst in 0..6 {
             for i in 0..5 {
-                state.saw(&topic("bms/soc"), at(f64::from(burst) * 5.0 + f64::from(i) * 0.02));
+                state.saw(
+                    &topic("bms/soc"),
+                    at(f64::from(burst) * 5.0 + f64::from(i) * 0.02),
+                );
             }
         }
         // One outage of 60 s, then the cadence again.

@@ -561,7 +561,9 @@ mod tests {
         player.arrive(record(t0));
         assert!(player.due() <= Instant::now());
         player.last = player.pending.take().map(|r| r.ts);
-        player.arrive(record(Timestamp::from_unix_micros(t0.unix_micros() + 3_600_000_000)));
+        player.arrive(record(Timestamp::from_unix_micros(
+            t0.unix_micros() + 3_600_000_000,
+        )));
         // The clock never runs past the next record.
         assert!(player.now() >= t0);
         player.pause(true);
