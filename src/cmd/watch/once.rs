@@ -168,7 +168,12 @@ fn table(state: &WatchState, snapshot: &Snapshot) -> String {
     let device = state.device(&snapshot.device_id);
     let rows = snapshot.metrics.iter().map(|(metric, m)| Row {
         metric: metric.clone(),
-        value: m.value.to_string(),
+        // Energy to the watt-hour: its float sums are noise past that.
+        value: if m.unit == crate::energy::ENERGY_UNIT {
+            format!("{:.3}", m.value)
+        } else {
+            m.value.to_string()
+        },
         unit: m.unit,
         age: format!("{:.1} s", snapshot.time.seconds_since(m.timestamp).max(0.0)),
         topic: device
