@@ -29,7 +29,7 @@ use ratatui::crossterm::terminal::{
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::capture::{CaptureReader, Record};
 use crate::cli::{Speed, WatchArgs};
@@ -174,6 +174,10 @@ struct App {
     dirty: bool,
     /// The whole second of the last frame's clock.
     drawn_second: i64,
+    /// Frames drawn and messages taken, for the closing debug line.
+    frames: u64,
+    messages: u64,
+    started: Instant,
 }
 
 impl App {
@@ -187,6 +191,9 @@ impl App {
             theme: Theme::from_env(),
             dirty: true,
             drawn_second: i64::MIN,
+            frames: 0,
+            messages: 0,
+            started: Instant::now(),
         }
     }
 
@@ -215,6 +222,25 @@ impl App {
         false
     }
 
+    /// Takes one message; marks a frame due when it was for a device shown.
+    fn message(&mut self, topic: &str, payload: &[u8], at: Timestamp) {
+        self.messages += 1;
+        if self.feed.message(topic, payload, at) {
+            self.dirty = true;
+        }
+    }
+
+    /// Says (at debug level) how many frames were drawn for how many
+    /// messages: the redraw pace, for the benchmark.
+    fn log_pace(&self) {
+        debug!(
+            "{} frames for {} messages in {:.1} s",
+            self.frames,
+            self.messages,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
     /// A frame is due: something changed, or the clock's second did.
     fn wants_frame(&self, now: Timestamp) -> bool {
         self.dirty || now.unix_micros().div_euclid(1_000_000) != self.drawn_second
@@ -240,6 +266,7 @@ impl App {
         };
         screen.draw(&view)?;
         self.dirty = false;
+        self.frames += 1;
         self.drawn_second = now.unix_micros().div_euclid(1_000_000);
         Ok(())
     }
@@ -308,9 +335,7 @@ pub(super) async fn live(args: &WatchArgs) -> Result<()> {
             },
             msg = subscription.recv() => {
                 let Some(msg) = msg else { break Ok(()) };
-                if app.feed.message(&msg.topic, &msg.payload, msg.received) {
-                    app.dirty = true;
-                }
+                app.message(&msg.topic, &msg.payload, msg.received);
             }
             _ = frames.tick() => {
                 let now = Timestamp::now();
@@ -320,6 +345,7 @@ pub(super) async fn live(args: &WatchArgs) -> Result<()> {
             }
         }
     };
+    app.log_pace();
     drop(screen);
     subscription.close().await;
     outcome
@@ -466,9 +492,7 @@ pub(super) async fn play(path: &Path, only: Option<String>, speed: Speed) -> Res
             _ = tokio::time::sleep_until(due), if player.pending.is_some() && !app.paused => {
                 if let Some(record) = player.pending.take() {
                     player.last = Some(player.last.map_or(record.ts, |t| t.max(record.ts)));
-                    if app.feed.message(&record.topic, &record.payload, record.ts) {
-                        app.dirty = true;
-                    }
+                    app.message(&record.topic, &record.payload, record.ts);
                 }
             }
             _ = frames.tick() => {
@@ -479,6 +503,7 @@ pub(super) async fn play(path: &Path, only: Option<String>, speed: Speed) -> Res
             }
         }
     };
+    app.log_pace();
     drop(screen);
     outcome
 }
