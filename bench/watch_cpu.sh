@@ -12,7 +12,7 @@
 # (utime + stime from /proc, as bench.sh's cadence figure for collect),
 # RSS at the end, and frames drawn for messages taken (pv3 -v's closing
 # line). Prints one line per view and run, then the medians.
-# Knobs: RUNS PV3_BIN SAMPLE.
+# Knobs: RUNS PV3_BIN (measure another build) SAMPLE.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -58,12 +58,14 @@ if [[ -z ${PV3_BIN:-} ]]; then
 fi
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$WORK/mosquitto.conf" <<EOF
+MQ_DIR=$WORK/mosquitto
+mkdir -p "$MQ_DIR" && chmod 777 "$MQ_DIR"   # mosquitto drops root for its own user
+cat >"$MQ_DIR/mosquitto.conf" <<EOF
 listener $PORT 127.0.0.1
 allow_anonymous true
-log_dest file $WORK/mosquitto.log
+log_dest file $MQ_DIR/mosquitto.log
 EOF
-"$MOSQUITTO" -c "$WORK/mosquitto.conf" &
+"$MOSQUITTO" -c "$MQ_DIR/mosquitto.conf" &
 PIDS+=($!)
 for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break

@@ -450,7 +450,7 @@ pub(super) async fn play(path: &Path, only: Option<String>, speed: Speed) -> Res
         Speed::Max => "at max speed".to_string(),
         Speed::Times(n) => format!("×{n}"),
     };
-    let mut records = read_capture(input);
+    let mut records = read_capture(input)?;
     let mut screen = Screen::take()?;
     let mut keys = spawn_keys();
     let mut app = App::new(Feed::new(only));
@@ -510,12 +510,15 @@ pub(super) async fn play(path: &Path, only: Option<String>, speed: Speed) -> Res
 
 /// Reads the capture on a thread of its own, record by record, into a
 /// bounded channel (so a capture of any size plays in flat memory). Bad
-/// lines are skipped with a warning; a read error ends it.
+/// lines are skipped with a warning; a read error ends it. A plain thread,
+/// not the runtime's blocking pool: the runtime waits for those at exit,
+/// and a reader of an idle pipe (`pv3 sniff | pv3 watch -`) would hold up
+/// `q`.
 fn read_capture(
     input: Box<dyn io::BufRead + Send>,
-) -> mpsc::Receiver<Result<Record, anyhow::Error>> {
+) -> Result<mpsc::Receiver<Result<Record, anyhow::Error>>> {
     let (tx, rx) = mpsc::channel(1024);
-    tokio::task::spawn_blocking(move || {
+    let read = move || {
         let mut reader = CaptureReader::new(input);
         let mut bad = 0u64;
         loop {
@@ -536,8 +539,12 @@ fn read_capture(
                 break;
             }
         }
-    });
-    rx
+    };
+    std::thread::Builder::new()
+        .name("pv3-capture".into())
+        .spawn(read)
+        .context("cannot start the capture reader")?;
+    Ok(rx)
 }
 
 #[cfg(test)]
