@@ -4,10 +4,12 @@
 //! - `state.rs`: what the view knows, a plain struct fed readings;
 //! - `render.rs`: drawing it with ratatui (a pure function of the state);
 //! - `terminal.rs`: the full-screen session: the terminal taken and always
-//!   given back, keys, the redraw pace, a capture's playback clock;
+//!   given back, keys, the redraw pace, the live loop;
+//! - `playback.rs`: a capture played into the view, on its own clock;
 //! - `once.rs`: `--once`: wait for the data to settle, print a snapshot.
 
 mod once;
+mod playback;
 pub mod render;
 pub mod state;
 mod terminal;
@@ -48,7 +50,7 @@ pub(crate) async fn run(args: WatchArgs, matches: &clap::ArgMatches) -> Result<(
             if once {
                 once::from_capture(file, only, format).await
             } else {
-                terminal::play(file, only, args.speed).await
+                playback::play(file, only, args.speed).await
             }
         }
         None if once => once::live(&args, format).await,
