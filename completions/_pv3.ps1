@@ -33,6 +33,7 @@ Register-ArgumentCompleter -Native -CommandName 'pv3' -ScriptBlock {
             [CompletionResult]::new('collect', 'collect', [CompletionResultType]::ParameterValue, 'Forward live P3 data from MQTT to the PV3 Monitor API')
             [CompletionResult]::new('sniff', 'sniff', [CompletionResultType]::ParameterValue, 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)')
             [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Decode a capture and send it to the API (or print it with --dry-run)')
+            [CompletionResult]::new('watch', 'watch', [CompletionResultType]::ParameterValue, 'The battery live in the terminal: power flow, charge, alarms, history')
             [CompletionResult]::new('check-api', 'check-api', [CompletionResultType]::ParameterValue, 'Check the API end to end, and the local collector''s status')
             [CompletionResult]::new('install-service', 'install-service', [CompletionResultType]::ParameterValue, 'Install `pv3 collect` as a hardened systemd service')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
@@ -174,6 +175,30 @@ Register-ArgumentCompleter -Native -CommandName 'pv3' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'pv3;watch' {
+            [CompletionResult]::new('--speed', '--speed', [CompletionResultType]::ParameterName, 'Pace of FILE: max, or N times the recorded pace')
+            [CompletionResult]::new('--wait', '--wait', [CompletionResultType]::ParameterName, 'With --once: the longest wait for every topic to be seen, in seconds')
+            [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'The snapshot''s format; implies --once')
+            [CompletionResult]::new('--mqtt-host', '--mqtt-host', [CompletionResultType]::ParameterName, 'Broker host (the P3''s LAN address)')
+            [CompletionResult]::new('--mqtt-port', '--mqtt-port', [CompletionResultType]::ParameterName, 'Broker port [default: 1883, or 8883 with --mqtt-tls]')
+            [CompletionResult]::new('--mqtt-username', '--mqtt-username', [CompletionResultType]::ParameterName, 'User name, for a broker that asks for one')
+            [CompletionResult]::new('--mqtt-password', '--mqtt-password', [CompletionResultType]::ParameterName, 'Never shown in --help or logs')
+            [CompletionResult]::new('--mqtt-ca', '--mqtt-ca', [CompletionResultType]::ParameterName, 'CA certificate (PEM) for TLS; implies --mqtt-tls [default: the system''s roots]')
+            [CompletionResult]::new('--mqtt-client-id', '--mqtt-client-id', [CompletionResultType]::ParameterName, '[default: pv3-<command>-<random>]')
+            [CompletionResult]::new('--mqtt-reconnect-max', '--mqtt-reconnect-max', [CompletionResultType]::ParameterName, 'Longest wait between reconnect attempts, in seconds')
+            [CompletionResult]::new('--device-id', '--device-id', [CompletionResultType]::ParameterName, 'Device id, or + for every device on the broker')
+            [CompletionResult]::new('--once', '--once', [CompletionResultType]::ParameterName, 'Print one snapshot and exit, without the screen')
+            [CompletionResult]::new('--mqtt-tls', '--mqtt-tls', [CompletionResultType]::ParameterName, 'Connect with TLS')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log detail (-v debug, -vv trace)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log detail (-v debug, -vv trace)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Less log detail (-q warnings only, -qq errors only)')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Less log detail (-q warnings only, -qq errors only)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'pv3;check-api' {
             [CompletionResult]::new('--device-id', '--device-id', [CompletionResultType]::ParameterName, 'The device whose data is checked')
             [CompletionResult]::new('--format', '--format', [CompletionResultType]::ParameterName, 'Output: a table for people, or JSON for scripts')
@@ -254,6 +279,7 @@ Register-ArgumentCompleter -Native -CommandName 'pv3' -ScriptBlock {
             [CompletionResult]::new('collect', 'collect', [CompletionResultType]::ParameterValue, 'Forward live P3 data from MQTT to the PV3 Monitor API')
             [CompletionResult]::new('sniff', 'sniff', [CompletionResultType]::ParameterValue, 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)')
             [CompletionResult]::new('replay', 'replay', [CompletionResultType]::ParameterValue, 'Decode a capture and send it to the API (or print it with --dry-run)')
+            [CompletionResult]::new('watch', 'watch', [CompletionResultType]::ParameterValue, 'The battery live in the terminal: power flow, charge, alarms, history')
             [CompletionResult]::new('check-api', 'check-api', [CompletionResultType]::ParameterValue, 'Check the API end to end, and the local collector''s status')
             [CompletionResult]::new('install-service', 'install-service', [CompletionResultType]::ParameterValue, 'Install `pv3 collect` as a hardened systemd service')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
@@ -270,6 +296,9 @@ Register-ArgumentCompleter -Native -CommandName 'pv3' -ScriptBlock {
             break
         }
         'pv3;help;replay' {
+            break
+        }
+        'pv3;help;watch' {
             break
         }
         'pv3;help;check-api' {

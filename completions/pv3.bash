@@ -40,6 +40,9 @@ _pv3() {
             pv3,sniff)
                 cmd="pv3__subcmd__sniff"
                 ;;
+            pv3,watch)
+                cmd="pv3__subcmd__watch"
+                ;;
             pv3__subcmd__help,check-api)
                 cmd="pv3__subcmd__help__subcmd__check__subcmd__api"
                 ;;
@@ -64,6 +67,9 @@ _pv3() {
             pv3__subcmd__help,sniff)
                 cmd="pv3__subcmd__help__subcmd__sniff"
                 ;;
+            pv3__subcmd__help,watch)
+                cmd="pv3__subcmd__help__subcmd__watch"
+                ;;
             *)
                 ;;
         esac
@@ -71,7 +77,7 @@ _pv3() {
 
     case "${cmd}" in
         pv3)
-            opts="-v -q -h -V --verbose --quiet --help --version devices collect sniff replay check-api install-service completions help"
+            opts="-v -q -h -V --verbose --quiet --help --version devices collect sniff replay watch check-api install-service completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -341,7 +347,7 @@ _pv3() {
             return 0
             ;;
         pv3__subcmd__help)
-            opts="devices collect sniff replay check-api install-service completions help"
+            opts="devices collect sniff replay watch check-api install-service completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -453,6 +459,20 @@ _pv3() {
             return 0
             ;;
         pv3__subcmd__help__subcmd__sniff)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pv3__subcmd__help__subcmd__watch)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -699,6 +719,64 @@ _pv3() {
                     ;;
                 --topic)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mqtt-host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mqtt-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mqtt-username)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mqtt-password)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mqtt-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mqtt-client-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mqtt-reconnect-max)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --device-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pv3__subcmd__watch)
+            opts="-v -q -h -V --speed --once --wait --format --mqtt-host --mqtt-port --mqtt-username --mqtt-password --mqtt-tls --mqtt-ca --mqtt-client-id --mqtt-reconnect-max --device-id --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --speed)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --format)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
                     return 0
                     ;;
                 --mqtt-host)

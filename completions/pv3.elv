@@ -30,6 +30,7 @@ set edit:completion:arg-completer[pv3] = {|@words|
             cand collect 'Forward live P3 data from MQTT to the PV3 Monitor API'
             cand sniff 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)'
             cand replay 'Decode a capture and send it to the API (or print it with --dry-run)'
+            cand watch 'The battery live in the terminal: power flow, charge, alarms, history'
             cand check-api 'Check the API end to end, and the local collector''s status'
             cand install-service 'Install `pv3 collect` as a hardened systemd service'
             cand completions 'Print a shell completion script'
@@ -166,6 +167,29 @@ set edit:completion:arg-completer[pv3] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'pv3;watch'= {
+            cand --speed 'Pace of FILE: max, or N times the recorded pace'
+            cand --wait 'With --once: the longest wait for every topic to be seen, in seconds'
+            cand --format 'The snapshot''s format; implies --once'
+            cand --mqtt-host 'Broker host (the P3''s LAN address)'
+            cand --mqtt-port 'Broker port [default: 1883, or 8883 with --mqtt-tls]'
+            cand --mqtt-username 'User name, for a broker that asks for one'
+            cand --mqtt-password 'Never shown in --help or logs'
+            cand --mqtt-ca 'CA certificate (PEM) for TLS; implies --mqtt-tls [default: the system''s roots]'
+            cand --mqtt-client-id '[default: pv3-<command>-<random>]'
+            cand --mqtt-reconnect-max 'Longest wait between reconnect attempts, in seconds'
+            cand --device-id 'Device id, or + for every device on the broker'
+            cand --once 'Print one snapshot and exit, without the screen'
+            cand --mqtt-tls 'Connect with TLS'
+            cand -v 'More log detail (-v debug, -vv trace)'
+            cand --verbose 'More log detail (-v debug, -vv trace)'
+            cand -q 'Less log detail (-q warnings only, -qq errors only)'
+            cand --quiet 'Less log detail (-q warnings only, -qq errors only)'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'pv3;check-api'= {
             cand --device-id 'The device whose data is checked'
             cand --format 'Output: a table for people, or JSON for scripts'
@@ -243,6 +267,7 @@ set edit:completion:arg-completer[pv3] = {|@words|
             cand collect 'Forward live P3 data from MQTT to the PV3 Monitor API'
             cand sniff 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)'
             cand replay 'Decode a capture and send it to the API (or print it with --dry-run)'
+            cand watch 'The battery live in the terminal: power flow, charge, alarms, history'
             cand check-api 'Check the API end to end, and the local collector''s status'
             cand install-service 'Install `pv3 collect` as a hardened systemd service'
             cand completions 'Print a shell completion script'
@@ -255,6 +280,8 @@ set edit:completion:arg-completer[pv3] = {|@words|
         &'pv3;help;sniff'= {
         }
         &'pv3;help;replay'= {
+        }
+        &'pv3;help;watch'= {
         }
         &'pv3;help;check-api'= {
         }

@@ -32,6 +32,7 @@ complete -c pv3 -n "__fish_pv3_needs_command" -f -a "devices" -d 'List the P3s p
 complete -c pv3 -n "__fish_pv3_needs_command" -f -a "collect" -d 'Forward live P3 data from MQTT to the PV3 Monitor API'
 complete -c pv3 -n "__fish_pv3_needs_command" -f -a "sniff" -d 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)'
 complete -c pv3 -n "__fish_pv3_needs_command" -f -a "replay" -d 'Decode a capture and send it to the API (or print it with --dry-run)'
+complete -c pv3 -n "__fish_pv3_needs_command" -f -a "watch" -d 'The battery live in the terminal: power flow, charge, alarms, history'
 complete -c pv3 -n "__fish_pv3_needs_command" -f -a "check-api" -d 'Check the API end to end, and the local collector\'s status'
 complete -c pv3 -n "__fish_pv3_needs_command" -f -a "install-service" -d 'Install `pv3 collect` as a hardened systemd service'
 complete -c pv3 -n "__fish_pv3_needs_command" -f -a "completions" -d 'Print a shell completion script'
@@ -145,6 +146,24 @@ complete -c pv3 -n "__fish_pv3_using_subcommand replay" -s v -l verbose -d 'More
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pv3 -n "__fish_pv3_using_subcommand replay" -s V -l version -d 'Print version'
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -l speed -d 'Pace of FILE: max, or N times the recorded pace' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -l wait -d 'With --once: the longest wait for every topic to be seen, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -l format -d 'The snapshot\'s format; implies --once' -r -f -a "table\t'A table per device, for people'
+json\t'One JSON object per device, one per line'"
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -l mqtt-host -d 'Broker host (the P3\'s LAN address)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -l mqtt-port -d 'Broker port [default: 1883, or 8883 with --mqtt-tls]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -l mqtt-username -d 'User name, for a broker that asks for one' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -l mqtt-password -d 'Never shown in --help or logs' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -l mqtt-ca -d 'CA certificate (PEM) for TLS; implies --mqtt-tls [default: the system\'s roots]' -r -F
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -l mqtt-client-id -d '[default: pv3-<command>-<random>]' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -l mqtt-reconnect-max -d 'Longest wait between reconnect attempts, in seconds' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -l device-id -d 'Device id, or + for every device on the broker' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -l once -d 'Print one snapshot and exit, without the screen'
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -l mqtt-tls -d 'Connect with TLS'
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -s v -l verbose -d 'More log detail (-v debug, -vv trace)'
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c pv3 -n "__fish_pv3_using_subcommand watch" -s V -l version -d 'Print version'
 complete -c pv3 -n "__fish_pv3_using_subcommand check-api" -l device-id -d 'The device whose data is checked' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand check-api" -l format -d 'Output: a table for people, or JSON for scripts' -r -f -a "table\t'A table for people'
 json\t'One JSON object: {"ok": bool, "checks": [...]}'"
@@ -200,11 +219,12 @@ complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s v -l verbose -d 
 complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s q -l quiet -d 'Less log detail (-q warnings only, -qq errors only)'
 complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pv3 -n "__fish_pv3_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "devices" -d 'List the P3s publishing on a broker: find your device id'
-complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "collect" -d 'Forward live P3 data from MQTT to the PV3 Monitor API'
-complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "sniff" -d 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)'
-complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "replay" -d 'Decode a capture and send it to the API (or print it with --dry-run)'
-complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "check-api" -d 'Check the API end to end, and the local collector\'s status'
-complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "install-service" -d 'Install `pv3 collect` as a hardened systemd service'
-complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay check-api install-service completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay watch check-api install-service completions help" -f -a "devices" -d 'List the P3s publishing on a broker: find your device id'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay watch check-api install-service completions help" -f -a "collect" -d 'Forward live P3 data from MQTT to the PV3 Monitor API'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay watch check-api install-service completions help" -f -a "sniff" -d 'Capture raw MQTT traffic as JSON Lines (stdout or -o FILE)'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay watch check-api install-service completions help" -f -a "replay" -d 'Decode a capture and send it to the API (or print it with --dry-run)'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay watch check-api install-service completions help" -f -a "watch" -d 'The battery live in the terminal: power flow, charge, alarms, history'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay watch check-api install-service completions help" -f -a "check-api" -d 'Check the API end to end, and the local collector\'s status'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay watch check-api install-service completions help" -f -a "install-service" -d 'Install `pv3 collect` as a hardened systemd service'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay watch check-api install-service completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c pv3 -n "__fish_pv3_using_subcommand help; and not __fish_seen_subcommand_from devices collect sniff replay watch check-api install-service completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -91,6 +91,16 @@ pub enum Command {
         Reads pv3 captures and mosquitto_sub -F %j / -F %J output; - reads stdin.")]
     Replay(ReplayArgs),
 
+    /// The battery live in the terminal: power flow, charge, alarms, history
+    #[command(after_help = "Examples:\n  \
+        pv3 watch --mqtt-host 192.168.1.215\n  \
+        pv3 watch --device-id +                every P3 on the broker (d switches)\n  \
+        pv3 watch yesterday.jsonl --speed 10   play a capture, ten times faster\n  \
+        pv3 watch --once --format json | jq .metrics.soc.value\n\n\
+        Keys: q quit, d next device, p pause, ? help. Without a terminal on\n\
+        stdout it prints one snapshot, as with --once.")]
+    Watch(WatchArgs),
+
     /// Check the API end to end, and the local collector's status
     #[command(after_help = "Examples:\n  \
         pv3 check-api --api-url http://pi.local:8800\n  \
@@ -507,6 +517,51 @@ pub struct ReplayArgs {
     /// The MQTT broker.
     #[command(flatten)]
     pub mqtt: MqttArgs,
+}
+
+/// `watch --once --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SnapshotFormat {
+    /// A table per device, for people.
+    Table,
+    /// One JSON object per device, one per line.
+    Json,
+}
+
+/// `pv3 watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Play this capture (pv3 or mosquitto_sub -F %j/%J) instead of the
+    /// live broker; - for stdin. Every device in it unless --device-id
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Pace of FILE: max, or N times the recorded pace
+    #[arg(long, value_name = "max|N", default_value = "1", value_parser = parse_speed,
+          requires = "file", conflicts_with = "once")]
+    pub speed: Speed,
+
+    /// Print one snapshot and exit, without the screen
+    #[arg(long)]
+    pub once: bool,
+
+    /// With --once: the longest wait for every topic to be seen, in seconds
+    #[arg(long, default_value = "15", value_name = "SECS", value_parser = parse_secs,
+          conflicts_with = "file")]
+    pub wait: Duration,
+
+    /// The snapshot's format; implies --once
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<SnapshotFormat>,
+
+    // Groups last: a group's help heading carries over to what follows it.
+    /// The MQTT broker.
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
+
+    /// The device.
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// `check-api --format`.

@@ -15,12 +15,14 @@ fn main() -> ExitCode {
     let cli =
         Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     pv3::logging::init(cli.verbosity());
-    // The long-running commands (collect, sniff) move a few messages a
+    // The long-running commands (collect, sniff, watch) move a few messages a
     // second: one thread spares the Pi the cross-thread wake-ups (measured:
     // about a fifth of collect's CPU at the P3's cadence). replay and the
     // rest use every core.
     let builder = match cli.command {
-        Command::Collect(_) | Command::Sniff(_) => tokio::runtime::Builder::new_current_thread(),
+        Command::Collect(_) | Command::Sniff(_) | Command::Watch(_) => {
+            tokio::runtime::Builder::new_current_thread()
+        }
         _ => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)));

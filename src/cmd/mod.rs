@@ -8,6 +8,7 @@ mod devices;
 pub mod install_service;
 mod replay;
 mod sniff;
+pub mod watch;
 
 use std::time::Duration;
 
@@ -47,6 +48,7 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::CheckApi(args) => check_api::run(args).await,
         Command::InstallService(args) => install_service::run(args, matches),
         Command::Completions(args) => completions::run(args),
+        Command::Watch(args) => watch::run(args, matches).await,
     }
 }
 

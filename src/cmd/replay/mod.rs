@@ -559,7 +559,7 @@ async fn to_mqtt(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
 }
 
 /// The input, its size when known (for the progress bar) and its name.
-fn open_input(path: &Path) -> Result<(Box<dyn BufRead + Send>, Option<u64>, String)> {
+pub(super) fn open_input(path: &Path) -> Result<(Box<dyn BufRead + Send>, Option<u64>, String)> {
     if path == Path::new("-") {
         return Ok((
             Box::new(BufReader::with_capacity(256 * 1024, io::stdin())),
