@@ -11,7 +11,12 @@ use reqwest::Url;
 use crate::output::Format;
 use crate::secret::Secret;
 
+mod outputs;
 mod parse;
+mod views;
+
+pub use outputs::{OutMqttArgs, OutputArgs};
+pub use views::{DevicesArgs, DevicesFormat, SnapshotFormat, WatchArgs};
 
 use parse::{
     parse_device_id, parse_device_id_exact, parse_filter, parse_secs, parse_secs_or_zero,
@@ -324,86 +329,6 @@ pub struct CollectArgs {
     pub out_mqtt: OutMqttArgs,
 }
 
-/// collect's outputs beside the PV3 Monitor API (`docs/home-assistant.md`).
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Outputs")]
-pub struct OutputArgs {
-    /// Do not send to the PV3 Monitor API (needs --publish, --ha or
-    /// --metrics-listen)
-    #[arg(long, env = "NO_API")]
-    pub no_api: bool,
-
-    /// Publish each value as a plain number on PREFIX/DEVICE/METRIC
-    /// (evcc, Telegraf, Node-RED)
-    #[arg(long, env = "PUBLISH")]
-    pub publish: bool,
-
-    /// Topic prefix of --publish
-    #[arg(long, env = "PUBLISH_PREFIX", default_value = "pv3", value_name = "P",
-          value_parser = parse_topic_prefix)]
-    pub publish_prefix: String,
-
-    /// Publish a value at most this often, in seconds, unless it changes
-    /// less (0: every reading)
-    #[arg(long, env = "PUBLISH_INTERVAL", default_value = "10", value_name = "SECS",
-          value_parser = parse_secs_or_zero)]
-    pub publish_interval: Duration,
-
-    /// Home Assistant MQTT discovery (implies --publish)
-    #[arg(long, env = "HA_DISCOVERY")]
-    pub ha: bool,
-
-    /// Home Assistant's discovery prefix
-    #[arg(long, env = "HA_PREFIX", default_value = "homeassistant", value_name = "P",
-          value_parser = parse_topic_prefix)]
-    pub ha_prefix: String,
-
-    /// Serve Prometheus metrics on http://ADDR:PORT/metrics
-    #[arg(long, env = "METRICS_LISTEN", value_name = "ADDR:PORT")]
-    pub metrics_listen: Option<std::net::SocketAddr>,
-}
-
-/// The broker of --publish and --ha. Without --out-mqtt-host: the source
-/// broker, each setting overridable. With it: another broker, whose
-/// settings start from MQTT's defaults (the P3 broker's credentials are
-/// not sent to it).
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Output broker")]
-pub struct OutMqttArgs {
-    /// Broker of --publish/--ha [default: the source broker]
-    #[arg(long, env = "OUT_MQTT_HOST", value_name = "HOST")]
-    pub out_mqtt_host: Option<String>,
-
-    /// [default: --mqtt-port, or 1883 (8883 with TLS) for another host]
-    #[arg(long, env = "OUT_MQTT_PORT", value_name = "PORT")]
-    pub out_mqtt_port: Option<u16>,
-
-    /// User name on the output broker
-    #[arg(long, env = "OUT_MQTT_USERNAME", value_name = "USER")]
-    pub out_mqtt_username: Option<String>,
-
-    /// Never shown in --help or logs
-    #[arg(
-        long,
-        env = "OUT_MQTT_PASSWORD",
-        value_name = "PASS",
-        hide_env_values = true
-    )]
-    pub out_mqtt_password: Option<Secret>,
-
-    /// TLS to the output broker
-    #[arg(long, env = "OUT_MQTT_TLS")]
-    pub out_mqtt_tls: bool,
-
-    /// CA certificate (PEM) of the output broker; implies --out-mqtt-tls
-    #[arg(long = "out-mqtt-ca", env = "OUT_MQTT_CA_FILE", value_name = "FILE")]
-    pub out_mqtt_ca: Option<PathBuf>,
-
-    /// [default: --mqtt-client-id + "-out", else pv3-publish-<random>]
-    #[arg(long, env = "OUT_MQTT_CLIENT_ID", value_name = "ID")]
-    pub out_mqtt_client_id: Option<String>,
-}
-
 /// `pv3 sniff`.
 #[derive(Debug, Clone, Args)]
 pub struct SniffArgs {
@@ -517,51 +442,6 @@ pub struct ReplayArgs {
     /// The MQTT broker.
     #[command(flatten)]
     pub mqtt: MqttArgs,
-}
-
-/// `watch --once --format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SnapshotFormat {
-    /// A table per device, for people.
-    Table,
-    /// One JSON object per device, one per line.
-    Json,
-}
-
-/// `pv3 watch`.
-#[derive(Debug, Clone, Args)]
-pub struct WatchArgs {
-    /// Play this capture (pv3 or mosquitto_sub -F %j/%J) instead of the
-    /// live broker; - for stdin. Every device in it unless --device-id
-    #[arg(value_name = "FILE")]
-    pub file: Option<PathBuf>,
-
-    /// Pace of FILE: max, or N times the recorded pace
-    #[arg(long, value_name = "max|N", default_value = "1", value_parser = parse_speed,
-          requires = "file", conflicts_with = "once")]
-    pub speed: Speed,
-
-    /// Print one snapshot and exit, without the screen
-    #[arg(long)]
-    pub once: bool,
-
-    /// With --once: the longest wait for every topic to be seen, in seconds
-    #[arg(long, default_value = "15", value_name = "SECS", value_parser = parse_secs,
-          conflicts_with = "file")]
-    pub wait: Duration,
-
-    /// The snapshot's format; implies --once
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    pub format: Option<SnapshotFormat>,
-
-    // Groups last: a group's help heading carries over to what follows it.
-    /// The MQTT broker.
-    #[command(flatten)]
-    pub mqtt: MqttArgs,
-
-    /// The device.
-    #[command(flatten)]
-    pub device: DeviceArgs,
 }
 
 /// `check-api --format`.
@@ -686,33 +566,6 @@ pub struct CompletionsArgs {
     /// The shell to complete for
     #[arg(value_enum, value_name = "SHELL")]
     pub shell: CompletionTarget,
-}
-
-/// `devices --format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DevicesFormat {
-    /// A block per device, for people.
-    Table,
-    /// One JSON object per device, one per line.
-    Json,
-}
-
-/// `pv3 devices`.
-#[derive(Debug, Clone, Args)]
-pub struct DevicesArgs {
-    /// How long to listen once subscribed, in seconds (connecting may take
-    /// as long again)
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
-    pub wait: Duration,
-
-    /// Output: a block per device for people, or JSON Lines for scripts
-    #[arg(long, value_enum, default_value = "table", value_name = "FORMAT")]
-    pub format: DevicesFormat,
-
-    // Groups last: a group's help heading carries over to what follows it.
-    /// The MQTT broker.
-    #[command(flatten)]
-    pub mqtt: MqttArgs,
 }
 
 #[cfg(test)]

@@ -117,6 +117,18 @@ impl Totals {
     }
 }
 
+/// `grid_import_energy 0.001234, grid_export_energy 0.000000, ...`: each
+/// counter in kWh to the milliwatt-hour (six decimals), for summaries.
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (counter, kwh)) in self.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{} {kwh:.6}", counter.metric())?;
+        }
+        Ok(())
+    }
+}
+
 /// What a device's counters remember between readings.
 #[derive(Clone, Debug, Default)]
 struct DeviceEnergy {

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::capture::{CaptureReader, LineError, Record};
 use crate::cli::{ReplayArgs, Speed};
-use crate::energy::{Energy, Totals};
+use crate::energy::Energy;
 use crate::forward::{ForwardOptions, ForwardReport, Forwarder, Overflow};
 use crate::mqtt::Publisher;
 use crate::output::{Format, Printer, is_broken_pipe};
@@ -185,7 +185,7 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
     let summary = outcome?;
     eprintln!("replay of {name}: {summary}");
     for (device, totals) in summary.energy.iter().flat_map(Energy::all) {
-        eprintln!("{}", energy_line(device, &totals));
+        eprintln!("energy of {device} in kWh, from capture times: {totals}");
     }
     if let Some(problem) = summary.problem() {
         bail!("{problem}");
@@ -202,18 +202,6 @@ struct Summary {
     published: Option<u64>,
     /// The energy counters over the capture (dry run).
     energy: Option<Energy>,
-}
-
-/// One device's energy totals over a capture, from its times.
-fn energy_line(device: &str, totals: &Totals) -> String {
-    let parts: Vec<String> = totals
-        .iter()
-        .map(|(c, kwh)| format!("{} {kwh:.6}", c.metric()))
-        .collect();
-    format!(
-        "energy of {device} in kWh, from capture times: {}",
-        parts.join(", ")
-    )
 }
 
 /// What a replay into the API did with every measurement it decoded.
