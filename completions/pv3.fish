@@ -78,7 +78,7 @@ complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l retry-max -d 'Longes
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l soc-threshold -d 'SOC filter threshold in percentage points (0 turns it off)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l state-dir -d 'Spool and status directory [default: $STATE_DIRECTORY (systemd), else ~/.local/state/pv3]' -r -F
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l publish-prefix -d 'Topic prefix of --publish' -r
-complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l publish-interval -d 'Publish a value at most this often, in seconds, unless it changes less (0: every reading)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l publish-interval -d 'At most one state per value per SECS, the latest at the end; an unchanged value every 5 minutes (0: every reading)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l ha-prefix -d 'Home Assistant\'s discovery prefix' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l metrics-listen -d 'Serve Prometheus metrics on http://ADDR:PORT/metrics' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l out-mqtt-host -d 'Broker of --publish/--ha [default: the source broker]' -r
@@ -192,7 +192,7 @@ complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l api-token -d
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l api-timeout -d 'Per-request timeout, in seconds' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l api-device-id -d 'Post under this device id instead of the topic\'s (the dashboard\'s configured id); one P3 only' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l publish-prefix -d 'Topic prefix of --publish' -r
-complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l publish-interval -d 'Publish a value at most this often, in seconds, unless it changes less (0: every reading)' -r
+complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l publish-interval -d 'At most one state per value per SECS, the latest at the end; an unchanged value every 5 minutes (0: every reading)' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l ha-prefix -d 'Home Assistant\'s discovery prefix' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l metrics-listen -d 'Serve Prometheus metrics on http://ADDR:PORT/metrics' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand install-service" -l out-mqtt-host -d 'Broker of --publish/--ha [default: the source broker]' -r

@@ -26,8 +26,8 @@ pub struct OutputArgs {
           value_parser = parse_topic_prefix)]
     pub publish_prefix: String,
 
-    /// Publish a value at most this often, in seconds, unless it changes
-    /// less (0: every reading)
+    /// At most one state per value per SECS, the latest at the end; an
+    /// unchanged value every 5 minutes (0: every reading)
     #[arg(long, env = "PUBLISH_INTERVAL", default_value = "10", value_name = "SECS",
           value_parser = parse_secs_or_zero)]
     pub publish_interval: Duration,
