@@ -10,9 +10,11 @@
 //! works again once there is room.
 //!
 //! Only one lease is out at a time: spooled batches go out strictly in
-//! order. Acknowledging does not wait for the removal's commit (the thread
-//! takes commands in order, so the next lease already sees it gone): one
-//! round trip per POST, not two. A delivered lease whose removal fails (a
+//! order. Acknowledging does not wait for the removal's commit: one round
+//! trip per POST, not two. The thread answers the next take first (skipping
+//! what was delivered) and commits the removal while that take's POST is in
+//! flight, so a drain does not wait for an fsync per POST. A delivered lease
+//! whose removal fails (a
 //! full disk) is remembered on the thread and skipped, and its removal
 //! retried with every later command, so it is never sent twice in one run
 //! (after a restart it may be: at-least-once).
@@ -41,6 +43,10 @@ use crate::state_dir::StateDir;
 /// end.
 const READ_CHUNK: usize = 32;
 const READ_CHUNK_MAX: usize = 512;
+
+/// How long a removal waits for the next take before it is committed
+/// anyway (the end of a drain).
+const REMOVE_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The result, the spool's size after it, and the measurements set aside
 /// meanwhile as unreadable.
@@ -96,6 +102,7 @@ impl SpoolQueue {
             unremoved: Vec::new(),
             told_unremoved: false,
             set_aside: 0,
+            removal_due: false,
         };
         if dir.spool().exists()
             && let Err(e) = thread.guarded("open", |t| t.with_spool(false, |_| Ok(())))
@@ -261,11 +268,36 @@ struct SpoolThread {
     told_unremoved: bool,
     /// Measurements set aside as unreadable since the last reply.
     set_aside: u64,
+    /// A removal arrived and has not been tried yet (one that failed waits
+    /// for the next command instead, so a failing disk is not retried in a
+    /// loop).
+    removal_due: bool,
 }
 
 impl SpoolThread {
     fn run(mut self, rx: std_mpsc::Receiver<Cmd>) {
-        while let Ok(cmd) = rx.recv() {
+        loop {
+            let cmd = if self.removal_due {
+                // A removal waits for the next take (or [`REMOVE_WAIT`]):
+                // answered first, its commit then overlaps that take's
+                // POST instead of delaying it.
+                match rx.recv_timeout(REMOVE_WAIT) {
+                    Ok(cmd) => cmd,
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                        self.retry_removals();
+                        continue;
+                    }
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                        self.retry_removals();
+                        return;
+                    }
+                }
+            } else {
+                match rx.recv() {
+                    Ok(cmd) => cmd,
+                    Err(_) => return,
+                }
+            };
             match cmd {
                 Cmd::Push(records, reply) => {
                     self.retry_removals();
@@ -283,14 +315,15 @@ impl SpoolThread {
                     ));
                 }
                 Cmd::TakeRun(max, reply) => {
-                    self.retry_removals();
+                    // Delivered but not yet removed: skipped, not sent again.
                     let skip: Vec<u64> = self.unremoved.iter().map(|(k, _)| *k).collect();
                     let result = self.guarded("read", |t| t.take_run(&skip, max));
                     let _ = reply.send((result, self.len(), std::mem::take(&mut self.set_aside)));
+                    self.retry_removals();
                 }
                 Cmd::Remove(gone) => {
                     self.unremoved.extend(gone);
-                    self.retry_removals();
+                    self.removal_due = true;
                 }
             }
         }
@@ -311,6 +344,7 @@ impl SpoolThread {
     /// Removes what was delivered; on failure keeps the keys to skip and
     /// tries again with the next command.
     fn retry_removals(&mut self) {
+        self.removal_due = false;
         if self.unremoved.is_empty() {
             return;
         }
