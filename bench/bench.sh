@@ -102,6 +102,9 @@ cpu_s() {
 }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# Resident pages of the binary and libraries (shared, reclaimable) / of the heap and stacks.
+rss_file_kb() { awk '/^RssFile/ {print $2}' "/proc/$1/status"; }
+rss_anon_kb() { awk '/^RssAnon/ {print $2}' "/proc/$1/status"; }
 
 median() {
     tr ' ' '\n' <<<"$*" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'
@@ -578,6 +581,8 @@ if want soak; then
         got=$(sink measurements); first=$(sink first_ns); last=$(sink last_ns); posts=$(sink requests)
         [[ $got == "$SOAK_M" ]] || die "soak run $r: sink has $got, expected $SOAK_M"
         hwm=$(hwm_kb "$pid")
+        add soak_rss_file "$(rss_file_kb "$pid")"
+        add soak_rss_anon "$(rss_anon_kb "$pid")"
         for _ in $(seq 20); do [[ -e $state/spool.redb ]] || break; sleep 0.1; done
         left=$([[ -e $state/spool.redb ]] && echo "still there" || echo "removed")
         cpu=$(cpu_s "$pid")
@@ -662,6 +667,7 @@ mb() { [[ $1 == n/a ]] && echo n/a || printf '%.1f MB' "$(calc "$1 / 1024")"; }
         row "soak: drain rate, measurements/s (first→last 2xx)" "$(fmt "$(m soak_drain_mps)")" ""
         row "soak: drain time from recovery, s" "$(fmt "$(m soak_drain_from_recovery_s)" 2)" ""
         row "soak: peak RSS (outage / overall)" "$(mb "$(m soak_hwm_outage)") / $(mb "$(m soak_hwm)")" ""
+        row "soak: RSS after the drain, binary pages / heap and stacks" "$(mb "$(m soak_rss_file)") / $(mb "$(m soak_rss_anon)")" ""
         row "soak: collect CPU s for the whole run" "$(fmt "$(m soak_cpu)" 2)" ""
     fi
     if want backfill; then
