@@ -252,6 +252,44 @@ struct Device {
     online: Option<bool>,
 }
 
+/// A new reading of the value under `suffix`; `first` gives its key and
+/// resolution when the value is new.
+fn note(
+    entries: &mut BTreeMap<String, Entry>,
+    suffix: &str,
+    value: f64,
+    first: impl FnOnce() -> (Key, f64),
+) {
+    match entries.get_mut(suffix) {
+        Some(entry) => entry.slot.update(value),
+        None => {
+            let (key, resolution) = first();
+            let entry = Entry {
+                key,
+                slot: Slot::new(value, resolution),
+                announced: false,
+            };
+            entries.insert(suffix.to_owned(), entry);
+        }
+    }
+}
+
+/// Queues one retained PUBLISH and counts it; false when rumqttc's queue
+/// is full (the value stays due and goes out on a later pass).
+fn put(
+    client: &AsyncClient,
+    stats: &OutputStats,
+    topic: String,
+    payload: impl Into<Vec<u8>>,
+    qos: QoS,
+) -> bool {
+    let queued = client.try_publish(topic, qos, true, payload).is_ok();
+    if queued {
+        stats.published(1);
+    }
+    queued
+}
+
 /// The task's state: the connection's client and every value.
 struct Publisher {
     client: AsyncClient,
@@ -360,49 +398,18 @@ impl Publisher {
                 });
             device.last_seen = now;
             for m in &reading.measurements {
-                match device.entries.get_mut(&*m.metric) {
-                    Some(entry) => entry.slot.update(m.value),
-                    None => {
-                        let resolution = metric_info::info(&m.metric, m.unit).resolution;
-                        device.entries.insert(
-                            m.metric.to_string(),
-                            Entry {
-                                key: Key::Metric(m.metric.to_string(), m.unit),
-                                slot: Slot::new(m.value, resolution),
-                                announced: false,
-                            },
-                        );
-                    }
-                }
+                note(&mut device.entries, &m.metric, m.value, || {
+                    let resolution = metric_info::info(&m.metric, m.unit).resolution;
+                    (Key::Metric(m.metric.to_string(), m.unit), resolution)
+                });
             }
             for (flag, on) in reading.alarms.iter().flatten() {
                 let value = if *on { 1.0 } else { 0.0 };
-                let suffix = format!("alarm/{flag}");
-                match device.entries.get_mut(&suffix) {
-                    Some(entry) => entry.slot.update(value),
-                    None => {
-                        device.entries.insert(
-                            suffix,
-                            Entry {
-                                key: Key::Alarm(flag.clone()),
-                                slot: Slot::new(value, 0.0),
-                                announced: false,
-                            },
-                        );
-                    }
-                }
+                note(&mut device.entries, &format!("alarm/{flag}"), value, || {
+                    (Key::Alarm(flag.clone()), 0.0)
+                });
             }
         }
-    }
-
-    /// Queues one PUBLISH; false when rumqttc's queue is full (the value
-    /// stays due and goes out on a later pass).
-    fn put(&self, topic: String, payload: impl Into<Vec<u8>>, qos: QoS) -> bool {
-        let queued = self.client.try_publish(topic, qos, true, payload).is_ok();
-        if queued {
-            self.stats.published(1);
-        }
-        queued
     }
 
     /// Publishes what is due: availability changes, configs not yet
@@ -426,14 +433,15 @@ impl Publisher {
             let alive = now.saturating_duration_since(device.last_seen) < *stale_after;
             if device.online != Some(alive) {
                 let text = if alive { "online" } else { "offline" };
-                let topic = names.device_status(id);
-                if client
-                    .try_publish(topic, QoS::AtLeastOnce, true, text)
-                    .is_err()
-                {
+                if !put(
+                    client,
+                    stats,
+                    names.device_status(id),
+                    text,
+                    QoS::AtLeastOnce,
+                ) {
                     return;
                 }
-                stats.published(1);
                 device.online = Some(alive);
             }
             for entry in device.entries.values_mut() {
@@ -443,13 +451,9 @@ impl Publisher {
                 if *ha && !entry.announced {
                     let config = names.config(id, &entry.key, *expire_after).to_string();
                     let topic = names.config_topic(id, &entry.key);
-                    if client
-                        .try_publish(topic, QoS::AtLeastOnce, true, config)
-                        .is_err()
-                    {
+                    if !put(client, stats, topic, config, QoS::AtLeastOnce) {
                         return;
                     }
-                    stats.published(1);
                     entry.announced = true;
                 }
                 let text = match entry.key {
@@ -458,13 +462,9 @@ impl Publisher {
                     Key::Metric(..) => payload(entry.slot.value),
                 };
                 let topic = names.state_topic(id, &entry.key);
-                if client
-                    .try_publish(topic, QoS::AtMostOnce, true, text)
-                    .is_err()
-                {
+                if !put(client, stats, topic, text, QoS::AtMostOnce) {
                     return;
                 }
-                stats.published(1);
                 entry.slot.published(now);
             }
         }
@@ -476,7 +476,8 @@ impl Publisher {
         self.connected = true;
         self.stats.set_connected(true);
         if self.names.instance_will {
-            self.put(self.names.will_topic.clone(), "online", QoS::AtLeastOnce);
+            let topic = self.names.will_topic.clone();
+            put(&self.client, &self.stats, topic, "online", QoS::AtLeastOnce);
         }
         if self.ha {
             let birth = format!("{}/status", self.names.ha_prefix);
@@ -514,12 +515,20 @@ impl Publisher {
         if !self.connected {
             return;
         }
-        let ids: Vec<Arc<str>> = self.devices.keys().cloned().collect();
-        for id in ids {
-            self.put(self.names.device_status(&id), "offline", QoS::AtLeastOnce);
+        let offline = |topic| {
+            put(
+                &self.client,
+                &self.stats,
+                topic,
+                "offline",
+                QoS::AtLeastOnce,
+            )
+        };
+        for id in self.devices.keys() {
+            offline(self.names.device_status(id));
         }
         if self.names.instance_will {
-            self.put(self.names.will_topic.clone(), "offline", QoS::AtLeastOnce);
+            offline(self.names.will_topic.clone());
         }
         let _ = self.client.try_disconnect();
         let drain = async {
