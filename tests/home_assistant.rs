@@ -91,17 +91,25 @@ fn config(state: &State, topic: &str) -> Option<Value> {
 }
 
 /// Waits until every config and every flat state of the every-topic
-/// messages is on the broker.
+/// messages is on the broker, and the device's status is `online`.
 async fn wait_announced(topics: &Topics) {
+    wait_announced_with(topics, "online").await;
+}
+
+/// [`wait_announced`], with the device's status `status`.
+async fn wait_announced_with(topics: &Topics, status: &str) {
     let configs = every_config_topic();
     topics
-        .wait("every discovery config and flat state", |s| {
-            configs.iter().all(|t| config(s, t).is_some())
-                && metrics()
-                    .iter()
-                    .all(|m| s.latest(&format!("pv3/{DEVICE}/{m}")).is_some())
-                && s.latest(&status_topic()) == Some("online")
-        })
+        .wait(
+            &format!("every discovery config and flat state, status {status}"),
+            |s| {
+                configs.iter().all(|t| config(s, t).is_some())
+                    && metrics()
+                        .iter()
+                        .all(|m| s.latest(&format!("pv3/{DEVICE}/{m}")).is_some())
+                    && s.latest(&status_topic()) == Some(status)
+            },
+        )
         .await;
 }
 
@@ -244,24 +252,11 @@ async fn every_topic_is_announced_with_the_fields_home_assistant_needs(broker: T
     // What a subscriber arriving now sees: retained configs, states and
     // availability, none of them empty.
     let late = Topics::watch(port, &["pv3/#", "homeassistant/#"]).await;
-    wait_announced_offline(&late).await;
+    wait_announced_with(&late, "offline").await;
     assert!(
         late.with(|s| s.history.values().flatten().all(|m| m.retained)),
         "everything pv3 publishes is retained"
     );
-}
-
-async fn wait_announced_offline(topics: &Topics) {
-    let configs = every_config_topic();
-    topics
-        .wait("retained configs, states and an offline status", |s| {
-            configs.iter().all(|t| config(s, t).is_some())
-                && metrics()
-                    .iter()
-                    .all(|m| s.latest(&format!("pv3/{DEVICE}/{m}")).is_some())
-                && s.latest(&status_topic()) == Some("offline")
-        })
-        .await;
 }
 
 on_both_brokers!(sigkill_shows_offline_through_the_last_will);
