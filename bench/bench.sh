@@ -114,6 +114,26 @@ fmt() { [[ $1 == n/a ]] && echo n/a || printf "%.${2:-0}f" "$1"; }
 
 declare -A V   # metric -> "run1 run2 ..."
 add() { V[$1]="${V[$1]:-} $2"; }
+# While RPID (a replay) runs, the CPU % of one core and the RSS of two
+# processes in CADENCE_WINDOW-second windows (a last window shorter than
+# half of one is left out): adds PREFIX_cpu and PREFIX_rss for each.
+#   sample_windows RPID PREFIX_A PID_A PREFIX_B PID_B
+sample_windows() {
+    local rpid=$1 ka=$2 pa=$3 kb=$4 pb=$5 t t0 a a0 b b0 dt
+    t0=$(now_ns); a0=$(cpu_s "$pa"); b0=$(cpu_s "$pb")
+    while kill -0 "$rpid" 2>/dev/null; do
+        for _ in $(seq $((CADENCE_WINDOW * 10))); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
+        t=$(now_ns); a=$(cpu_s "$pa"); b=$(cpu_s "$pb")
+        dt=$(calc "($t - $t0) / 1000000000")
+        if (($(echo "$dt > $CADENCE_WINDOW / 2" | bc))); then
+            add "${ka}_cpu" "$(calc "($a - $a0) * 100 / $dt")"
+            add "${kb}_cpu" "$(calc "($b - $b0) * 100 / $dt")"
+            add "${ka}_rss" "$(rss_kb "$pa")"
+            add "${kb}_rss" "$(rss_kb "$pb")"
+        fi
+        t0=$t; a0=$a; b0=$b
+    done
+}
 NOTES=()       # odd things seen, printed under the table
 note() { log "  note: $*"; NOTES+=("$*"); }
 
@@ -313,19 +333,7 @@ if want outputs; then
         "$PV3" replay "$CADENCE_FILE" --to-mqtt --speed 1 --mqtt-host 127.0.0.1 --mqtt-port "$MQ_PORT" \
             --mqtt-client-id "bench-replay-out-$r" 2>"$WORK/replay-out-$r.log" &
         rpid=$!; PIDS+=("$rpid")
-        t_start=$(now_ns); ac0=$(cpu_s "$apid"); oc0=$(cpu_s "$opid")
-        while kill -0 "$rpid" 2>/dev/null; do
-            for _ in $(seq $((CADENCE_WINDOW * 10))); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
-            t=$(now_ns); ac=$(cpu_s "$apid"); oc=$(cpu_s "$opid")
-            dt=$(calc "($t - $t_start) / 1000000000")
-            if (($(echo "$dt > $CADENCE_WINDOW / 2" | bc))); then
-                add out_api_cpu "$(calc "($ac - $ac0) * 100 / $dt")"
-                add out_all_cpu "$(calc "($oc - $oc0) * 100 / $dt")"
-                add out_api_rss "$(rss_kb "$apid")"
-                add out_all_rss "$(rss_kb "$opid")"
-            fi
-            t_start=$t; ac0=$ac; oc0=$oc
-        done
+        sample_windows "$rpid" out_api "$apid" out_all "$opid"
         wait "$rpid" || die "replay --to-mqtt failed: $(tail -3 "$WORK/replay-out-$r.log")"
         wait_sink "$SINK_A" "$SAMPLE_M" "$SAMPLE_A" 10 || die "outputs: collect (API only) lost data"
         wait_sink "$SINK_O" "$SAMPLE_M" "$SAMPLE_A" 10 || die "outputs: collect (every output) lost data"
@@ -359,20 +367,7 @@ if want cadence; then
         "$PV3" replay "$CADENCE_FILE" --to-mqtt --speed 1 --mqtt-host 127.0.0.1 --mqtt-port "$MQ_PORT" \
             --mqtt-client-id "bench-replay-cad-$r" 2>"$WORK/replay-cad-$r.log" &
         rpid=$!; PIDS+=("$rpid")
-        t_start=$(now_ns); cc0=$(cpu_s "$cpid"); pc0=$(cpu_s "$ppid")
-        # 60 s windows while the replay runs.
-        while kill -0 "$rpid" 2>/dev/null; do
-            for _ in $(seq $((CADENCE_WINDOW * 10))); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
-            t=$(now_ns); cc=$(cpu_s "$cpid"); pc=$(cpu_s "$ppid")
-            dt=$(calc "($t - $t_start) / 1000000000")
-            if (($(echo "$dt > $CADENCE_WINDOW / 2" | bc))); then
-                add cad_pv3_cpu "$(calc "($cc - $cc0) * 100 / $dt")"
-                add cad_py_cpu "$(calc "($pc - $pc0) * 100 / $dt")"
-                add cad_pv3_rss "$(rss_kb "$cpid")"
-                add cad_py_rss "$(rss_kb "$ppid")"
-            fi
-            t_start=$t; cc0=$cc; pc0=$pc
-        done
+        sample_windows "$rpid" cad_pv3 "$cpid" cad_py "$ppid"
         wait "$rpid" || die "replay --to-mqtt failed: $(tail -3 "$WORK/replay-cad-$r.log")"
         wait_sink "$SINK_A" "$SAMPLE_M" "$SAMPLE_A" 10 || die "cadence: pv3 lost data"
         read -r -a PYS < <("$PY" bench/baseline_collector.py --count-only "$CADENCE_FILE" | jq -r '"\(.measurements) \(.alarms)"')
