@@ -52,12 +52,20 @@ pub(crate) fn id_part(text: &str) -> String {
         .collect()
 }
 
+/// What every node id pv3 announces starts with.
+pub(crate) const NODE_PREFIX: &str = "pv3_";
+
 /// Discovery's node id for a device: `pv3_<device>`.
 pub(crate) fn node_id(device: &str) -> String {
-    format!("pv3_{}", id_part(device))
+    format!("{NODE_PREFIX}{}", id_part(device))
 }
 
 impl Names {
+    /// `<ha_prefix>/status`, where Home Assistant says it came online.
+    pub(crate) fn birth_topic(&self) -> String {
+        format!("{}/status", self.ha_prefix)
+    }
+
     /// `<prefix>/<device>/status`: `online` while the device's data flows.
     pub(crate) fn device_status(&self, device: &str) -> String {
         format!("{}/{}/status", self.prefix, level(device))

@@ -480,7 +480,7 @@ impl Publisher {
             put(&self.client, &self.stats, topic, "online", QoS::AtLeastOnce);
         }
         if self.ha {
-            let birth = format!("{}/status", self.names.ha_prefix);
+            let birth = self.names.birth_topic();
             if let Err(e) = self.client.try_subscribe(birth, QoS::AtLeastOnce) {
                 warn!("output broker {}: cannot subscribe: {e}", self.endpoint);
             }
@@ -492,7 +492,8 @@ impl Publisher {
     /// Home Assistant's birth message (`online` on `<ha_prefix>/status`):
     /// it has restarted, so configs and states go out again.
     fn on_message(&mut self, topic: &str, payload: &[u8]) {
-        if self.ha && payload == b"online" && topic == format!("{}/status", self.names.ha_prefix) {
+        // Only the birth topic is subscribed to; checked all the same.
+        if self.ha && payload == b"online" && topic == self.names.birth_topic() {
             info!("Home Assistant came online: announcing the entities again");
             self.announce_again();
             self.flush(Instant::now());

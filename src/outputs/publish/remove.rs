@@ -17,7 +17,7 @@ use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS, SubscribeFilter};
 use tokio::time::Instant;
 use tracing::info;
 
-use super::discovery::node_id;
+use super::discovery::{NODE_PREFIX, node_id};
 use crate::mqtt::MqttSettings;
 
 /// After the subscription is acknowledged, retained messages are taken to
@@ -136,5 +136,5 @@ fn ours(topic: &str, ha_prefix: &str, any_device: bool) -> bool {
         || rest
             .split('/')
             .nth(1)
-            .is_some_and(|node| node.starts_with("pv3_"))
+            .is_some_and(|node| node.starts_with(NODE_PREFIX))
 }
