@@ -373,6 +373,8 @@ if want cadence; then
         read -r -a PYS < <("$PY" bench/baseline_collector.py --count-only "$CADENCE_FILE" | jq -r '"\(.measurements) \(.alarms)"')
         wait_sink "$SINK_B" "${PYS[0]}" "${PYS[1]}" 10 || die "cadence: python baseline lost data"
         add cad_pv3_hwm "$(hwm_kb "$cpid")"
+        add cad_pv3_rss_file "$(rss_file_kb "$cpid")"
+        add cad_pv3_rss_anon "$(rss_anon_kb "$cpid")"
         add cad_py_hwm "$(hwm_kb "$ppid")"
         add cad_pv3_posts "$(sink requests "$SINK_A")"
         add cad_py_posts "$(sink requests "$SINK_B")"
@@ -636,6 +638,7 @@ mb() { [[ $1 == n/a ]] && echo n/a || printf '%.1f MB' "$(calc "$1 / 1024")"; }
         row "cadence: collect CPU % of one core (${CADENCE_WINDOW} s windows)" "$(fmt "$(m cad_pv3_cpu)" 3) %" "< 0.5 %"
         row "cadence: collect CPU % scaled to 10 msg/s" "$(fmt "$(calc "$(m cad_pv3_cpu) * 10 / $CAD_RATE")" 3) %" "(sample: $(fmt "$CAD_RATE" 1) msg/s)"
         row "cadence: collect RSS (VmRSS) / peak (VmHWM)" "$(mb "$(m cad_pv3_rss)") / $(mb "$(m cad_pv3_hwm)")" "< 10 MB"
+        row "cadence: collect RSS at the end, binary pages / heap and stacks" "$(mb "$(m cad_pv3_rss_file)") / $(mb "$(m cad_pv3_rss_anon)")" ""
         row "cadence: python CPU % of one core" "$(fmt "$(m cad_py_cpu)" 3) %" "$(ratio "$(m cad_py_cpu)" "$(m cad_pv3_cpu)") pv3's"
         row "cadence: python RSS / peak" "$(mb "$(m cad_py_rss)") / $(mb "$(m cad_py_hwm)")" ""
         row "cadence: POSTs, pv3 / python" "$(m cad_pv3_posts) / $(m cad_py_posts)" ""
