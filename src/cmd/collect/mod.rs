@@ -180,38 +180,14 @@ async fn open_outputs(args: &CollectArgs) -> Result<Opened> {
         // the energy counters' file.
         lock = Some(dir.lock()?);
     } else {
-        let api = super::api_client(&args.api)?;
-        let max_bytes = args.spool_max_mb.saturating_mul(1024 * 1024);
-        let storage = match Storage::open(&dir, max_bytes) {
-            Ok(storage) => storage,
-            // In use: exit 2 (see cmd::exit_code); an I/O fault: exit 1.
-            Err(StorageError::StateDir(e)) => return Err(e.into()),
-            Err(e) => return Err(e.into()),
-        };
-        let forwarder = Forwarder::start_with(api, forward_options(args), storage);
-        let output = ApiOutput::new(forwarder, args.shutdown_grace);
+        let output = open_api(args, &dir)?;
         health.api = Some(output.stats());
         outputs.push(Box::new(output));
         destinations.push(args.api.api_url.to_string());
     }
     if args.outputs.publish || args.outputs.ha {
-        let settings = super::out_mqtt_settings(&args.mqtt, &args.out_mqtt);
-        let output = PublishOutput::start(PublishOptions {
-            prefix: args.outputs.publish_prefix.clone(),
-            ha_prefix: args.outputs.ha.then(|| args.outputs.ha_prefix.clone()),
-            interval: args.outputs.publish_interval,
-            heartbeat: publish_heartbeat(),
-            stale_after: args.stale_after,
-            device: published_device(args),
-            settings: settings.clone(),
-        })
-        .map_err(super::ConfigError)?;
-        let what = if args.outputs.ha {
-            "Home Assistant"
-        } else {
-            "flat topics"
-        };
-        destinations.push(format!("{what} on {}", settings.endpoint()));
+        let (output, destination) = open_publish(args)?;
+        destinations.push(destination);
         health.outputs.extend(output.stats());
         outputs.push(Box::new(output));
     }
@@ -237,6 +213,42 @@ async fn open_outputs(args: &CollectArgs) -> Result<Opened> {
         health,
         destinations,
     })
+}
+
+/// The PV3 Monitor API output, with its spool in `dir`.
+fn open_api(args: &CollectArgs, dir: &StateDir) -> Result<ApiOutput> {
+    let api = super::api_client(&args.api)?;
+    let max_bytes = args.spool_max_mb.saturating_mul(1024 * 1024);
+    let storage = match Storage::open(dir, max_bytes) {
+        Ok(storage) => storage,
+        // In use: exit 2 (see cmd::exit_code); an I/O fault: exit 1.
+        Err(StorageError::StateDir(e)) => return Err(e.into()),
+        Err(e) => return Err(e.into()),
+    };
+    let forwarder = Forwarder::start_with(api, forward_options(args), storage);
+    Ok(ApiOutput::new(forwarder, args.shutdown_grace))
+}
+
+/// The flat topics (and Home Assistant discovery with `--ha`), and where
+/// they go, for the start line.
+fn open_publish(args: &CollectArgs) -> Result<(PublishOutput, String)> {
+    let settings = super::out_mqtt_settings(&args.mqtt, &args.out_mqtt);
+    let output = PublishOutput::start(PublishOptions {
+        prefix: args.outputs.publish_prefix.clone(),
+        ha_prefix: args.outputs.ha.then(|| args.outputs.ha_prefix.clone()),
+        interval: args.outputs.publish_interval,
+        heartbeat: publish_heartbeat(),
+        stale_after: args.stale_after,
+        device: published_device(args),
+        settings: settings.clone(),
+    })
+    .map_err(super::ConfigError)?;
+    let what = if args.outputs.ha {
+        "Home Assistant"
+    } else {
+        "flat topics"
+    };
+    Ok((output, format!("{what} on {}", settings.endpoint())))
 }
 
 /// The flat topics' heartbeat: [`HEARTBEAT`], or `PV3_PUBLISH_HEARTBEAT_MS`

@@ -184,6 +184,12 @@ pub(super) fn render_health(
     if let Some(api) = &health.api {
         render_api(x, api, now_ms);
     }
+    render_outputs(x, health, own, now_ms);
+}
+
+/// The outputs' counters, one sample per output name.
+fn render_outputs(x: &mut Exposition, health: &Health, own: &Arc<OutputStats>, now_ms: i64) {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
     // The outputs' list, with this output's own counters whether or not
     // collect put them in it; one entry per name, the first, since two
     // samples with one label set would make the exposition invalid.

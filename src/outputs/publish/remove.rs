@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS, SubscribeFilter};
+use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS, SubscribeFilter};
 use tokio::time::Instant;
 use tracing::info;
 
@@ -47,81 +47,124 @@ pub async fn remove(
         SubscribeFilter::new(format!("{ha_prefix}/+/{node}/+/config"), QoS::AtLeastOnce),
         SubscribeFilter::new(flat, QoS::AtLeastOnce),
     ];
-    let deadline = Instant::now() + LIMIT;
-    let mut found = BTreeSet::new();
-    let mut quiet_from: Option<Instant> = None;
-    let endpoint = settings.endpoint();
-    // Collect the retained topics.
-    loop {
-        let until = quiet_from.map_or(deadline, |t| (t + QUIET).min(deadline));
-        let event = tokio::select! {
-            event = eventloop.poll() => event,
-            _ = tokio::time::sleep_until(until) => break,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                client.try_subscribe_many(filters.clone())?;
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => quiet_from = Some(Instant::now()),
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                if p.retain && !p.payload.is_empty() && ours(&p.topic, ha_prefix, device.is_none())
-                {
-                    found.insert(p.topic);
-                }
-                if quiet_from.is_some() {
-                    quiet_from = Some(Instant::now());
-                }
-            }
-            Ok(_) => {}
-            Err(e) => bail!("output broker {endpoint}: {e}"),
-        }
-    }
-    if quiet_from.is_none() {
-        bail!("output broker {endpoint}: no answer to the subscription within {LIMIT:?}");
-    }
+    let session = Session {
+        client: &client,
+        endpoint: settings.endpoint(),
+        deadline: Instant::now() + LIMIT,
+    };
+    let found = session
+        .retained(&mut eventloop, filters, |topic| {
+            ours(topic, ha_prefix, device.is_none())
+        })
+        .await?;
     // Discovery configs first: Home Assistant drops the entities, then
     // their states go.
     let (configs, states): (Vec<_>, Vec<_>) = found
         .iter()
         .partition(|t| t.starts_with(&format!("{ha_prefix}/")));
-    for topic in configs.iter().chain(&states) {
-        client.try_publish(topic.as_str(), QoS::AtLeastOnce, true, Vec::new())?;
-    }
-    // Every clearing acknowledged before the DISCONNECT: rumqttc holds
-    // back publishes past its in-flight window until acks come in, and a
-    // DISCONNECT sent meanwhile would leave them unsent.
-    let mut acked = 0;
-    let mut disconnecting = found.is_empty();
-    if disconnecting {
-        client.try_disconnect()?;
-    }
-    loop {
-        let event = tokio::select! {
-            event = eventloop.poll() => event,
-            _ = tokio::time::sleep_until(deadline) => bail!(
-                "output broker {endpoint}: timed out clearing topics ({acked} of {} acknowledged)",
-                found.len()
-            ),
-        };
-        match event {
-            Ok(Event::Incoming(Packet::PubAck(_))) => {
-                acked += 1;
-                if acked == found.len() && !disconnecting {
-                    disconnecting = true;
-                    client.try_disconnect()?;
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-            Ok(_) => {}
-            Err(e) => bail!("output broker {endpoint}: {e}"),
-        }
-    }
+    session
+        .clear(&mut eventloop, configs.iter().chain(&states).copied())
+        .await?;
     info!(
-        "removed {} Home Assistant entities and {} retained topics from {endpoint}",
+        "removed {} Home Assistant entities and {} retained topics from {}",
         configs.len(),
-        states.len()
+        states.len(),
+        session.endpoint
     );
     Ok(found.len())
+}
+
+/// One connection to the output broker, and when the clean-up gives up.
+struct Session<'a> {
+    client: &'a AsyncClient,
+    endpoint: String,
+    deadline: Instant,
+}
+
+impl Session<'_> {
+    /// Subscribes to `filters` and collects the topics of the retained
+    /// messages the broker sends back that `keep` accepts, until none has
+    /// come for [`QUIET`].
+    async fn retained(
+        &self,
+        eventloop: &mut EventLoop,
+        filters: Vec<SubscribeFilter>,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<BTreeSet<String>> {
+        let endpoint = &self.endpoint;
+        let mut found = BTreeSet::new();
+        let mut quiet_from: Option<Instant> = None;
+        loop {
+            let until = quiet_from.map_or(self.deadline, |t| (t + QUIET).min(self.deadline));
+            let event = tokio::select! {
+                event = eventloop.poll() => event,
+                _ = tokio::time::sleep_until(until) => break,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    self.client.try_subscribe_many(filters.clone())?;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => quiet_from = Some(Instant::now()),
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if p.retain && !p.payload.is_empty() && keep(&p.topic) {
+                        found.insert(p.topic);
+                    }
+                    if quiet_from.is_some() {
+                        quiet_from = Some(Instant::now());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => bail!("output broker {endpoint}: {e}"),
+            }
+        }
+        if quiet_from.is_none() {
+            bail!("output broker {endpoint}: no answer to the subscription within {LIMIT:?}");
+        }
+        Ok(found)
+    }
+
+    /// Publishes an empty retained message on each topic, in order, and
+    /// disconnects once every one is acknowledged: rumqttc holds back
+    /// publishes past its in-flight window until acks come in, and a
+    /// DISCONNECT sent meanwhile would leave them unsent.
+    async fn clear<'t>(
+        &self,
+        eventloop: &mut EventLoop,
+        topics: impl Iterator<Item = &'t String>,
+    ) -> Result<()> {
+        let endpoint = &self.endpoint;
+        let mut total = 0;
+        for topic in topics {
+            self.client
+                .try_publish(topic.as_str(), QoS::AtLeastOnce, true, Vec::new())?;
+            total += 1;
+        }
+        let mut acked = 0;
+        let mut disconnecting = total == 0;
+        if disconnecting {
+            self.client.try_disconnect()?;
+        }
+        loop {
+            let event = tokio::select! {
+                event = eventloop.poll() => event,
+                _ = tokio::time::sleep_until(self.deadline) => bail!(
+                    "output broker {endpoint}: timed out clearing topics ({acked} of {total} acknowledged)"
+                ),
+            };
+            match event {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acked += 1;
+                    if acked == total && !disconnecting {
+                        disconnecting = true;
+                        self.client.try_disconnect()?;
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => bail!("output broker {endpoint}: {e}"),
+            }
+        }
+    }
 }
 
 /// With `+`, the discovery filter matched every node: keep pv3's only.

@@ -27,20 +27,12 @@ impl Panels<'_, '_> {
         } else {
             (Marker::Braille, Marker::Dot, Marker::Block)
         };
-        let legend = |name: &'static str, mark: &'static str, style: Style| {
-            vec![
-                Span::styled(mark, style),
-                Span::raw(" "),
-                Span::styled(name, style),
-                Span::raw("  "),
-            ]
-        };
-        let mut title = vec![Span::styled(" Last 15 min ", theme.title())];
         let (g, h, b) = if theme.color {
             ("━", "━", "━")
         } else {
             ("⣿", "•", "█")
         };
+        let mut title = vec![Span::styled(" Last 15 min ", theme.title())];
         title.extend(legend("grid", g, grid_style));
         title.extend(legend("house", h, house_style));
         title.extend(legend("battery W", b, battery_style));
@@ -72,18 +64,13 @@ impl Panels<'_, '_> {
             Layout::vertical([Constraint::Min(0), Constraint::Length(soc_height)]).areas(inner);
 
         let (lo, hi) = bounds(grid.iter().chain(&house).chain(&battery).map(|p| p.1), 0.0);
-        let x_axis = || {
-            Axis::default()
-                .bounds([-HISTORY_SECS, 0.0])
-                .style(theme.label())
-        };
         let power = Chart::new(vec![
             dataset(&grid, grid_mark, grid_style),
             dataset(&house, house_mark, house_style),
             dataset(&battery, battery_mark, battery_style),
         ])
         .legend_position(None)
-        .x_axis(x_axis().labels(vec![
+        .x_axis(time_axis(theme.label()).labels(vec![
             Span::raw("-15m"),
             Span::raw("-10m"),
             Span::raw("-5m"),
@@ -100,28 +87,44 @@ impl Panels<'_, '_> {
                 ]),
         );
         frame.render_widget(power, power_area);
-
-        let (soc_lo, soc_hi) = if soc.is_empty() {
-            (0.0, 100.0)
-        } else {
-            let (lo, hi) = bounds(soc.iter().map(|p| p.1), f64::NAN);
-            ((lo - 1.0).floor().max(0.0), (hi + 1.0).ceil().min(100.0))
-        };
-        let soc_chart = Chart::new(vec![dataset(&soc, Marker::Braille, soc_style)])
-            .legend_position(None)
-            .x_axis(x_axis())
-            .y_axis(
-                Axis::default()
-                    .title(Span::styled("SOC %", soc_style))
-                    .bounds([soc_lo, soc_hi])
-                    .style(theme.label())
-                    .labels(vec![
-                        Span::raw(axis_number(soc_lo)),
-                        Span::raw(axis_number(soc_hi)),
-                    ]),
-            );
-        frame.render_widget(soc_chart, soc_area);
+        frame.render_widget(soc_chart(&soc, soc_style, theme.label()), soc_area);
     }
+}
+
+/// A series' entry in the chart's title: its mark and name in its style.
+fn legend(name: &'static str, mark: &'static str, style: Style) -> [Span<'static>; 4] {
+    [
+        Span::styled(mark, style),
+        Span::raw(" "),
+        Span::styled(name, style),
+        Span::raw("  "),
+    ]
+}
+
+/// The last [`HISTORY_SECS`], ending now, in the labels' `style`.
+fn time_axis(style: Style) -> Axis<'static> {
+    Axis::default().bounds([-HISTORY_SECS, 0.0]).style(style)
+}
+
+/// The state of charge under the power chart, its axis fitted to the
+/// values (0–100 % until there are some).
+fn soc_chart(soc: &[(f64, f64)], style: Style, label: Style) -> Chart<'_> {
+    let (lo, hi) = if soc.is_empty() {
+        (0.0, 100.0)
+    } else {
+        let (lo, hi) = bounds(soc.iter().map(|p| p.1), f64::NAN);
+        ((lo - 1.0).floor().max(0.0), (hi + 1.0).ceil().min(100.0))
+    };
+    Chart::new(vec![dataset(soc, Marker::Braille, style)])
+        .legend_position(None)
+        .x_axis(time_axis(label))
+        .y_axis(
+            Axis::default()
+                .title(Span::styled("SOC %", style))
+                .bounds([lo, hi])
+                .style(label)
+                .labels(vec![Span::raw(axis_number(lo)), Span::raw(axis_number(hi))]),
+        )
 }
 
 fn dataset<'d>(data: &'d [(f64, f64)], marker: Marker, style: Style) -> Dataset<'d> {

@@ -163,34 +163,36 @@ impl Panels<'_, '_> {
         rows
     }
 
-    pub(super) fn battery_rows(&self) -> Vec<Row> {
+    /// The state of charge as a bar, red under 20 % and yellow under 50 %.
+    fn soc_row(&self) -> Row {
         let theme = self.theme();
-        let mut rows = Vec::new();
-        match self.value("soc") {
-            Some(soc) => {
-                let color = if soc < 20.0 {
-                    Color::Red
-                } else if soc < 50.0 {
-                    Color::Yellow
-                } else {
-                    Color::Green
-                };
-                let bar_width = 12;
-                let filled = ((soc.clamp(0.0, 100.0) / 100.0) * bar_width as f64).round() as usize;
-                rows.push(Row::spans(
-                    "SOC",
-                    vec![
-                        Span::styled("█".repeat(filled), theme.fg(color)),
-                        Span::styled("░".repeat(bar_width - filled), theme.label()),
-                        Span::styled(
-                            format!(" {} %", num(soc, 1)),
-                            Style::new().add_modifier(Modifier::BOLD),
-                        ),
-                    ],
-                ));
-            }
-            None => rows.push(Row::new("SOC", NONE)),
-        }
+        let Some(soc) = self.value("soc") else {
+            return Row::new("SOC", NONE);
+        };
+        let color = if soc < 20.0 {
+            Color::Red
+        } else if soc < 50.0 {
+            Color::Yellow
+        } else {
+            Color::Green
+        };
+        let bar_width = 12;
+        let filled = ((soc.clamp(0.0, 100.0) / 100.0) * bar_width as f64).round() as usize;
+        Row::spans(
+            "SOC",
+            vec![
+                Span::styled("█".repeat(filled), theme.fg(color)),
+                Span::styled("░".repeat(bar_width - filled), theme.label()),
+                Span::styled(
+                    format!(" {} %", num(soc, 1)),
+                    Style::new().add_modifier(Modifier::BOLD),
+                ),
+            ],
+        )
+    }
+
+    /// Each module's state of charge.
+    fn modules_row(&self) -> Row {
         let modules = self.device.map(DeviceView::module_socs).unwrap_or_default();
         let text = if modules.is_empty() {
             NONE.to_string()
@@ -201,7 +203,11 @@ impl Panels<'_, '_> {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        rows.push(Row::new("Modules", text));
+        Row::new("Modules", text)
+    }
+
+    pub(super) fn battery_rows(&self) -> Vec<Row> {
+        let mut rows = vec![self.soc_row(), self.modules_row()];
         rows.push(Row::new(
             "Health",
             match (self.value("soh"), self.value("soh_min")) {
@@ -262,6 +268,34 @@ impl Panels<'_, '_> {
         rows
     }
 
+    /// Emergency power: its mode and reserve, and its schedule when set.
+    fn eps_rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        rows.push(Row::new(
+            "EPS",
+            match (self.value("eps_mode"), self.value("eps_reserve")) {
+                (Some(mode), reserve) => {
+                    let state = if mode == 1.0 { "on" } else { "off" };
+                    match reserve {
+                        Some(r) => format!("{state}, reserve {} %", num(r, 0)),
+                        None => state.into(),
+                    }
+                }
+                (None, Some(r)) => format!("reserve {} %", num(r, 0)),
+                _ => NONE.into(),
+            },
+        ));
+        if let Some(on) = self.value("eps_schedule_event") {
+            let reserve = self
+                .value("eps_schedule_reserve")
+                .map(|r| format!(", {} %", num(r, 0)))
+                .unwrap_or_default();
+            let state = if on == 1.0 { "on" } else { "off" };
+            rows.push(Row::new("EPS schedule", format!("{state}{reserve}")).extra());
+        }
+        rows
+    }
+
     pub(super) fn inverter_rows(&self) -> Vec<Row> {
         let v_hz = |v: &str, hz: &str| match (self.value(v), self.value(hz)) {
             (Some(v), Some(hz)) => format!("{} V {} Hz", num(v, 1), num(hz, 2)),
@@ -306,28 +340,7 @@ impl Panels<'_, '_> {
                 None => NONE.into(),
             },
         ));
-        rows.push(Row::new(
-            "EPS",
-            match (self.value("eps_mode"), self.value("eps_reserve")) {
-                (Some(mode), reserve) => {
-                    let state = if mode == 1.0 { "on" } else { "off" };
-                    match reserve {
-                        Some(r) => format!("{state}, reserve {} %", num(r, 0)),
-                        None => state.into(),
-                    }
-                }
-                (None, Some(r)) => format!("reserve {} %", num(r, 0)),
-                _ => NONE.into(),
-            },
-        ));
-        if let Some(on) = self.value("eps_schedule_event") {
-            let reserve = self
-                .value("eps_schedule_reserve")
-                .map(|r| format!(", {} %", num(r, 0)))
-                .unwrap_or_default();
-            let state = if on == 1.0 { "on" } else { "off" };
-            rows.push(Row::new("EPS schedule", format!("{state}{reserve}")).extra());
-        }
+        rows.extend(self.eps_rows());
         rows.push(Row::new(
             "Max chg/dis",
             match (
