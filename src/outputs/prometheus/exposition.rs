@@ -189,7 +189,6 @@ pub(super) fn render_health(
 
 /// The outputs' counters, one sample per output name.
 fn render_outputs(x: &mut Exposition, health: &Health, own: &Arc<OutputStats>, now_ms: i64) {
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
     // The outputs' list, with this output's own counters whether or not
     // collect put them in it; one entry per name, the first, since two
     // samples with one label set would make the exposition invalid.
@@ -199,65 +198,74 @@ fn render_outputs(x: &mut Exposition, health: &Health, own: &Arc<OutputStats>, n
             outputs.push(o);
         }
     }
-    x.header(
-        "pv3_output_connected",
-        "gauge",
-        "1 while the output is connected to its destination (Prometheus: listening)",
+    let get = |c: &std::sync::atomic::AtomicU64| Some(c.load(Ordering::Relaxed) as f64);
+    per_output(
+        x,
+        &outputs,
+        (
+            "pv3_output_connected",
+            "gauge",
+            "1 while the output is connected to its destination (Prometheus: listening)",
+        ),
+        |o| {
+            Some(if o.connected.load(Ordering::Relaxed) {
+                1.0
+            } else {
+                0.0
+            })
+        },
     );
-    for o in &outputs {
-        let up = if o.connected.load(Ordering::Relaxed) {
-            1.0
-        } else {
-            0.0
-        };
-        x.sample("pv3_output_connected", &[("output", o.name)], up);
-    }
-    x.header(
-        "pv3_output_published_total",
-        "counter",
-        "Messages the output published (Prometheus: scrapes answered before this one)",
-    );
-    for o in &outputs {
-        x.sample(
+    per_output(
+        x,
+        &outputs,
+        (
             "pv3_output_published_total",
-            &[("output", o.name)],
-            get(&o.published),
-        );
-    }
-    x.header(
-        "pv3_output_dropped_total",
-        "counter",
-        "Values the output replaced by newer ones or gave up before they went out",
+            "counter",
+            "Messages the output published (Prometheus: scrapes answered before this one)",
+        ),
+        |o| get(&o.published),
     );
-    for o in &outputs {
-        x.sample(
+    per_output(
+        x,
+        &outputs,
+        (
             "pv3_output_dropped_total",
-            &[("output", o.name)],
-            get(&o.dropped),
-        );
-    }
-    let ages: Vec<(&str, f64)> = outputs
-        .iter()
-        .filter_map(|o| {
-            Some((
-                o.name,
-                age_seconds(now_ms, o.last_ms.load(Ordering::Relaxed))?,
-            ))
-        })
-        .collect();
-    if !ages.is_empty() {
-        x.header(
+            "counter",
+            "Values the output replaced by newer ones or gave up before they went out",
+        ),
+        |o| get(&o.dropped),
+    );
+    per_output(
+        x,
+        &outputs,
+        (
             "pv3_output_last_publish_age_seconds",
             "gauge",
             "Seconds since the output last published (Prometheus: since the previous scrape)",
-        );
-        for (name, age) in ages {
-            x.sample(
-                "pv3_output_last_publish_age_seconds",
-                &[("output", name)],
-                age,
-            );
-        }
+        ),
+        |o| age_seconds(now_ms, o.last_ms.load(Ordering::Relaxed)),
+    );
+}
+
+/// One family (name, type, help) with a sample per output labelled by its
+/// name; outputs without a value are left out, and so is the whole family
+/// when none has one.
+fn per_output(
+    x: &mut Exposition,
+    outputs: &[&Arc<OutputStats>],
+    (name, kind, help): (&str, &str, &str),
+    value: impl Fn(&OutputStats) -> Option<f64>,
+) {
+    let samples: Vec<(&str, f64)> = outputs
+        .iter()
+        .filter_map(|o| Some((o.name, value(o)?)))
+        .collect();
+    if samples.is_empty() {
+        return;
+    }
+    x.header(name, kind, help);
+    for (output, v) in samples {
+        x.sample(name, &[("output", output)], v);
     }
 }
 
