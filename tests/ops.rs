@@ -10,7 +10,7 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use pv3::reading::Timestamp;
 use pv3::status::{Counters, Status};
 use support::api::RecordingApi;
+use support::files_under;
 use support::fixtures::DEVICE;
 use support::proc::{PV3_BIN, run_pv3, run_pv3_async, show};
 
@@ -492,23 +493,6 @@ fn install(args: &[&str], envs: &[(&str, &str)]) -> Output {
     all.extend_from_slice(args);
     let out = run_pv3(&all, envs, None);
     no_panic(&out);
-    out
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("read_dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
     out
 }
 

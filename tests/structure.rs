@@ -7,27 +7,20 @@
 //! the longest module it names. A module and its own ancestors or
 //! descendants are one unit and do not count.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+use support::files_under;
 
 const MAX_LINES: usize = 600;
 
 fn sources() -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let entries = std::fs::read_dir(dir).expect("src/ is readable");
-        for entry in entries {
-            let path = entry.expect("a directory entry").path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut out);
-    out.sort();
-    out
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = files_under(&src);
+    files.retain(|p| p.extension().is_some_and(|e| e == "rs"));
+    files
 }
 
 /// `src/forward/mod.rs` → `forward`, `src/forward/batch.rs` →

@@ -57,6 +57,24 @@ macro_rules! on_both_brokers {
 #[allow(unused_imports)]
 pub(crate) use on_both_brokers;
 
+/// Every file under `dir`, in sorted order (directories walked, not listed).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Nanoseconds since the Unix epoch, for checking timestamps against a
 /// test's window.
 pub fn now_nanos() -> i128 {
