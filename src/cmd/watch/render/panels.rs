@@ -270,21 +270,18 @@ impl Panels<'_, '_> {
 
     /// Emergency power: its mode and reserve, and its schedule when set.
     fn eps_rows(&self) -> Vec<Row> {
-        let mut rows = Vec::new();
-        rows.push(Row::new(
-            "EPS",
-            match (self.value("eps_mode"), self.value("eps_reserve")) {
-                (Some(mode), reserve) => {
-                    let state = if mode == 1.0 { "on" } else { "off" };
-                    match reserve {
-                        Some(r) => format!("{state}, reserve {} %", num(r, 0)),
-                        None => state.into(),
-                    }
+        let mode = match (self.value("eps_mode"), self.value("eps_reserve")) {
+            (Some(mode), reserve) => {
+                let state = if mode == 1.0 { "on" } else { "off" };
+                match reserve {
+                    Some(r) => format!("{state}, reserve {} %", num(r, 0)),
+                    None => state.into(),
                 }
-                (None, Some(r)) => format!("reserve {} %", num(r, 0)),
-                _ => NONE.into(),
-            },
-        ));
+            }
+            (None, Some(r)) => format!("reserve {} %", num(r, 0)),
+            _ => NONE.into(),
+        };
+        let mut rows = vec![Row::new("EPS", mode)];
         if let Some(on) = self.value("eps_schedule_event") {
             let reserve = self
                 .value("eps_schedule_reserve")
