@@ -39,7 +39,7 @@ const CACHE_BYTES: usize = 1 << 20;
 
 /// How the spool opens (or creates) its database file: redb's own file
 /// backend, unless a test puts a faulty disk in between (with
-/// `redb::Builder::create_with_backend`; see `tests/faults.rs`).
+/// `redb::Builder::create_with_backend`; see `tests/it/faults.rs`).
 pub type Opener = std::sync::Arc<dyn Fn(&Path) -> Result<Database, DatabaseError> + Send + Sync>;
 
 /// redb's file backend, with the spool's cache size.

@@ -2,9 +2,9 @@
 //! generated from the clap definition so they cannot drift from it.
 //!
 //! The generated files are checked in (`completions/`, `docs/pv3.1`) for
-//! packagers; `tests/ops.rs` fails when they differ from what this module
+//! packagers; `tests/it/ops.rs` fails when they differ from what this module
 //! produces. Regenerate them with
-//! `PV3_UPDATE_GENERATED=1 cargo test --test ops generated_files`.
+//! `PV3_UPDATE_GENERATED=1 cargo test --test it ops::generated_files`.
 
 use std::io::Write;
 

@@ -8,7 +8,7 @@
 //! Implementations: [`MemoryQueue`] here, the on-disk
 //! [`SpoolQueue`](super::spool_queue::SpoolQueue), and the tiered rule
 //! between them ([`Tiered`](super::tiered::Tiered)). One test suite
-//! (`tests/queue.rs`) runs against each.
+//! (`tests/it/queue.rs`) runs against each.
 //!
 //! Methods return boxed futures so that the forwarder holds a
 //! `Box<dyn Queue>` and a test can wrap any implementation (to make it slow,

@@ -26,7 +26,7 @@
 //! values, 16 bytes a measurement, so a few million fit in well under
 //! 100 MB. Like the real backend it has no unique key: a measurement sent
 //! twice is stored twice. `GET .../history` answers as the real backend does
-//! (spec "Reads for backfill", `tests/support/api.rs` `history`): `200` with
+//! (spec "Reads for backfill", `tests/it/support/api.rs` `history`): `200` with
 //! a JSON array of `{"id","device_id","metric_name","metric_value","unit",
 //! "source_topic","timestamp"}` for the listed metrics with
 //! `start <= timestamp <= end` (both inclusive; 24 hours up to now when left

@@ -77,7 +77,7 @@ pub enum Coverage {
 }
 
 /// Every option of `collect` (as `--flag`) with how the installed service
-/// gets it. Nothing may be [`Coverage::Forgotten`]; tests/ops.rs checks.
+/// gets it. Nothing may be [`Coverage::Forgotten`]; tests/it/ops.rs checks.
 pub fn coverage() -> Vec<(String, Coverage)> {
     coverage_of(&collect_args())
 }

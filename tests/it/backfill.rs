@@ -1,0 +1,319 @@
+//! `pv3 replay` as a backfill that can run twice (issue 11): against the
+//! recording API, which answers `/history` as the real backend does.
+
+use crate::support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pv3::reading::Timestamp;
+
+use support::api::RecordingApi;
+use support::fixtures::DEVICE;
+use support::proc::{Pv3Process, run_pv3};
+
+const T: Duration = Duration::from_secs(30);
+
+/// 2026-11-27T00:00:00Z, in microseconds.
+const BASE: i64 = 1_795_737_600_000_000;
+
+/// A capture of battery_power readings `range`, reading `i` at BASE + i
+/// seconds (so two captures over overlapping ranges overlap exactly).
+fn capture(dir: &Path, name: &str, range: std::ops::Range<i64>) -> PathBuf {
+    let mut text = String::new();
+    for i in range {
+        let ts = Timestamp::from_unix_micros(BASE + i * 1_000_000 + 123_000).to_rfc3339();
+        text.push_str(&format!(
+            "{{\"ts\":\"{ts}\",\"topic\":\"pv/PV3/{DEVICE}/inverter/charge\",\"qos\":0,\"retain\":false,\"payload\":\"{{\\\"power\\\":{i}}}\"}}\n"
+        ));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write capture");
+    path
+}
+
+fn replay(api: &RecordingApi, file: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let url = api.url();
+    let mut args = vec![
+        "replay",
+        file.to_str().expect("utf-8"),
+        "--api-url",
+        &url,
+        "--retry-max",
+        "0.2",
+    ];
+    args.extend_from_slice(extra);
+    let out = run_pv3(&args, &[], None);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// How often the API stored each value.
+fn tally(api: &RecordingApi) -> BTreeMap<i64, usize> {
+    let mut seen = BTreeMap::new();
+    for m in api.measurements() {
+        if let Some(v) = m["metric_value"].as_f64() {
+            *seen.entry(v as i64).or_default() += 1;
+        }
+    }
+    seen
+}
+
+fn once_each(api: &RecordingApi, range: std::ops::Range<i64>) {
+    let seen = tally(api);
+    let expected: BTreeMap<i64, usize> = range.map(|i| (i, 1)).collect();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_capture_replayed_twice_is_stored_once() {
+    let api = RecordingApi::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = capture(dir.path(), "a.jsonl", 0..2000);
+    let (code, stderr) = replay(&api, &file, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("2000 measurements delivered, 0 already in the API"),
+        "{stderr}"
+    );
+    let (code, stderr) = replay(&api, &file, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("0 measurements delivered, 2000 already in the API"),
+        "{stderr}"
+    );
+    once_each(&api, 0..2000);
+    let queries = api.requests_to("GET", &format!("/api/devices/{DEVICE}/history"));
+    // One per 300 s window of capture time: 2000 s, 7 windows, per run.
+    assert_eq!(queries.len(), 14);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_captures_store_their_union_once() {
+    let api = RecordingApi::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yesterday = capture(dir.path(), "yesterday.jsonl", 0..1500);
+    let today = capture(dir.path(), "today.jsonl", 1000..3000);
+    assert_eq!(replay(&api, &yesterday, &[]).0, Some(0));
+    let (code, stderr) = replay(&api, &today, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("1500 measurements delivered, 500 already in the API"),
+        "{stderr}"
+    );
+    once_each(&api, 0..3000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_skip_existing_sends_everything_again() {
+    let api = RecordingApi::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = capture(dir.path(), "a.jsonl", 0..300);
+    assert_eq!(replay(&api, &file, &[]).0, Some(0));
+    let (code, stderr) = replay(&api, &file, &["--no-skip-existing"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(tally(&api).values().all(|n| *n == 2), "stored twice");
+    assert!(
+        api.requests_to("GET", &format!("/api/devices/{DEVICE}/history"))
+            .len()
+            == 1,
+        "no history query with --no-skip-existing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_replay_run_again_stores_each_once() {
+    let api = RecordingApi::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 600 s of capture at 20x: half a minute, interrupted early.
+    let file = capture(dir.path(), "a.jsonl", 0..600);
+    let url = api.url();
+    let mut first = Pv3Process::spawn(
+        &[
+            "replay",
+            file.to_str().expect("utf-8"),
+            "--api-url",
+            &url,
+            "--speed",
+            "20",
+        ],
+        &[],
+    );
+    api.wait_for_measurements(40, T).await;
+    first.sigint();
+    let status = first.wait_exit(T).await.expect("stops");
+    let stderr = first.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("resume with --since"), "{stderr}");
+    let partial = api.measurements().len();
+    assert!(partial < 600, "interrupted early: {partial}");
+
+    // Run again from the start (or from the resume point: either way).
+    let (code, stderr) = replay(&api, &file, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{partial} already in the API")),
+        "{stderr}"
+    );
+    once_each(&api, 0..600);
+}
+
+/// With the API down, a signal stops replay promptly, with a summary and
+/// exit code 1.
+async fn a_signal_stops_a_replay_waiting_for_the_api(sigterm: bool) {
+    let api = RecordingApi::start().await;
+    api.stop().await; // connections refused
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = capture(dir.path(), "a.jsonl", 0..500);
+    let url = api.url();
+    let mut replay = Pv3Process::spawn(
+        &["replay", file.to_str().expect("utf-8"), "--api-url", &url],
+        &[],
+    );
+    // Waiting for the API: it has tried at least once.
+    assert!(
+        support::wait_for(T, || replay.stderr().contains("cannot ask the API")).await,
+        "{}",
+        replay.stderr()
+    );
+    let signalled = Instant::now();
+    if sigterm {
+        replay.sigterm();
+    } else {
+        replay.sigint();
+    }
+    let status = replay
+        .wait_exit(Duration::from_secs(3))
+        .await
+        .unwrap_or_else(|| panic!("still running 3 s after the signal:\n{}", replay.stderr()));
+    eprintln!(
+        "stopped {:.2} s after the signal",
+        signalled.elapsed().as_secs_f64()
+    );
+    let stderr = replay.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("replay of"), "a summary: {stderr}");
+    // Nothing was delivered: everything decoded is undelivered (all 500,
+    // unless the signal came before the reader had read them all, which
+    // the summary then says).
+    let decoded = number_before(&stderr, " measurements decoded");
+    assert_eq!(number_before(&stderr, " undelivered;"), decoded, "{stderr}");
+    assert!(
+        decoded == 500 || stderr.contains("not read to its end"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("resume with --since"), "{stderr}");
+}
+
+/// The number just before `marker` in a summary line.
+fn number_before(text: &str, marker: &str) -> u64 {
+    let at = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker}: {text}"));
+    text[..at]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .find(|w| !w.is_empty())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no number before {marker}: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_a_replay_waiting_for_the_api() {
+    a_signal_stops_a_replay_waiting_for_the_api(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_replay_waiting_for_the_api() {
+    a_signal_stops_a_replay_waiting_for_the_api(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_base_url_fails_at_once_with_the_hint() {
+    let api = RecordingApi::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = capture(dir.path(), "a.jsonl", 0..100);
+    let url = format!("{}/api", api.url());
+    let started = Instant::now();
+    let out = run_pv3(
+        &["replay", file.to_str().expect("utf-8"), "--api-url", &url],
+        &[],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--api-url"), "{stderr}");
+    assert!(stderr.contains("100 undelivered"), "{stderr}");
+    // Well inside --give-up (300 s): it did not retry the 404s.
+    assert!(started.elapsed() < Duration::from_secs(60), "{stderr}");
+}
+
+#[test]
+fn a_capture_with_nothing_usable_is_an_error_for_a_backfill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("junk.jsonl");
+    std::fs::write(&path, "not json\n{\"also\": \"not a record\"}\n").expect("write");
+    let url = format!("http://127.0.0.1:{}", support::free_port());
+    let out = run_pv3(
+        &["replay", path.to_str().expect("utf-8"), "--api-url", &url],
+        &[],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothing to send"), "{stderr}");
+}
+
+/// Issue 10, defect 8: a replay that gives up accounts for every
+/// measurement (delivered + undelivered = decoded) and says where to resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_gives_up_accounts_for_every_measurement() {
+    let api = RecordingApi::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = capture(dir.path(), "a.jsonl", 0..5000);
+    let url = api.url();
+    let mut first = Pv3Process::spawn(
+        &[
+            "replay",
+            file.to_str().expect("utf-8"),
+            "--api-url",
+            &url,
+            "--batch-size",
+            "100",
+            "--give-up",
+            "2",
+            "--retry-max",
+            "0.2",
+        ],
+        &[],
+    );
+    // Part of it arrives, then the API fails for good.
+    api.wait_for_measurements(300, T).await;
+    api.fail_all(503);
+    let status = first.wait_exit(T).await.expect("gives up");
+    let stderr = first.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let stored = api.measurements().len() as u64;
+    let number = |marker: &str| number_before(&stderr, marker);
+    let decoded = number(" measurements decoded");
+    let delivered = number(" measurements delivered");
+    let undelivered = number(" undelivered;");
+    assert_eq!(delivered, stored, "{stderr}");
+    assert_eq!(delivered + undelivered, decoded, "{stderr}");
+    if decoded < 5000 {
+        assert!(stderr.contains("not read to its end"), "{stderr}");
+    }
+    assert!(stderr.contains("resume with --since"), "{stderr}");
+    // Resuming from there with the API back stores the rest, once.
+    api.recover();
+    let since = stderr
+        .split("resume with --since ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a time");
+    let (code, stderr) = replay(&api, &file, &["--since", since]);
+    assert_eq!(code, Some(0), "{stderr}");
+    once_each(&api, 0..5000);
+}
