@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::capture::{CaptureReader, LineError, Record};
 use crate::cli::{ReplayArgs, Speed};
-use crate::energy::Energy;
+use crate::energy::{Energy, InTimeOrder};
 use crate::forward::{ForwardOptions, ForwardReport, Forwarder, Overflow};
 use crate::mqtt::Publisher;
 use crate::output::{Format, Printer, is_broken_pipe};
@@ -187,6 +187,11 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
     for (device, totals) in summary.energy.iter().flat_map(Energy::all) {
         eprintln!("energy of {device} in kWh, from capture times: {totals}");
     }
+    if let Some(n) = summary.energy.as_ref().map(Energy::implausible)
+        && n > 0
+    {
+        eprintln!("{n} power readings outside what a P3 can do were not integrated");
+    }
     if let Some(problem) = summary.problem() {
         bail!("{problem}");
     }
@@ -313,7 +318,7 @@ fn decode_record(pipeline: &mut Pipeline, record: &Record) -> Option<crate::read
 
 async fn dry_run(mut source: Source, format: Format, args: &ReplayArgs) -> Result<Summary> {
     let mut pipeline = new_pipeline(args);
-    let mut energy = Energy::new();
+    let mut energy = InTimeOrder::new();
     let handle = tokio::task::spawn_blocking(move || -> Result<Summary> {
         let stdout = io::stdout().lock();
         let mut printer = Printer::new(BufWriter::with_capacity(64 * 1024, stdout), format);
@@ -339,7 +344,7 @@ async fn dry_run(mut source: Source, format: Format, args: &ReplayArgs) -> Resul
             delivery: None,
             backfill: None,
             published: None,
-            energy: Some(energy),
+            energy: Some(energy.integrate()),
         })
     });
     handle.await.context("replay thread failed")?

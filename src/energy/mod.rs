@@ -20,21 +20,38 @@
 //! - No segment longer than [`MAX_GAP_SECS`]: after an outage the next
 //!   reading starts afresh (a counter must not invent energy over a gap),
 //!   and so does a reading older than the last one (a clock step back).
+//! - A power no P3 can produce (non-finite, or more than
+//!   [`MAX_PLAUSIBLE_WATTS`] either way) is not integrated, and counted
+//!   ([`Energy::implausible`]): two readings of `1e300` W would otherwise
+//!   leave a total nothing can ever bring back.
 //! - Totals only ever grow. They are kept in the state directory
-//!   ([`EnergyFile`]) so that a restart continues them.
+//!   ([`EnergyFile`]) so that a restart continues them; what collect
+//!   publishes is only ever what a save made durable (`cmd/collect`), so a
+//!   power cut cannot make a published total go back.
+//!
+//! A capture is integrated in time order, each reading once, by
+//! [`InTimeOrder`]: replaying `cat a a`, or a capture whose lines are out
+//! of order, gives the energy of the readings themselves.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::reading::{Measurement, Origin, Reading, Timestamp};
 
+mod file;
+mod ordered;
+
+pub use file::{EnergyFile, Loaded};
+pub use ordered::InTimeOrder;
+
 /// Longest stretch between two readings that is integrated, in seconds.
 pub const MAX_GAP_SECS: f64 = 60.0;
+
+/// The largest power, either way, that the counters take as real: ten times
+/// what a P3's inverter can do (about 6.75 kW out, 4.8 kW in), and still
+/// below anything a home's supply carries. Beyond it a reading is a fault
+/// of the data, not energy.
+pub const MAX_PLAUSIBLE_WATTS: f64 = 50_000.0;
 
 /// The `source_topic` of the readings the counters produce: they come from
 /// pv3, not from a P3 topic.
@@ -143,6 +160,8 @@ pub struct Energy {
     devices: BTreeMap<Arc<str>, DeviceEnergy>,
     /// Whether anything changed since [`Energy::mark_saved`].
     dirty: bool,
+    /// Power readings refused as impossible, in all.
+    implausible: u64,
 }
 
 impl Energy {
@@ -166,6 +185,7 @@ impl Energy {
         Energy {
             devices,
             dirty: false,
+            implausible: 0,
         }
     }
 
@@ -175,7 +195,7 @@ impl Energy {
     pub fn observe(&mut self, reading: &Reading) -> bool {
         let mut fed = false;
         for m in &reading.measurements {
-            if SOURCES.iter().any(|(metric, _, _)| *metric == m.metric) {
+            if source_of(&m.metric).is_some() {
                 fed = true;
                 self.observe_power(
                     &reading.origin.device_id,
@@ -189,12 +209,15 @@ impl Energy {
     }
 
     /// Feeds one value of `metric` (ignored unless it is a power source),
-    /// in watts, at `at`; `true` when a total grew.
+    /// in watts, at `at`; `true` when a total grew. A power no P3 can
+    /// produce is counted in [`Energy::implausible`] and otherwise ignored:
+    /// the next segment runs from the reading before it.
     pub fn observe_power(&mut self, device: &str, metric: &str, watts: f64, at: Timestamp) -> bool {
-        let Some(source) = SOURCES.iter().position(|(m, _, _)| *m == metric) else {
+        let Some(source) = source_of(metric) else {
             return false;
         };
-        if !watts.is_finite() {
+        if !is_plausible(watts) {
+            self.implausible += 1;
             return false;
         }
         let state = match self.devices.get_mut(device) {
@@ -238,8 +261,12 @@ impl Energy {
 
     /// The totals of `device` as a reading stamped `at`, for the outputs.
     pub fn reading(&self, device: &Arc<str>, at: Timestamp) -> Option<Reading> {
-        let totals = self.totals(device)?;
-        Some(Reading {
+        Some(Energy::totals_reading(device, self.totals(device)?, at))
+    }
+
+    /// `totals` of `device` as a reading stamped `at`, for the outputs.
+    pub fn totals_reading(device: &Arc<str>, totals: Totals, at: Timestamp) -> Reading {
+        Reading {
             origin: Origin {
                 device_id: device.clone(),
                 topic: Arc::from(ENERGY_TOPIC),
@@ -250,7 +277,12 @@ impl Energy {
                 .map(|(c, kwh)| Measurement::new(c.metric(), kwh, ENERGY_UNIT))
                 .collect(),
             alarms: None,
-        })
+        }
+    }
+
+    /// Power readings refused so far because no P3 can produce them.
+    pub fn implausible(&self) -> u64 {
+        self.implausible
     }
 
     /// Whether a total grew since the last [`Energy::mark_saved`].
@@ -262,6 +294,16 @@ impl Energy {
     pub fn mark_saved(&mut self) {
         self.dirty = false;
     }
+}
+
+/// The index in [`SOURCES`] of the power `metric`, if it is one.
+fn source_of(metric: &str) -> Option<usize> {
+    SOURCES.iter().position(|(m, _, _)| *m == metric)
+}
+
+/// Whether a P3 could have produced `watts`.
+fn is_plausible(watts: f64) -> bool {
+    watts.is_finite() && watts.abs() <= MAX_PLAUSIBLE_WATTS
 }
 
 /// The integral over one segment of the positive part of a power that goes
@@ -279,154 +321,27 @@ fn positive_part(p0: f64, p1: f64) -> f64 {
     }
 }
 
-/// The counters' file in the state directory (`energy.json`): written
-/// atomically (temporary file, fsync, rename), read back at start.
-#[derive(Debug, Clone)]
-pub struct EnergyFile {
-    path: PathBuf,
-}
-
-/// The file's shape.
-#[derive(Serialize, Deserialize)]
-struct Saved {
-    version: u32,
-    updated_at: String,
-    /// device id → counter metric → kWh.
-    devices: BTreeMap<String, BTreeMap<String, f64>>,
-}
-
-/// What [`EnergyFile::load`] found.
-#[derive(Debug)]
-pub enum Loaded {
-    /// The saved totals.
-    Totals(BTreeMap<String, Totals>),
-    /// No file yet: a first start.
-    Missing,
-    /// A file that could not be read; moved aside to the path given (when
-    /// that worked), and the counters start at zero.
-    Corrupt {
-        /// Why it could not be read.
-        reason: String,
-        /// Where it was moved.
-        moved_to: Option<PathBuf>,
-    },
-}
-
-impl EnergyFile {
-    /// The file at `path`.
-    pub fn new(path: impl Into<PathBuf>) -> EnergyFile {
-        EnergyFile { path: path.into() }
-    }
-
-    /// Where the file lives.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Reads the saved totals. Negative or non-finite totals, or unknown
-    /// counter names, make the file corrupt: counters never go down, so
-    /// nothing trustworthy wrote them.
-    pub fn load(&self) -> Loaded {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
-            Err(e) => return self.corrupt(format!("cannot read it: {e}")),
-        };
-        match parse(&bytes) {
-            Ok(totals) => Loaded::Totals(totals),
-            Err(reason) => self.corrupt(reason),
-        }
-    }
-
-    fn corrupt(&self, reason: String) -> Loaded {
-        let secs = Timestamp::now().unix_micros().div_euclid(1_000_000);
-        let aside = self.path.with_extension(format!("json.corrupt-{secs}"));
-        let moved_to = std::fs::rename(&self.path, &aside).ok().map(|()| aside);
-        Loaded::Corrupt { reason, moved_to }
-    }
-
-    /// Writes `energy`'s totals, replacing the file atomically.
-    pub fn save(&self, energy: &Energy) -> Result<()> {
-        let saved = Saved {
-            version: 1,
-            updated_at: Timestamp::now().to_rfc3339(),
-            devices: energy
-                .all()
-                .map(|(device, totals)| {
-                    let counters = totals
-                        .iter()
-                        .map(|(c, kwh)| (c.metric().to_string(), kwh))
-                        .collect();
-                    (device.to_string(), counters)
-                })
-                .collect(),
-        };
-        let mut text = serde_json::to_vec_pretty(&saved).context("cannot encode the totals")?;
-        text.push(b'\n');
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "energy.json".into());
-        let tmp = self.path.with_file_name(format!(".{name}.tmp"));
-        let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&text)?;
-            // Once a minute at most: worth an fsync, so that a power cut
-            // leaves the old file or the new one, never an empty one.
-            file.sync_all()?;
-            drop(file);
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().with_context(|| format!("cannot write {}", self.path.display()))
-    }
-}
-
-fn parse(bytes: &[u8]) -> Result<BTreeMap<String, Totals>, String> {
-    let saved: Saved = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    if saved.version != 1 {
-        return Err(format!(
-            "version {} is not one this pv3 reads",
-            saved.version
-        ));
-    }
-    let mut out = BTreeMap::new();
-    for (device, counters) in saved.devices {
-        let mut totals = Totals::default();
-        for (metric, kwh) in counters {
-            let counter =
-                Counter::from_metric(&metric).ok_or_else(|| format!("unknown counter {metric}"))?;
-            if !kwh.is_finite() || kwh < 0.0 {
-                return Err(format!("{device} {metric} is {kwh}"));
-            }
-            totals.0[counter.index()] = kwh;
-        }
-        out.insert(device, totals);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const DEV: &str = "PV001001DEV";
+    pub(crate) const DEV: &str = "PV001001DEV";
 
-    fn at(secs: f64) -> Timestamp {
+    pub(crate) fn at(secs: f64) -> Timestamp {
         Timestamp::from_unix_micros(1_800_000_000_000_000 + (secs * 1e6) as i64)
     }
 
-    fn feed(energy: &mut Energy, metric: &str, points: &[(f64, f64)]) {
+    pub(crate) fn feed(energy: &mut Energy, metric: &str, points: &[(f64, f64)]) {
         for &(t, w) in points {
             energy.observe_power(DEV, metric, w, at(t));
         }
     }
 
-    fn total(energy: &Energy, c: Counter) -> f64 {
+    pub(crate) fn total(energy: &Energy, c: Counter) -> f64 {
         energy.totals(DEV).map_or(0.0, |t| t.get(c))
     }
 
-    fn close(a: f64, b: f64) -> bool {
+    pub(crate) fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-12
     }
 
@@ -492,6 +407,32 @@ mod tests {
     }
 
     #[test]
+    fn power_no_p3_can_produce_is_counted_not_integrated() {
+        let mut e = Energy::new();
+        feed(
+            &mut e,
+            "battery_power",
+            &[
+                (0.0, 1000.0),
+                (5.0, 1e300),
+                (6.0, f64::INFINITY),
+                (7.0, -MAX_PLAUSIBLE_WATTS - 1.0),
+                (10.0, 1000.0),
+            ],
+        );
+        // The plausible readings alone: 1000 W for 10 s.
+        assert!(close(
+            total(&e, Counter::BatteryDischarge),
+            1000.0 * 10.0 / 3.6e6
+        ));
+        assert_eq!(total(&e, Counter::BatteryCharge), 0.0);
+        assert_eq!(e.implausible(), 3);
+        // The limit itself is real power.
+        feed(&mut e, "battery_power", &[(20.0, MAX_PLAUSIBLE_WATTS)]);
+        assert_eq!(e.implausible(), 3);
+    }
+
+    #[test]
     fn devices_are_kept_apart() {
         let mut e = Energy::new();
         e.observe_power("A", "grid_power", 100.0, at(0.0));
@@ -502,50 +443,5 @@ mod tests {
             0.001
         ));
         assert_eq!(e.totals("B").map(|t| t.get(Counter::GridImport)), Some(0.0));
-    }
-
-    #[test]
-    fn totals_round_trip_through_the_file_and_continue() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = EnergyFile::new(dir.path().join("energy.json"));
-        assert!(matches!(file.load(), Loaded::Missing));
-        let mut e = Energy::new();
-        feed(&mut e, "grid_power", &[(0.0, 3600.0), (10.0, 3600.0)]);
-        file.save(&e).expect("save");
-        let Loaded::Totals(saved) = file.load() else {
-            panic!("saved totals expected")
-        };
-        let mut again = Energy::from_totals(saved);
-        assert!(close(
-            again
-                .totals(DEV)
-                .map_or(0.0, |t| t.get(Counter::GridImport)),
-            0.01
-        ));
-        feed(&mut again, "grid_power", &[(20.0, 3600.0), (30.0, 3600.0)]);
-        assert!(close(total(&again, Counter::GridImport), 0.02));
-    }
-
-    #[test]
-    fn a_corrupt_file_is_moved_aside_and_counting_starts_at_zero() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("energy.json");
-        for bad in [
-            &b"{not json"[..],
-            br#"{"version":1,"updated_at":"","devices":{"A":{"grid_import_energy":-1}}}"#,
-            br#"{"version":1,"updated_at":"","devices":{"A":{"bogus":1}}}"#,
-            br#"{"version":9,"updated_at":"","devices":{}}"#,
-        ] {
-            std::fs::write(&path, bad).expect("write");
-            match EnergyFile::new(&path).load() {
-                Loaded::Corrupt { moved_to, .. } => {
-                    let moved = moved_to.expect("moved aside");
-                    assert_eq!(std::fs::read(&moved).expect("kept"), bad);
-                    std::fs::remove_file(moved).expect("clean up");
-                }
-                other => panic!("corrupt expected, got {other:?}"),
-            }
-            assert!(!path.exists());
-        }
     }
 }
