@@ -537,14 +537,14 @@ async fn energy_totals_survive_a_restart_and_a_sigkill_and_never_decrease() {
             .spawn()
     };
     let publisher = Publisher::connect(port).await;
-    // Charging at 3.6 MW: a millisecond between readings is a Wh.
+    // Charging at 20 kW, the most these counters take as real is 50 kW.
     let energy_topic = format!("pv3/{DEVICE}/battery_charge_energy");
     let feed_until_above = |floor: f64| {
         let (publisher, topics, energy_topic) = (&publisher, &topics, &energy_topic);
         async move {
             while charged(topics).is_none_or(|v| v <= floor) {
                 let before = topics.history(energy_topic).len();
-                charge(publisher, -3_600_000).await;
+                charge(publisher, -20_000).await;
                 topics
                     .wait("a new energy state", |s| {
                         s.history
@@ -566,7 +566,9 @@ async fn energy_totals_survive_a_restart_and_a_sigkill_and_never_decrease() {
     let kept = v["devices"][DEVICE]["battery_charge_energy"]
         .as_f64()
         .expect("total");
-    assert!(kept >= first, "saved {kept} < published {first}");
+    // Flat topics carry the total rounded to the millionth (a mWh): the
+    // saved total may be up to half of that below what was published.
+    assert!(kept + 5e-7 >= first, "saved {kept} < published {first}");
 
     // Restart: continues from the saved total, never below it.
     let pv3 = start();
@@ -574,16 +576,16 @@ async fn energy_totals_survive_a_restart_and_a_sigkill_and_never_decrease() {
     let second = feed_until_above(kept).await;
     // SIGKILL once the periodic save has caught up with what was published.
     support::wait_for(Duration::from_secs(30), || {
-        saved(&pv3).is_some_and(|s| s >= second)
+        saved(&pv3).is_some_and(|s| s + 5e-7 >= second)
     })
     .await;
-    assert!(saved(&pv3).is_some_and(|s| s >= second));
+    assert!(saved(&pv3).is_some_and(|s| s + 5e-7 >= second));
     pv3.kill().await;
 
     let pv3 = start();
     pv3.subscribed(1).await;
     let before = topics.history(&energy_topic).len();
-    charge(&publisher, -3_600_000).await;
+    charge(&publisher, -20_000).await;
     topics
         .wait("the total after the SIGKILL", |s| {
             s.history

@@ -13,6 +13,7 @@ mod capture;
 mod collect;
 mod devices;
 mod docs;
+mod energy;
 mod faults;
 mod forwarder;
 mod harness;

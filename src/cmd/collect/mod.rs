@@ -24,6 +24,7 @@ use crate::outputs::{
 };
 use crate::pipeline::Pipeline;
 use crate::ratelimit::{RateLimiter, suppressed_note};
+use crate::reading::Timestamp;
 use crate::state_dir::{StateDir, StateLock};
 
 mod energy;
@@ -367,18 +368,11 @@ impl Collector {
                 return true;
             }
         };
-        let derived = self.energy.as_mut().and_then(|keeper| {
-            keeper
-                .energy
-                .observe(&reading)
-                .then(|| {
-                    keeper
-                        .energy
-                        .reading(&reading.origin.device_id, reading.timestamp)
-                })
-                .flatten()
-                .map(Arc::new)
-        });
+        let derived = self
+            .energy
+            .as_mut()
+            .and_then(|keeper| keeper.observe(&reading))
+            .map(Arc::new);
         for output in self.outputs.iter_mut() {
             if output.send(reading.clone()).await.is_err() {
                 return false;
@@ -393,9 +387,32 @@ impl Collector {
         true
     }
 
+    /// The energy counters saved for the last time, and their totals handed
+    /// to the outputs that take them, so that what was published last is
+    /// what the next start continues from.
+    async fn save_energy(&mut self) {
+        let Some(keeper) = &mut self.energy else {
+            return;
+        };
+        keeper.save_now().await;
+        if keeper.implausible() > 0 {
+            warn!(
+                "{} power readings outside what a P3 can do were not integrated into the energy counters",
+                keeper.implausible()
+            );
+        }
+        for reading in keeper.durable_readings(Timestamp::now()) {
+            let reading = Arc::new(reading);
+            for output in self.outputs.iter_mut().filter(|o| o.wants_derived()) {
+                let _ = output.send(reading.clone()).await;
+            }
+        }
+    }
+
     /// Stops every output (each says what became of its data) and writes
     /// the last status.
     async fn finish(mut self) -> Result<()> {
+        self.save_energy().await;
         let received = self.pipeline.counts.messages();
         let mut result = Ok(());
         for output in std::mem::take(&mut self.outputs) {
@@ -404,9 +421,6 @@ impl Collector {
                 warn!("output {name}: {e:#}");
                 result = Err(e);
             }
-        }
-        if let Some(keeper) = &mut self.energy {
-            keeper.save_now().await;
         }
         if self.status.base.no_api {
             info!("stopped: {received} messages received");
