@@ -133,21 +133,27 @@ pub(crate) fn api_client(args: &ApiArgs) -> Result<ApiClient> {
     .map_err(|e| ConfigError(e).into())
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
+/// Resolves on the first SIGINT, SIGTERM or SIGHUP. SIGHUP (a closed SSH
+/// session, a closed terminal) would otherwise end the process on the spot,
+/// with no stop line, no last save and what was queued lost: it is a stop
+/// like the others.
 pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        /// The next `kind`, or never when it cannot be listened for.
+        async fn next(kind: SignalKind) {
+            match signal(kind) {
+                Ok(mut s) => {
+                    s.recv().await;
                 }
+                Err(_) => std::future::pending::<()>().await,
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = next(SignalKind::terminate()) => {}
+            () = next(SignalKind::hangup()) => {}
         }
     }
     #[cfg(not(unix))]

@@ -113,6 +113,28 @@ async fn sniff_then_replay_gives_the_decoders_readings(broker: TestBroker) {
     assert!(stderr.contains("15 messages"), "{stderr}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_ends_a_sniff_with_its_summary_and_a_whole_capture() {
+    let broker = InProcessBroker::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = dir.path().join("capture.jsonl");
+    let mut sniff = spawn_sniff(broker.port(), &capture, &[]);
+    assert!(
+        sniff.wait_for_stderr("subscribed to", T).await,
+        "{}",
+        sniff.stderr()
+    );
+    publish_every_topic(broker.port()).await;
+    assert!(
+        support::wait_for(T, || read_capture(&capture).len() == every_topic().len()).await,
+        "the capture never held every message"
+    );
+    sniff.sighup();
+    let status = sniff.wait_exit(T).await.expect("sniff stops at SIGHUP");
+    assert!(status.success(), "{}", sniff.stderr());
+    assert!(sniff.stderr().contains("15 messages"), "{}", sniff.stderr());
+}
+
 on_both_brokers!(a_binary_payload_round_trips_byte_exact);
 async fn a_binary_payload_round_trips_byte_exact(broker: TestBroker) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -285,6 +285,38 @@ async fn sigterm_delivers_what_is_queued_and_exits_0() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_stops_like_sigterm_and_delivers_what_is_queued() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    // A linger far beyond the test: only the stop can flush the batch.
+    let pv3 = collect(broker.port(), &api)
+        .linger_ms(60_000)
+        .args(&["--publish"])
+        .spawn();
+    pv3.subscribed(1).await;
+    let publisher = Publisher::connect(broker.port()).await;
+    let topic = format!("pv/PV3/{DEVICE}/inverter/charge");
+    for power in [1, 2, 3] {
+        publisher
+            .publish(&topic, charge(power), QoS::AtLeastOnce, false)
+            .await;
+    }
+    pv3.received(3).await;
+    let state = pv3.state_dir().to_owned();
+    let stderr = pv3.hang_up().await;
+    assert_eq!(
+        values_of(&api.measurements(), "battery_power"),
+        [1.0, 2.0, 3.0]
+    );
+    assert!(stderr.contains("shutting down"), "{stderr}");
+    assert!(
+        stderr.contains("3 measurements delivered"),
+        "no stop line: {stderr}"
+    );
+    assert!(state.join("energy.json").exists(), "energy.json not saved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_prints_jsonl_and_sends_nothing() {
     let broker = InProcessBroker::start().await;
     let api = RecordingApi::start().await;

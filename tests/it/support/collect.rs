@@ -363,6 +363,24 @@ impl Collector {
         self.stop_in_place().await
     }
 
+    /// SIGHUP (a closed SSH session), asserts exit status 0, returns
+    /// stderr.
+    pub async fn hang_up(mut self) -> String {
+        self.process.sighup();
+        let status = self.process.wait_exit(WAIT).await.unwrap_or_else(|| {
+            panic!(
+                "collect did not stop after SIGHUP:\n{}",
+                self.process.stderr()
+            )
+        });
+        assert!(
+            status.success(),
+            "collect exited with {status} after SIGHUP:\n{}",
+            self.process.stderr()
+        );
+        self.process.stderr()
+    }
+
     /// SIGKILL, and waits until the process is gone.
     pub async fn kill(mut self) {
         self.process.kill();

@@ -240,6 +240,11 @@ impl Pv3Process {
         self.signal("-INT");
     }
 
+    /// SIGHUP: what a closed SSH session or terminal sends.
+    pub fn sighup(&mut self) {
+        self.signal("-HUP");
+    }
+
     /// SIGKILL (no-op if already exited).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
