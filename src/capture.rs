@@ -18,16 +18,21 @@ use time::format_description::FormatItem;
 use time::macros::format_description;
 use time::{PrimitiveDateTime, UtcOffset};
 
-use crate::mqtt::MAX_PACKET_SIZE;
+use crate::decode::MAX_PAYLOAD;
 use crate::reading::Timestamp;
 
+/// The longest topic MQTT allows, in bytes.
+const MAX_TOPIC: usize = u16::MAX as usize;
+
 /// The longest line, without its newline, that [`CaptureReader`] reads:
-/// what [`write_line`] makes of the largest message pv3 takes from a broker
-/// when every byte of its topic and payload is a control character, which
-/// JSON escapes as six (`\u0001`), plus the fields around them. A longer
-/// line cannot be a record pv3 wrote or could republish; it is reported and
-/// skipped, never buffered whole. (A base64 payload is only 4/3 of its size.)
-pub const MAX_LINE: usize = 6 * MAX_PACKET_SIZE + 1024;
+/// what [`write_line`] makes of the largest message pv3 reads
+/// ([`MAX_PAYLOAD`], with the longest topic MQTT allows) when every byte of
+/// its topic and payload is a control character, which JSON escapes as six
+/// (`\u0001`), plus the fields around them: about 2 MB. A longer line
+/// cannot hold a P3 message; it is reported and skipped, never buffered
+/// whole. (A base64 payload is only 4/3 of its size.) `sniff` still writes
+/// any message whole: such a line is reported by number when read.
+pub const MAX_LINE: usize = 6 * (MAX_TOPIC + MAX_PAYLOAD) + 1024;
 
 /// One captured message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,12 +98,25 @@ pub enum LineError {
         line: u64,
     },
     /// Longer than [`MAX_LINE`]: not a capture record, skipped unread.
-    #[error("line {line}: longer than {max} bytes, more than any capture record can be")]
+    #[error(
+        "line {line}: longer than {max} bytes, more than any capture record of a P3 message can be"
+    )]
     TooLong {
         /// 1-based line number.
         line: u64,
         /// The limit, [`MAX_LINE`] unless a test set another.
         max: usize,
+    },
+    /// A record whose payload is larger than [`MAX_PAYLOAD`]: larger than
+    /// any P3 message, skipped.
+    #[error(
+        "line {line}: a payload of {bytes} bytes, larger than any P3 message ({MAX_PAYLOAD} bytes at most)"
+    )]
+    PayloadTooLarge {
+        /// 1-based line number.
+        line: u64,
+        /// The payload's size.
+        bytes: usize,
     },
     /// A whole line that is not a capture record.
     #[error("line {line}: {reason}")]
@@ -116,6 +134,7 @@ impl LineError {
         match self {
             LineError::Truncated { line }
             | LineError::TooLong { line, .. }
+            | LineError::PayloadTooLarge { line, .. }
             | LineError::Bad { line, .. } => *line,
         }
     }
@@ -295,7 +314,7 @@ impl<R: BufRead> CaptureReader<R> {
             if text.is_empty() {
                 continue;
             }
-            return Ok(Some(parse_line(text).map_err(|reason| {
+            let record = parse_line(text).map_err(|reason| {
                 if complete {
                     LineError::Bad {
                         line: self.line,
@@ -304,6 +323,13 @@ impl<R: BufRead> CaptureReader<R> {
                 } else {
                     LineError::Truncated { line: self.line }
                 }
+            });
+            return Ok(Some(record.and_then(|r| match r.payload.len() {
+                bytes if bytes > MAX_PAYLOAD => Err(LineError::PayloadTooLarge {
+                    line: self.line,
+                    bytes,
+                }),
+                _ => Ok(r),
             })));
         }
     }
@@ -527,7 +553,39 @@ mod tests {
         assert_eq!(reader.bytes_read(), text.len() as u64);
         assert_eq!(
             LineError::TooLong { line: 2, max }.to_string(),
-            "line 2: longer than 10000 bytes, more than any capture record can be"
+            "line 2: longer than 10000 bytes, more than any capture record of a P3 message can be"
+        );
+    }
+
+    #[test]
+    fn a_payload_larger_than_any_p3_message_is_reported_by_line() {
+        let line = |payload: &[u8]| {
+            let mut out = Vec::new();
+            write_line(&mut out, ts("2026-11-27T14:19:27Z"), "a", 0, false, payload);
+            out
+        };
+        let text = [
+            line(b"1"),
+            line(&vec![b'x'; MAX_PAYLOAD + 1]),
+            line(&vec![b'x'; MAX_PAYLOAD]),
+        ]
+        .concat();
+        let mut reader = CaptureReader::new(&text[..]);
+        let mut seen = Vec::new();
+        while let Some(item) = reader.next_record().expect("io") {
+            seen.push(item.map(|r| r.payload.len()));
+        }
+        let too_large = LineError::PayloadTooLarge {
+            line: 2,
+            bytes: MAX_PAYLOAD + 1,
+        };
+        assert_eq!(seen, vec![Ok(1), Err(too_large.clone()), Ok(MAX_PAYLOAD)]);
+        assert_eq!(
+            too_large.to_string(),
+            format!(
+                "line 2: a payload of {} bytes, larger than any P3 message ({MAX_PAYLOAD} bytes at most)",
+                MAX_PAYLOAD + 1
+            )
         );
     }
 
@@ -541,13 +599,16 @@ mod tests {
         };
         let envelope = line("", b"").len() - 1;
         // Every byte a control character: JSON's worst case, six to one.
-        let (topic, payload) = ("\u{1}".repeat(512), vec![1u8; 4096]);
+        let (topic, payload) = ("\u{1}".repeat(MAX_TOPIC), vec![1u8; MAX_PAYLOAD]);
         let worst = line(&topic, &payload);
         assert_eq!(
             worst.len() - 1,
             envelope + 6 * (topic.len() + payload.len())
         );
-        assert!(envelope + 6 * MAX_PACKET_SIZE <= MAX_LINE, "{envelope}");
+        assert!(
+            envelope + 6 * (MAX_TOPIC + MAX_PAYLOAD) <= MAX_LINE,
+            "{envelope}"
+        );
         let mut reader = CaptureReader::with_max_line(&worst[..], worst.len() - 1);
         assert!(matches!(reader.next_record(), Ok(Some(Ok(_)))));
     }

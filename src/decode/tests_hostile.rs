@@ -90,22 +90,44 @@ fn hostile_payloads_are_errors_not_panics() {
     }
 }
 
-#[test]
-fn one_megabyte_payload_decodes() {
-    let item = r#"{"channel":"LOCAL","measurement":"Power","type":"Active","value":1000},"#;
+/// A list of `house_power` items exactly `len` bytes long.
+fn long_ffr_list(len: usize) -> String {
+    let item = r#"{"channel":"LOCAL","measurement":"Power","type":"Active","value":1000}"#;
     let mut payload = String::from("[");
-    while payload.len() < 1 << 20 {
+    while payload.len() + 2 * (item.len() + 1) <= len {
         payload.push_str(item);
+        payload.push(',');
     }
-    payload.push_str(item.trim_end_matches(','));
+    payload.push_str(item);
+    while payload.len() < len - 1 {
+        payload.push(' ');
+    }
     payload.push(']');
-    let d = run("ffr/measurements", &payload);
-    assert!(d.measurements.len() > 10_000);
+    payload
+}
+
+#[test]
+fn a_payload_up_to_the_limit_decodes_and_a_larger_one_is_refused_unread() {
+    let at_limit = long_ffr_list(MAX_PAYLOAD);
+    assert_eq!(at_limit.len(), MAX_PAYLOAD);
+    let d = run("ffr/measurements", &at_limit);
+    assert!(d.measurements.len() > 3_000);
     assert!(
         d.measurements
             .iter()
             .all(|m| m.metric == "house_power" && m.value == 1.0)
     );
+    let over = long_ffr_list(MAX_PAYLOAD + 1);
+    let err = decode(&topic("ffr/measurements"), over.as_bytes()).expect_err("too large");
+    assert_eq!(err.reason, Reason::TooLarge(MAX_PAYLOAD + 1));
+    assert!(
+        err.to_string().contains("larger than any P3 message"),
+        "{err}"
+    );
+    // Not even looked at: a payload that is not JSON says the same.
+    let junk = vec![b'x'; MAX_PAYLOAD + 1];
+    let err = decode(&topic("bms/soc"), &junk).expect_err("too large");
+    assert_eq!(err.reason, Reason::TooLarge(MAX_PAYLOAD + 1));
 }
 
 #[test]

@@ -113,6 +113,44 @@ async fn sniff_then_replay_gives_the_decoders_readings(broker: TestBroker) {
     assert!(stderr.contains("15 messages"), "{stderr}");
 }
 
+#[test]
+fn replay_reports_a_payload_larger_than_any_p3_message_by_line_and_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = dir.path().join("big.jsonl");
+    // A valid SOC list padded past 256 KiB: decodable, but no P3 sends it.
+    let padding = r#"{"measurement":"Other","value":1},"#.repeat(9000);
+    let big = format!(r#"[{padding}{{"measurement":"StateOfCharge","value":5000}}]"#);
+    assert!(big.len() > 256 * 1024);
+    let topic = format!("pv/PV3/{DEVICE}/bms/soc");
+    let line = |ts: &str, payload: &str| {
+        serde_json::json!({"ts": ts, "topic": topic, "payload": payload}).to_string()
+    };
+    let text = [
+        line(
+            "2026-11-27T14:19:27.000Z",
+            r#"[{"measurement":"StateOfCharge","value":9700}]"#,
+        ),
+        line("2026-11-27T14:19:28.000Z", &big),
+        line(
+            "2026-11-27T14:19:29.000Z",
+            r#"[{"measurement":"StateOfCharge","value":9600}]"#,
+        ),
+    ]
+    .join("\n");
+    std::fs::write(&capture, text).expect("write");
+    let (measurements, _, stderr) = dry_run(&capture, &[]);
+    let socs: Vec<f64> = measurements
+        .iter()
+        .filter(|m| m["metric_name"] == "soc")
+        .filter_map(|m| m["metric_value"].as_f64())
+        .collect();
+    assert_eq!(socs, [97.0, 96.0], "{stderr}");
+    assert!(
+        stderr.contains("line 2: a payload of") && stderr.contains("larger than any P3 message"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_ends_a_sniff_with_its_summary_and_a_whole_capture() {
     let broker = InProcessBroker::start().await;
