@@ -17,10 +17,8 @@ use anyhow::Result;
 use crate::decode::{self, Outcome};
 use crate::mqtt::{self, Message, MqttSettings};
 use crate::reading::Timestamp;
-use crate::topic::{self, P3Topic};
+use crate::topic::{self, MAX_DEVICES, P3Topic};
 
-/// Devices tallied; more are counted but not listed.
-const MAX_DEVICES: usize = 1000;
 /// Topic rows kept per device; more are lumped into [`OTHER_TOPICS`].
 const MAX_TOPICS: usize = 100;
 /// The row that holds a device's topics past [`MAX_TOPICS`].

@@ -1,18 +1,21 @@
 //! Decode + SOC filter: what every command does to a message between its
 //! source and its sink, with the counters the summaries report.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+use tracing::warn;
 
 use crate::decode::{self, DecodeError, Outcome};
 use crate::reading::{Origin, Reading, Timestamp};
 use crate::soc_filter::SocFilter;
+use crate::topic::MAX_DEVICES;
 
 /// Distinct topics remembered for sharing `Arc<str>`s between messages;
 /// past this the cache starts again (a hostile broker cannot grow it).
 const ORIGIN_CACHE_MAX: usize = 4096;
 
-/// Counts by outcome. Every message lands in exactly one of the first six.
+/// Counts by outcome. Every message lands in exactly one of the first seven.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeCounts {
     /// Decoded to at least one measurement or alarm state.
@@ -28,6 +31,8 @@ pub struct DecodeCounts {
     /// From a second device while one device id is mapped onto another
     /// (`collect --api-device-id`): skipped.
     pub other_device: u64,
+    /// From a device past the first [`MAX_DEVICES`] ids: skipped.
+    pub too_many_devices: u64,
     /// Items or fields skipped inside decoded messages.
     pub skipped_items: u64,
     /// Measurements passed on, after the SOC filter (`soc_raw` included).
@@ -35,9 +40,15 @@ pub struct DecodeCounts {
 }
 
 impl DecodeCounts {
-    /// Messages seen: the sum of the first six counts.
+    /// Messages seen: the sum of the first seven counts.
     pub fn messages(&self) -> u64 {
-        self.decoded + self.empty + self.unknown + self.foreign + self.errors + self.other_device
+        self.decoded
+            + self.empty
+            + self.unknown
+            + self.foreign
+            + self.errors
+            + self.other_device
+            + self.too_many_devices
     }
 }
 
@@ -51,6 +62,8 @@ pub struct Pipeline {
     /// With an override for collect: the one device it maps (the first
     /// seen); messages of any other are skipped and counted.
     only: Option<Option<Arc<str>>>,
+    /// The device ids served, [`MAX_DEVICES`] at most.
+    devices: HashSet<Arc<str>>,
     /// What happened to the messages so far, for the command's summary.
     pub counts: DecodeCounts,
 }
@@ -64,6 +77,7 @@ impl Pipeline {
             device_override: device_override.map(Arc::from),
             origins: HashMap::new(),
             only: None,
+            devices: HashSet::new(),
             counts: DecodeCounts::default(),
         }
     }
@@ -111,6 +125,10 @@ impl Pipeline {
                 Some(_) => {}
             }
         }
+        if !self.admit(device) {
+            self.counts.too_many_devices += 1;
+            return Ok(None);
+        }
         self.counts.skipped_items += u64::from(decoded.skipped);
         if decoded.is_empty() {
             self.counts.empty += 1;
@@ -129,6 +147,25 @@ impl Pipeline {
         }))
     }
 
+    /// Whether `device` is one of the ids served: the first [`MAX_DEVICES`]
+    /// seen (an override maps every topic onto one). Says once when a
+    /// device is turned away.
+    fn admit(&mut self, device: &str) -> bool {
+        if self.device_override.is_some() || self.devices.contains(device) {
+            return true;
+        }
+        if self.devices.len() < MAX_DEVICES {
+            self.devices.insert(Arc::from(device));
+            return true;
+        }
+        if self.counts.too_many_devices == 0 {
+            warn!(
+                "more than {MAX_DEVICES} P3 device ids on the broker: the messages of {device} and every id after the first {MAX_DEVICES} are skipped and counted (run a collector per P3 with --device-id)"
+            );
+        }
+        false
+    }
+
     fn origin(&mut self, topic: &str, device: &str) -> Origin {
         if let Some(origin) = self.origins.get(topic) {
             return origin.clone();
@@ -145,5 +182,38 @@ impl Pipeline {
         };
         self.origins.insert(topic.to_owned(), origin.clone());
         origin
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_past_the_cap_are_skipped_and_counted() {
+        let mut pipeline = Pipeline::new(0.0, None);
+        let at = Timestamp::from_unix_micros(1_800_000_000_000_000);
+        let mut served = 0;
+        for n in 0..MAX_DEVICES + 5 {
+            let topic = format!("pv/PV3/D{n}/inverter/charge");
+            if let Ok(Some(_)) = pipeline.process(&topic, br#"{"power":5}"#, at) {
+                served += 1;
+            }
+        }
+        assert_eq!(served, MAX_DEVICES);
+        assert_eq!(pipeline.counts.too_many_devices, 5);
+        assert_eq!(pipeline.counts.messages(), (MAX_DEVICES + 5) as u64);
+        // A device already served still is.
+        let again = pipeline.process("pv/PV3/D0/inverter/charge", br#"{"power":6}"#, at);
+        assert!(matches!(again, Ok(Some(_))));
+        // One device id for everything: no cap.
+        let mut mapped = Pipeline::new(0.0, Some("ONE"));
+        for n in 0..MAX_DEVICES + 5 {
+            let topic = format!("pv/PV3/D{n}/inverter/charge");
+            assert!(matches!(
+                mapped.process(&topic, br#"{"power":5}"#, at),
+                Ok(Some(_))
+            ));
+        }
     }
 }

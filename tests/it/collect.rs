@@ -253,8 +253,12 @@ async fn a_one_megabyte_payload_does_not_break_the_link(broker: TestBroker) {
         !stderr.contains("reconnecting"),
         "the link must survive:\n{stderr}"
     );
+    // Refused unread: a megabyte is more than any P3 message.
     assert!(
-        stderr.contains("bms/soc: payload is not valid JSON"),
+        stderr.contains(&format!(
+            "bms/soc: payload of {} bytes is larger than any P3 message",
+            1 << 20
+        )),
         "{stderr}"
     );
 }
@@ -314,6 +318,43 @@ async fn sighup_stops_like_sigterm_and_delivers_what_is_queued() {
         "no stop line: {stderr}"
     );
     assert!(state.join("energy.json").exists(), "energy.json not saved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_ids_past_a_thousand_are_skipped_counted_and_named_once() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    let pv3 = collect(broker.port(), &api)
+        .args(&["--device-id", "+"])
+        .spawn();
+    pv3.subscribed(1).await;
+    let publisher = Publisher::connect(broker.port()).await;
+    let ids = 1003;
+    for n in 0..ids {
+        publisher
+            .publish(
+                &format!("pv/PV3/D{n:04}/inverter/charge"),
+                charge(n),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await;
+    }
+    pv3.received(ids as u64).await;
+    api.wait_for_measurements(1000, T).await;
+    pv3.delivered(1000).await;
+    let stderr = pv3.stop().await;
+    let devices: std::collections::BTreeSet<String> = api
+        .requests_to("POST", "/api/devices/")
+        .iter()
+        .filter_map(|r| r.path.split('/').nth(3).map(str::to_owned))
+        .collect();
+    let last = devices.iter().next_back();
+    assert_eq!(devices.len(), 1000, "the last: {last:?}");
+    assert!(!devices.contains("D1000"), "the last: {last:?}");
+    let warnings = stderr.matches("more than 1000 P3 device ids").count();
+    assert_eq!(warnings, 1, "{stderr}");
+    assert!(stderr.contains("1003 messages received"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

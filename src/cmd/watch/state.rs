@@ -18,7 +18,7 @@ use crate::decode::DecodeError;
 use crate::energy::{ENERGY_UNIT, Energy, Totals};
 use crate::pipeline::Pipeline;
 use crate::reading::{AlarmStates, Reading, Timestamp};
-use crate::topic::P3Topic;
+use crate::topic::{MAX_DEVICES, P3Topic};
 
 /// How far back the chart reaches, in seconds.
 pub const HISTORY_SECS: f64 = 15.0 * 60.0;
@@ -301,6 +301,10 @@ impl WatchState {
         let Some(p3) = P3Topic::parse(topic) else {
             return;
         };
+        // Bounded like the pipeline: past the cap, new ids are not kept.
+        if !self.devices.contains_key(p3.device) && self.devices.len() >= MAX_DEVICES {
+            return;
+        }
         let device = match self.devices.get_mut(p3.device) {
             Some(device) => device,
             None => self
@@ -321,6 +325,9 @@ impl WatchState {
     /// Feeds one decoded reading.
     pub fn observe(&mut self, reading: &Reading) {
         let id = &reading.origin.device_id;
+        if !self.devices.contains_key(&**id) && self.devices.len() >= MAX_DEVICES {
+            return;
+        }
         let device = match self.devices.get_mut(&**id) {
             Some(device) => device,
             None => self
@@ -521,6 +528,22 @@ mod tests {
         // A clock step back starts the chart again.
         state.observe(&reading(10.0, "grid_power", 1.0));
         assert_eq!(state.device(DEV).expect("seen").history().len(), 1);
+    }
+
+    #[test]
+    fn device_ids_past_the_cap_are_not_kept() {
+        let mut state = WatchState::new();
+        let mut pipeline = Pipeline::new(1.0, None);
+        for n in 0..MAX_DEVICES + 5 {
+            let topic = format!("pv/PV3/D{n}/inverter/charge");
+            let payload = br#"{"power":5}"#;
+            state
+                .message(&mut pipeline, &topic, payload, at(1.0))
+                .expect("decodes");
+            state.saw(&format!("pv/PV3/E{n}/x"), at(1.0));
+        }
+        assert_eq!(state.device_ids().count(), MAX_DEVICES);
+        assert_eq!(pipeline.counts.too_many_devices, 5);
     }
 
     #[test]
