@@ -42,6 +42,16 @@ const CACHE_BYTES: usize = 1 << 20;
 /// `redb::Builder::create_with_backend`; see `tests/it/faults.rs`).
 pub type Opener = std::sync::Arc<dyn Fn(&Path) -> Result<Database, DatabaseError> + Send + Sync>;
 
+/// Removes what a failed creation left at `path` (a file that did not
+/// exist before, `existed` false): on a full disk redb writes part of its
+/// header and fails, and the next attempt would find a torn file, call it
+/// corrupt and move it aside, once a retry, for as long as the disk is full.
+fn forget_new(path: &Path, existed: bool) {
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// redb's file backend, with the spool's cache size.
 pub fn file_opener() -> Opener {
     std::sync::Arc::new(|path: &Path| builder().create(path))
@@ -106,7 +116,8 @@ impl Spool {
         std::fs::create_dir_all(dir.path())
             .with_context(|| format!("cannot create state directory {}", dir.path().display()))?;
         let path = dir.spool();
-        let db = match opener(&path) {
+        let existed = path.exists();
+        let db = match opener(&path).inspect_err(|_| forget_new(&path, existed)) {
             Ok(db) => db,
             Err(DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch) => {
                 bail!(
@@ -135,7 +146,9 @@ impl Spool {
                 );
                 std::fs::rename(&path, &aside)
                     .with_context(|| format!("cannot move {} aside", path.display()))?;
-                opener(&path).with_context(|| format!("cannot create spool {}", path.display()))?
+                opener(&path)
+                    .inspect_err(|_| forget_new(&path, false))
+                    .with_context(|| format!("cannot create spool {}", path.display()))?
             }
         };
         let mut spool = Spool {

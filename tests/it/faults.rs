@@ -40,15 +40,22 @@ struct FullDisk {
     inner: FileBackend,
     full: Arc<AtomicBool>,
     growth_only: bool,
+    /// Bytes of file the disk has room for: a write past them writes what
+    /// fits, then fails, as a real filesystem does (`u64::MAX`: no limit).
+    room: u64,
+}
+
+fn no_space() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::StorageFull,
+        "No space left on device (injected)",
+    )
 }
 
 impl FullDisk {
     fn check(&self) -> std::io::Result<()> {
         if self.full.load(Ordering::SeqCst) {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::StorageFull,
-                "No space left on device (injected)",
-            ))
+            Err(no_space())
         } else {
             Ok(())
         }
@@ -66,6 +73,9 @@ impl StorageBackend for FullDisk {
         if !self.growth_only || len > self.inner.len()? {
             self.check()?;
         }
+        if len > self.room {
+            return Err(no_space());
+        }
         self.inner.set_len(len)
     }
     fn sync_data(&self) -> Result<(), std::io::Error> {
@@ -75,6 +85,11 @@ impl StorageBackend for FullDisk {
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
         if !self.growth_only || offset + data.len() as u64 > self.inner.len()? {
             self.check()?;
+        }
+        if offset + data.len() as u64 > self.room {
+            let fits = usize::try_from(self.room.saturating_sub(offset)).unwrap_or(0);
+            self.inner.write(offset, &data[..fits.min(data.len())])?;
+            return Err(no_space());
         }
         self.inner.write(offset, data)
     }
@@ -110,7 +125,19 @@ fn full_disk_opener(full: Arc<AtomicBool>) -> Opener {
 }
 
 fn disk_opener(full: Arc<AtomicBool>, growth_only: bool) -> Opener {
+    room_opener(full, growth_only, u64::MAX, Arc::default())
+}
+
+/// A disk with `room` bytes free for the spool file; `calls` counts the
+/// spool's attempts to open or create it.
+fn room_opener(
+    full: Arc<AtomicBool>,
+    growth_only: bool,
+    room: u64,
+    calls: Arc<std::sync::atomic::AtomicU64>,
+) -> Opener {
     Arc::new(move |path: &Path| {
+        calls.fetch_add(1, Ordering::SeqCst);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -123,6 +150,7 @@ fn disk_opener(full: Arc<AtomicBool>, growth_only: bool) -> Opener {
             inner,
             full: full.clone(),
             growth_only,
+            room,
         })
     })
 }
@@ -178,6 +206,39 @@ fn exactly_once(api: &RecordingApi, range: std::ops::Range<i64>) {
 
 async fn wait_stat(stats: &ForwardStats, what: fn(&ForwardStats) -> bool) {
     assert!(support::wait_for(T, || what(stats)).await, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_that_cannot_be_created_leaves_no_file_behind() {
+    // A nearly full disk: creating the spool writes part of redb's header,
+    // then fails. Each retry must start clean, not find a torn file, call
+    // it corrupt and move it aside (24 spool.redb.corrupt-* in 30 s).
+    let api = RecordingApi::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let opener = room_opener(Arc::default(), false, 512, calls.clone());
+    let queue = Tiered::new(100_000, Box::new(spool_queue_with(dir.path(), opener)));
+    let forwarder = Forwarder::with_queue(api_client(&api), options(), Box::new(queue), None);
+    let mut pipeline = Pipeline::new(5.0, None);
+    api.fail_all(503);
+    send(&forwarder, &mut pipeline, 0..100).await;
+    // Every batch after the first failure tries the disk again (at most
+    // once a second): wait for three attempts at the file.
+    assert!(
+        support::wait_for(T, || calls.load(Ordering::SeqCst) >= 3).await,
+        "the spool was not tried three times"
+    );
+    send(&forwarder, &mut pipeline, 100..200).await;
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("read the state directory")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("spool.redb"))
+        .collect();
+    assert!(names.is_empty(), "left behind: {names:?}");
+    api.recover();
+    let report = forwarder.finish(Some(T)).await;
+    exactly_once(&api, 0..200);
+    assert_eq!((report.delivered, report.dropped), (200, 0), "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
