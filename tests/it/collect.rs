@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use support::api::{RecordingApi, parse_rfc3339_nanos};
 use support::broker::{InProcessBroker, Publisher, TestBroker};
-use support::collect::CollectRun;
+use support::collect::{CollectRun, Collector};
 use support::fixtures::{
     DEVICE, EVERY_TOPIC_EXPECTED, every_topic, every_topic_alarms, every_topic_expected_keys,
     measurement_keys,
@@ -265,12 +265,17 @@ async fn a_one_megabyte_payload_does_not_break_the_link(broker: TestBroker) {
 
 // ----------------------------------------------- in-process broker only --
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_delivers_what_is_queued_and_exits_0() {
-    let broker = InProcessBroker::start().await;
-    let api = RecordingApi::start().await;
-    // A linger far beyond the test: only shutdown can flush the batch.
-    let pv3 = collect(broker.port(), &api).linger_ms(60_000).spawn();
+/// A collector holding three battery power readings (1, 2, 3 W) that only
+/// a stop can flush: its linger is far beyond any test.
+async fn three_readings_queued(
+    broker: &InProcessBroker,
+    api: &RecordingApi,
+    args: &[&str],
+) -> Collector {
+    let pv3 = collect(broker.port(), api)
+        .linger_ms(60_000)
+        .args(args)
+        .spawn();
     pv3.subscribed(1).await;
     let publisher = Publisher::connect(broker.port()).await;
     let topic = format!("pv/PV3/{DEVICE}/inverter/charge");
@@ -281,6 +286,14 @@ async fn sigterm_delivers_what_is_queued_and_exits_0() {
     }
     pv3.received(3).await;
     assert!(api.requests().is_empty());
+    pv3
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_delivers_what_is_queued_and_exits_0() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    let pv3 = three_readings_queued(&broker, &api, &[]).await;
     pv3.stop().await;
     assert_eq!(
         values_of(&api.measurements(), "battery_power"),
@@ -292,20 +305,7 @@ async fn sigterm_delivers_what_is_queued_and_exits_0() {
 async fn sighup_stops_like_sigterm_and_delivers_what_is_queued() {
     let broker = InProcessBroker::start().await;
     let api = RecordingApi::start().await;
-    // A linger far beyond the test: only the stop can flush the batch.
-    let pv3 = collect(broker.port(), &api)
-        .linger_ms(60_000)
-        .args(&["--publish"])
-        .spawn();
-    pv3.subscribed(1).await;
-    let publisher = Publisher::connect(broker.port()).await;
-    let topic = format!("pv/PV3/{DEVICE}/inverter/charge");
-    for power in [1, 2, 3] {
-        publisher
-            .publish(&topic, charge(power), QoS::AtLeastOnce, false)
-            .await;
-    }
-    pv3.received(3).await;
+    let pv3 = three_readings_queued(&broker, &api, &["--publish"]).await;
     let state = pv3.state_dir().to_owned();
     let stderr = pv3.hang_up().await;
     assert_eq!(
