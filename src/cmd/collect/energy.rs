@@ -12,11 +12,19 @@
 //! since the last save, and nothing published ever exceeds what the next
 //! start reads back. Saving more often than once a minute would wear an SD
 //! card for a figure whose dashboards add up by the hour.
+//!
+//! The minute is counted from the file's last write, not from the start:
+//! a collector restarted often (a crash loop, a flaky power supply) saves
+//! within seconds of a start when the last save is a minute old, instead of
+//! never living long enough to save at all, and still writes at most once
+//! a minute.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use tracing::{info, warn};
 
@@ -40,13 +48,22 @@ pub(super) struct EnergyKeeper {
     /// A save failed: try again at the next chance even if nothing grew.
     unsaved: Arc<AtomicBool>,
     saving: Option<tokio::task::JoinHandle<()>>,
+    /// When the file was last written (by this process or, read from its
+    /// modification time, an earlier one); `None`: never.
+    last_write: Option<Instant>,
+    /// Saves are at least this far apart.
+    every: Duration,
     /// Implausible power readings already told about.
     told: u64,
     warnings: RateLimiter,
 }
 
 impl EnergyKeeper {
-    pub(super) fn open(file: EnergyFile) -> EnergyKeeper {
+    pub(super) fn open(file: EnergyFile, every: Duration) -> EnergyKeeper {
+        let last_write = written_ago(file.path()).map(|ago| {
+            let now = Instant::now();
+            now.checked_sub(ago).unwrap_or(now)
+        });
         let energy = match file.load() {
             Loaded::Totals(totals) => {
                 info!("energy counters continue from {}", file.path().display());
@@ -77,6 +94,8 @@ impl EnergyKeeper {
             durable: Arc::new(Mutex::new(durable)),
             unsaved: Arc::new(AtomicBool::new(false)),
             saving: None,
+            last_write,
+            every,
             told: 0,
             warnings: RateLimiter::new(Duration::from_secs(60)),
         }
@@ -132,10 +151,18 @@ impl EnergyKeeper {
         self.energy.implausible()
     }
 
+    /// Starts a save in the background if the last write is at least the
+    /// save interval old; see [`Self::save_now`].
+    pub(super) fn save_when_due(&mut self) {
+        if self.last_write.is_none_or(|t| t.elapsed() >= self.every) {
+            self.save_soon();
+        }
+    }
+
     /// Starts a save in the background if the totals grew (or the last
     /// save failed) and no save is running. Its totals become the durable
     /// ones only once the save has finished.
-    pub(super) fn save_soon(&mut self) {
+    fn save_soon(&mut self) {
         if self.saving.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
@@ -149,6 +176,7 @@ impl EnergyKeeper {
             .collect();
         let energy = self.energy.clone();
         self.energy.mark_saved();
+        self.last_write = Some(Instant::now());
         let (file, durable, unsaved) = (
             self.file.clone(),
             self.durable.clone(),
@@ -178,8 +206,22 @@ impl EnergyKeeper {
     }
 }
 
-/// How often the energy counters are saved while they grow.
+/// How long since `path` was last written, if it exists (a modification
+/// time in the future counts as just now).
+fn written_ago(path: &std::path::Path) -> Option<Duration> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(
+        SystemTime::now()
+            .duration_since(modified)
+            .unwrap_or_default(),
+    )
+}
+
+/// How often at most the energy counters are saved while they grow.
 const ENERGY_SAVE_EVERY: Duration = Duration::from_secs(60);
+
+/// How often collect looks whether a save is due.
+pub(super) const ENERGY_LOOK_EVERY: Duration = Duration::from_secs(5);
 
 /// The energy counters' save interval: [`ENERGY_SAVE_EVERY`], or
 /// `PV3_ENERGY_SAVE_MS` (undocumented, for tests).

@@ -30,7 +30,7 @@ use crate::state_dir::{StateDir, StateLock};
 mod energy;
 mod status;
 
-use energy::{EnergyKeeper, energy_save_every};
+use energy::{ENERGY_LOOK_EVERY, EnergyKeeper, energy_save_every};
 use status::StatusWriter;
 
 /// How often `status.json` is rewritten.
@@ -202,7 +202,10 @@ async fn open_outputs(args: &CollectArgs) -> Result<Opened> {
         outputs.push(Box::new(output));
     }
     let energy = if outputs.iter().any(|o| o.wants_derived()) {
-        Some(EnergyKeeper::open(EnergyFile::new(dir.energy())))
+        Some(EnergyKeeper::open(
+            EnergyFile::new(dir.energy()),
+            energy_save_every(),
+        ))
     } else {
         None
     };
@@ -286,7 +289,7 @@ impl Collector {
         let mut stats_timer =
             tokio::time::interval_at(tokio::time::Instant::now() + stats_every, stats_every);
         let mut status_timer = tokio::time::interval(status_every());
-        let mut energy_timer = tokio::time::interval(energy_save_every());
+        let mut energy_timer = tokio::time::interval(energy_save_every().min(ENERGY_LOOK_EVERY));
         let mut subscribed = subscription.subscribed();
         let watchdog_every = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut watchdog_timer =
@@ -319,7 +322,7 @@ impl Collector {
                 _ = status_timer.tick() => self.status.write(&self.pipeline, self.hint.text()),
                 _ = energy_timer.tick(), if self.energy.is_some() => {
                     if let Some(keeper) = &mut self.energy {
-                        keeper.save_soon();
+                        keeper.save_when_due();
                     }
                 }
                 _ = stats_timer.tick() => log_progress(&self.pipeline, &self.outputs),
