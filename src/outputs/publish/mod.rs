@@ -26,6 +26,7 @@
 //! owns the connection, publishing with `try_*` calls only.
 
 mod discovery;
+mod naming;
 mod rate;
 mod remove;
 
@@ -86,16 +87,17 @@ pub struct PublishOptions {
 
 impl PublishOptions {
     fn names(&self) -> Names {
-        let (will_topic, instance_will) = match &self.device {
-            Some(device) => (format!("{}/{}/status", self.prefix, device), false),
-            None => (format!("{}/status", self.prefix), true),
-        };
-        Names {
+        let mut names = Names {
             prefix: self.prefix.clone(),
             ha_prefix: self.ha_prefix.clone().unwrap_or_default(),
-            will_topic,
-            instance_will,
+            will_topic: format!("{}/status", self.prefix),
+            instance_will: true,
+        };
+        if let Some(device) = &self.device {
+            names.will_topic = names.device_status(device);
+            names.instance_will = false;
         }
+        names
     }
 }
 

@@ -1,0 +1,224 @@
+//! `collect --publish/--ha` against hostile input: field names, alarm
+//! flags and device ids that no MQTT topic may hold, flags that would build
+//! such topics, a broker that refuses what pv3 sends, one that never answers
+//! the handshake, values no number can show. Seen from outside, on a real
+//! Mosquitto where it matters (Mosquitto drops a client that publishes to a
+//! topic with a control character; the in-process broker does not check).
+
+use crate::support;
+
+use std::collections::BTreeSet;
+
+use rumqttc::QoS;
+use serde_json::Value;
+
+use support::broker::{Mosquitto, Publisher};
+use support::collect::{CollectRun, Collector, WAIT};
+use support::fixtures::DEVICE;
+use support::topics::{State, Topics};
+
+/// Lines of collect's log that say the output broker (re)connected.
+fn output_connects(pv3: &Collector) -> usize {
+    pv3.stderr()
+        .lines()
+        .filter(|l| l.contains("output broker") && l.contains(": connected"))
+        .count()
+}
+
+/// The retained discovery configs seen so far, by topic.
+fn configs(s: &State) -> Vec<(String, Value)> {
+    s.live_under("homeassistant/")
+        .into_iter()
+        .filter_map(|(t, p)| Some((t, serde_json::from_str(&p).ok()?)))
+        .collect()
+}
+
+/// The config whose entity name starts with `name`, and the latest payload
+/// of its state topic.
+fn entity(s: &State, name: &str) -> Option<(Value, Option<String>)> {
+    let (_, c) = configs(s)
+        .into_iter()
+        .find(|(_, c)| c["name"].as_str().is_some_and(|n| n.starts_with(name)))?;
+    let state = s.latest(c["state_topic"].as_str()?).map(str::to_owned);
+    Some((c, state))
+}
+
+/// A topic Mosquitto accepts from a publisher: no control character (C0,
+/// DEL, C1), no non-character, no wildcard, at most 65,535 bytes.
+fn valid_topic(topic: &str) -> bool {
+    topic.len() <= 65_535
+        && !topic.contains(['+', '#'])
+        && !topic.chars().any(|c| {
+            c.is_control()
+                || ('\u{fdd0}'..='\u{fdef}').contains(&c)
+                || (c as u32 & 0xfffe) == 0xfffe
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_name_or_alarm_flag_with_a_control_character_costs_no_reconnect() {
+    let Some(broker) = Mosquitto::start().await else {
+        return;
+    };
+    let port = broker.port();
+    // Retained on the P3's broker: they come back at every start.
+    let publisher = Publisher::connect(port).await;
+    let p3 = |suffix: &str| format!("pv/PV3/{DEVICE}/{suffix}");
+    publisher
+        .publish(
+            &p3("safetycheck/state"),
+            r#"{"a\nb":1,"State":2}"#,
+            QoS::AtLeastOnce,
+            true,
+        )
+        .await;
+    publisher
+        .publish(
+            &p3("inverter/alarms"),
+            r#"{"x\u0001y":"1","fan_lock":"0"}"#,
+            QoS::AtLeastOnce,
+            true,
+        )
+        .await;
+    let topics = Topics::watch(port, &["pv3/#", "homeassistant/#"]).await;
+    let pv3 = CollectRun::new(port).args(&["--no-api", "--ha"]).spawn();
+    pv3.subscribed(1).await;
+    publisher
+        .publish(
+            &p3("inverter/charge"),
+            r#"{"power":500}"#,
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await;
+
+    // Every entity announced, its state on its own topic, or the output
+    // looping on reconnects: whichever comes first.
+    let announced = |s: &State| {
+        [
+            ("Safetycheck a", "1"),
+            ("Safetycheck State", "2"),
+            ("X", "ON"),
+            ("Fan lock", "OFF"),
+            ("Battery power", "500"),
+        ]
+        .iter()
+        .all(|(name, value)| entity(s, name).is_some_and(|(_, v)| v.as_deref() == Some(*value)))
+    };
+    support::wait_for(WAIT, || {
+        topics.with(announced) || output_connects(&pv3) >= 3
+    })
+    .await;
+    assert_eq!(
+        output_connects(&pv3),
+        1,
+        "the output reconnected:\n{}",
+        pv3.stderr()
+    );
+    assert!(topics.with(announced), "not every entity came through");
+
+    // The connection still carries news after the hostile entities.
+    publisher
+        .publish(
+            &p3("inverter/charge"),
+            r#"{"power":600}"#,
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await;
+    topics
+        .wait_for(&format!("pv3/{DEVICE}/battery_power"), "600")
+        .await;
+    assert_eq!(output_connects(&pv3), 1, "{}", pv3.stderr());
+    let status = topics.history(&format!("pv3/{DEVICE}/status"));
+    assert!(
+        status.iter().all(|s| s.payload == "online"),
+        "availability flapped: {status:?}"
+    );
+    // Each hostile name has a topic of its own, distinct from the others.
+    let state_topics: BTreeSet<String> = topics.with(|s| {
+        configs(s)
+            .iter()
+            .filter_map(|(_, c)| c["state_topic"].as_str().map(str::to_owned))
+            .collect()
+    });
+    assert_eq!(state_topics.len(), topics.with(|s| configs(s).len()));
+    assert!(
+        state_topics.iter().all(|t| valid_topic(t)),
+        "{state_topics:?}"
+    );
+    pv3.stop().await;
+}
+
+support::on_both_brokers!(devices_whose_ids_sanitise_alike_keep_their_own_entities);
+async fn devices_whose_ids_sanitise_alike_keep_their_own_entities(
+    broker: support::broker::TestBroker,
+) {
+    let port = broker.port();
+    let devices = ["PV001001DEV", "pv001001dev", "A B", "a_b"];
+    let topics = Topics::watch(port, &["pv3/#", "homeassistant/#"]).await;
+    let pv3 = CollectRun::new(port)
+        .args(&["--no-api", "--ha", "--device-id", "+"])
+        .spawn();
+    pv3.subscribed(1).await;
+    let publisher = Publisher::connect(port).await;
+    for (i, device) in devices.iter().enumerate() {
+        let payload = format!(r#"{{"power":{}}}"#, 100 + i);
+        publisher
+            .publish(
+                &format!("pv/PV3/{device}/inverter/charge"),
+                payload,
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await;
+    }
+    // Every device's battery power config has gone out (whatever topic it
+    // went to), and every state.
+    let announced = |s: &State| {
+        let pairs: BTreeSet<(&String, String)> = s
+            .history
+            .iter()
+            .filter(|(t, _)| t.ends_with("/battery_power/config"))
+            .flat_map(|(t, h)| {
+                h.iter().filter_map(move |m| {
+                    let c: Value = serde_json::from_str(&m.payload).ok()?;
+                    Some((t, c["device"]["serial_number"].to_string()))
+                })
+            })
+            .collect();
+        pairs.len() >= devices.len()
+            && devices.iter().enumerate().all(|(i, d)| {
+                s.latest(&format!("pv3/{d}/battery_power")) == Some(&(100 + i).to_string())
+            })
+    };
+    topics.wait("every device's battery power", announced).await;
+    let all = topics.with(configs);
+    let mut unique_ids = BTreeSet::new();
+    let mut nodes = BTreeSet::new();
+    for (i, device) in devices.iter().enumerate() {
+        let found: Vec<&(String, Value)> = all
+            .iter()
+            .filter(|(_, c)| {
+                c["device"]["serial_number"] == *device && c["name"] == "Battery power"
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{device}: configs {all:#?}");
+        let (topic, c) = found[0];
+        let state_topic = c["state_topic"].as_str().expect("state_topic");
+        assert_eq!(
+            topics.latest(state_topic),
+            Some((100 + i).to_string()),
+            "{device}: {topic} points at {state_topic}"
+        );
+        let status = c["availability"][0]["topic"].as_str().expect("status");
+        assert_eq!(topics.latest(status).as_deref(), Some("online"), "{status}");
+        unique_ids.insert(c["unique_id"].to_string());
+        nodes.insert(c["device"]["identifiers"][0].to_string());
+    }
+    assert_eq!(unique_ids.len(), devices.len(), "{unique_ids:?}");
+    assert_eq!(nodes.len(), devices.len(), "{nodes:?}");
+    // The P3's own id keeps the ids it always had.
+    assert!(nodes.contains("\"pv3_pv001001dev\""), "{nodes:?}");
+    pv3.stop().await;
+}
