@@ -71,17 +71,19 @@ pub(crate) fn validate_device(id: &str) -> Result<(), String> {
 /// `outputs::publish`), never sent as it is.
 pub(crate) const MAX_LEVEL: usize = 100;
 
-/// Whether `c` may stand in a topic level pv3 publishes to. Not `/` (it
-/// would split the level), `+` or `#` (wildcards: no topic name may hold
-/// them), and none of what Mosquitto 2 refuses in a topic name by dropping
-/// the client that sent it: control characters (U+0000–U+001F, U+007F, and
-/// U+0080–U+009F) and Unicode non-characters (U+FDD0–U+FDEF and the last
-/// two code points of every plane). Checked against Mosquitto 2.0.11.
+/// Whether Mosquitto 2 takes `c` in an MQTT string (a topic, a client
+/// id): it drops the client that sends a control character (U+0000–U+001F,
+/// U+007F, U+0080–U+009F) or a Unicode non-character (U+FDD0–U+FDEF and
+/// the last two code points of every plane). Checked against 2.0.11.
+pub(crate) fn mqtt_char(c: char) -> bool {
+    !(c.is_control() || ('\u{fdd0}'..='\u{fdef}').contains(&c) || (c as u32 & 0xfffe) == 0xfffe)
+}
+
+/// Whether `c` may stand in a topic level pv3 publishes to: an
+/// [`mqtt_char`], and not `/` (it would split the level), `+` or `#`
+/// (wildcards: no topic name may hold them).
 pub(crate) fn level_char(c: char) -> bool {
-    !(matches!(c, '/' | '+' | '#')
-        || c.is_control()
-        || ('\u{fdd0}'..='\u{fdef}').contains(&c)
-        || (c as u32 & 0xfffe) == 0xfffe)
+    mqtt_char(c) && !matches!(c, '/' | '+' | '#')
 }
 
 /// Whether `text` is a topic level pv3 may publish to as it is: not empty,

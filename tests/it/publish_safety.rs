@@ -8,6 +8,7 @@
 use crate::support;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use rumqttc::QoS;
 use serde_json::Value;
@@ -221,4 +222,79 @@ async fn devices_whose_ids_sanitise_alike_keep_their_own_entities(
     // The P3's own id keeps the ids it always had.
     assert!(nodes.contains("\"pv3_pv001001dev\""), "{nodes:?}");
     pv3.stop().await;
+}
+
+/// Runs pv3 with `args` and `envs`, expecting a refusal: its exit code and
+/// stderr, or `None` when it was still running after a few seconds (it
+/// accepted the flags and started; it is killed).
+async fn refused(args: &[&str], envs: &[(&str, &str)]) -> Option<(Option<i32>, String)> {
+    let mut pv3 = support::proc::Pv3Process::spawn(args, envs);
+    let status = pv3.wait_exit(Duration::from_secs(10)).await;
+    let stderr = pv3.stderr();
+    if status.is_none() {
+        pv3.kill();
+        eprintln!("{args:?} started:\n{stderr}");
+    }
+    status.map(|s| (s.code(), stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_and_client_ids_mqtt_cannot_carry_are_refused_before_anything_starts() {
+    let port = support::free_port().to_string();
+    let cases: &[(&str, &str, &str)] = &[
+        ("--publish-prefix", "pv\u{1}3", "is not a topic prefix"),
+        ("--publish-prefix", "pv\n3", "is not a topic prefix"),
+        ("--publish-prefix", "pv\u{7f}", "is not a topic prefix"),
+        (
+            "--ha-prefix",
+            "home\u{85}assistant",
+            "is not a topic prefix",
+        ),
+        ("--ha-prefix", "home\u{fdd0}", "is not a topic prefix"),
+        ("--publish-prefix", "$SYS/pv3", "is not a topic prefix"),
+        ("--publish-prefix", "pv3//x", "is not a topic prefix"),
+        ("--publish-prefix", "pv3/+", "is not a topic prefix"),
+        ("--out-mqtt-client-id", "pv3\u{1}", "is not a client id"),
+        ("--mqtt-client-id", "pv3\nout", "is not a client id"),
+    ];
+    for (flag, value, says) in cases {
+        let args = [
+            "collect",
+            "--mqtt-host",
+            "127.0.0.1",
+            "--mqtt-port",
+            &port,
+            "--no-api",
+            "--ha",
+            flag,
+            value,
+        ];
+        let (code, stderr) = refused(&args, &[])
+            .await
+            .unwrap_or_else(|| panic!("{flag} {value:?} was accepted"));
+        assert_eq!(code, Some(2), "{flag} {value:?}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(flag) && first.contains(says),
+            "{flag} {value:?}: {stderr}"
+        );
+        assert!(
+            !stderr.chars().any(|c| c.is_control() && c != '\n'),
+            "{flag} {value:?}: the error carries the raw character: {stderr:?}"
+        );
+    }
+    // The same from the environment (the systemd unit's way).
+    let args = [
+        "collect",
+        "--mqtt-host",
+        "127.0.0.1",
+        "--mqtt-port",
+        &port,
+        "--no-api",
+        "--publish",
+    ];
+    let (code, stderr) = refused(&args, &[("PUBLISH_PREFIX", "pv\u{1}3")])
+        .await
+        .expect("PUBLISH_PREFIX with a control character was accepted");
+    assert_eq!(code, Some(2), "{stderr}");
 }
