@@ -298,3 +298,75 @@ async fn prefixes_and_client_ids_mqtt_cannot_carry_are_refused_before_anything_s
         .expect("PUBLISH_PREFIX with a control character was accepted");
     assert_eq!(code, Some(2), "{stderr}");
 }
+
+/// The body of `GET http://addr/metrics`.
+async fn scrape(addr: &str) -> String {
+    let response = support::api::http_client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(response.status(), 200);
+    response.text().await.expect("body")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_reading_is_published_and_scraped_as_a_finite_number() {
+    let broker = support::broker::InProcessBroker::start().await;
+    let port = broker.port();
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    let topics = Topics::watch(port, &["pv3/#"]).await;
+    let pv3 = CollectRun::new(port)
+        .args(&["--no-api", "--publish", "--publish-interval", "0"])
+        .args(&["--metrics-listen", &addr])
+        .spawn();
+    pv3.subscribed(1).await;
+    let publisher = Publisher::connect(port).await;
+    // The CT clamp's power in mW: 1.797e308 is a finite JSON number, and
+    // 1.797e305 W once decoded.
+    let grid = r#"[{"channel":"HOUSE","measurement":"Power","type":"Active","value":1.797e308}]"#;
+    publisher
+        .publish(
+            &format!("pv/PV3/{DEVICE}/ffr/measurements"),
+            grid,
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await;
+    let topic = format!("pv3/{DEVICE}/grid_power");
+    topics
+        .wait("the grid power", |s| s.latest(&topic).is_some())
+        .await;
+    let text = topics.latest(&topic).expect("published");
+    let value: f64 = text.parse().unwrap_or(f64::NAN);
+    assert!(
+        value.is_finite() && (value / 1.797e305 - 1.0).abs() < 1e-9,
+        "{topic} = {text:?}"
+    );
+    let numbers_finite = |s: &State| {
+        s.history
+            .iter()
+            .flat_map(|(t, h)| h.iter().map(move |m| (t, &m.payload)))
+            .filter(|(t, _)| !t.ends_with("/status"))
+            .all(|(_, p)| p.parse::<f64>().is_ok_and(f64::is_finite))
+    };
+    assert!(
+        topics.with(numbers_finite),
+        "a flat topic holds no finite number"
+    );
+    let body = scrape(&addr).await;
+    let series = format!("pv3_grid_power_watts{{device=\"{DEVICE}\"}} ");
+    let sample = body
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no {series} in\n{body}"));
+    assert_eq!(sample.parse::<f64>().ok(), Some(1.797e305), "{sample}");
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap_or_default();
+        assert!(
+            value.parse::<f64>().is_ok_and(f64::is_finite),
+            "not a finite sample: {line}"
+        );
+    }
+    pv3.stop().await;
+}

@@ -176,8 +176,16 @@ pub(crate) fn display_name(metric: &str) -> String {
 
 /// A value as a flat topic's payload: plain decimal text, rounded to a
 /// millionth so that float noise (`0.30000000000000004`) never shows.
+/// From a billion on the value is written as it is: rounding goes through
+/// `value * 1e6`, which is no longer exact there and overflows to
+/// infinity past about 1.8e302 (a finite reading published as `inf`).
+/// Callers never pass a non-finite value (see `Publisher::take`).
 pub(crate) fn payload(value: f64) -> String {
-    let rounded = (value * 1e6).round() / 1e6;
+    let rounded = if value.abs() < 1e9 {
+        (value * 1e6).round() / 1e6
+    } else {
+        value
+    };
     if rounded == 0.0 {
         return "0".to_string();
     }
@@ -203,6 +211,10 @@ mod tests {
         assert_eq!(payload(-413.793), "-413.793");
         assert_eq!(payload(0.1 + 0.2), "0.3");
         assert_eq!(payload(-0.0), "0");
+        assert_eq!(payload(12_345_678_901.5), "12345678901.5");
+        for huge in [1.797e305, f64::MAX, -f64::MAX] {
+            assert_eq!(payload(huge).parse::<f64>().ok(), Some(huge), "{huge}");
+        }
     }
 
     #[test]

@@ -386,7 +386,10 @@ async fn wait(
 }
 
 impl Publisher {
-    /// Takes the waiting readings into the devices' entries.
+    /// Takes the waiting readings into the devices' entries. A value that
+    /// is not finite (the decoder and the energy counters give none, but
+    /// this is the last gate before a topic) is dropped and counted: no
+    /// number can show it.
     fn take(&mut self, inbox: &Inbox) {
         let now = Instant::now();
         for reading in inbox.take() {
@@ -400,6 +403,10 @@ impl Publisher {
                 });
             device.last_seen = now;
             for m in &reading.measurements {
+                if !m.value.is_finite() {
+                    self.stats.dropped(1);
+                    continue;
+                }
                 note(&mut device.entries, &m.metric, m.value, || {
                     let resolution = metric_info::info(&m.metric, m.unit).resolution;
                     (Key::Metric(m.metric.to_string(), m.unit), resolution)
