@@ -370,3 +370,159 @@ async fn a_huge_reading_is_published_and_scraped_as_a_finite_number() {
     }
     pv3.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_broker_that_never_answers_the_handshake_is_named_within_seconds() {
+    let broker = support::broker::InProcessBroker::start().await;
+    // Accepts TCP connections, reads nothing, says nothing, keeps them open.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            conns.push(stream);
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let out_port = silent_port.to_string();
+    let pv3 = CollectRun::new(broker.port())
+        .args(&["--no-api", "--publish"])
+        .args(&["--out-mqtt-host", "127.0.0.1", "--out-mqtt-port", &out_port])
+        .spawn();
+    pv3.subscribed(1).await;
+    let endpoint = format!("output broker 127.0.0.1:{silent_port}");
+    // The spec says within 10 s; the wait is generous, the log line is
+    // what counts.
+    let named = pv3
+        .wait_for_stderr_lines(
+            1,
+            |l| l.contains(&endpoint) && l.contains("CONNACK"),
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(
+        named,
+        "the silent output broker is not named:\n{}",
+        pv3.stderr()
+    );
+    // One attempt waited for its answer (and perhaps the next begun), not
+    // a new connection every few hundred milliseconds.
+    let attempts = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=3).contains(&attempts),
+        "{attempts} connections to the silent broker"
+    );
+    let status = pv3
+        .wait_status("the mqtt output listed", |s| {
+            s["outputs"][0]["name"] == "mqtt"
+        })
+        .await;
+    assert_eq!(status["outputs"][0]["connected"], false, "{status}");
+    pv3.stop().await;
+    held.abort();
+}
+
+/// The reconnect delays the output's debug lines give, in order.
+fn output_retry_delays(stderr: &str) -> Vec<f64> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("output broker"))
+        .filter_map(|l| l.split("retry in ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_the_broker_refuses_costs_one_counted_drop_not_a_reconnect_loop() {
+    // Mosquitto drops a client that sends a packet over max_packet_size;
+    // every message pv3 sends fits but the config of the entity below.
+    let Some(broker) = Mosquitto::start_with("max_packet_size 850").await else {
+        return;
+    };
+    let port = broker.port();
+    let key = "K".repeat(88);
+    let publisher = Publisher::connect(port).await;
+    let p3 = |suffix: &str| format!("pv/PV3/{DEVICE}/{suffix}");
+    publisher
+        .publish(
+            &p3("safetycheck/state"),
+            format!(r#"{{"State":1,"{key}":2}}"#),
+            QoS::AtLeastOnce,
+            true,
+        )
+        .await;
+    let topics = Topics::watch(port, &["pv3/#", "homeassistant/#"]).await;
+    let pv3 = CollectRun::new(port)
+        .global_args(&["-v"])
+        .reconnect_max("5")
+        .args(&["--no-api", "--ha"])
+        .spawn();
+    pv3.subscribed(1).await;
+    publisher
+        .publish(
+            &p3("inverter/charge"),
+            r#"{"power":5}"#,
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await;
+    let long_state = format!("pv3/{DEVICE}/safetycheck_{key}");
+    let settled = |s: &State| {
+        entity(s, "Safetycheck State").is_some_and(|(_, v)| v.as_deref() == Some("1"))
+            && entity(s, "Battery power").is_some_and(|(_, v)| v.as_deref() == Some("5"))
+            && s.latest(&long_state) == Some("2")
+    };
+    let dropped = || {
+        pv3.status()
+            .and_then(|s| s["outputs"][0]["dropped"].as_u64())
+            .unwrap_or(0)
+    };
+    support::wait_for(WAIT, || {
+        (topics.with(settled) && dropped() >= 1) || output_connects(&pv3) >= 6
+    })
+    .await;
+    let stderr = pv3.stderr();
+    let connects = output_connects(&pv3);
+    assert!(
+        connects <= 4,
+        "{connects} output connections: a reconnect loop\n{stderr}"
+    );
+    assert!(topics.with(settled), "not every other value came through");
+    assert_eq!(dropped(), 1, "one counted drop");
+    let config = format!("safetycheck_{}/config", key.to_lowercase());
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(&config)),
+        "the refused message is named:\n{stderr}"
+    );
+    assert!(
+        topics.with(|s| s
+            .latest(&format!("homeassistant/sensor/pv3_pv001001dev/{config}"))
+            .is_none()),
+        "the broker took the oversized config after all?"
+    );
+    // Backed off, as the source link does: each wait at least the last.
+    let delays = output_retry_delays(&stderr);
+    assert!(
+        delays.len() >= 2 && delays.windows(2).all(|w| w[1] >= w[0]),
+        "reconnect delays {delays:?}\n{stderr}"
+    );
+    // And the connection stays up and carries news.
+    publisher
+        .publish(
+            &p3("inverter/charge"),
+            r#"{"power":6}"#,
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await;
+    topics
+        .wait_for(&format!("pv3/{DEVICE}/battery_power"), "6")
+        .await;
+    assert_eq!(output_connects(&pv3), connects, "{}", pv3.stderr());
+    pv3.stop().await;
+}
