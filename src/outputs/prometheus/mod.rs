@@ -67,8 +67,9 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 /// served), so a flood of idle connections costs at most this many tasks
 /// and 8 KiB buffers (512 KiB), and each is gone within [`HEAD_TIMEOUT`].
 /// A scrape behind N idle clients that reconnect as soon as they are
-/// closed therefore waits at most about (N − 64) / 64 × 2 s: none for 48
-/// (issue 19), 6 s for 256; Prometheus gives up after 10 s.
+/// closed therefore waits about (N − 64) / 64 × 2 s: none for 48 (issue
+/// 19), 2–4 s measured for 128, 4–6 s for 192 (the backlog, 128, is full
+/// beyond that); Prometheus gives up after 10 s.
 pub const MAX_CONNECTIONS: usize = 64;
 
 /// Most series (device × metric, device × alarm flag) kept. The P3 has
