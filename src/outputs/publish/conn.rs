@@ -14,8 +14,9 @@
 //!   waits, not a reconnect a second.
 //! - **A message the broker refuses.** With MQTT 3.1.1 a broker refuses a
 //!   PUBLISH by closing the connection (Mosquitto: a topic with a control
-//!   character, a packet over its `max_packet_size`). After a lost
-//!   connection, the next one is *careful*: one message at a time, QoS 1,
+//!   character, a packet over its `max_packet_size`). After a connection
+//!   lost within [`HEALTHY_AFTER`] of its CONNACK, the next one is
+//!   *careful*: one message at a time, QoS 1,
 //!   the next only once the broker has acknowledged the last; so when it
 //!   drops pv3 again, the message it was reading is known. A message that
 //!   has killed the connection [`KILLS`] times is dropped (counted, and
@@ -156,6 +157,12 @@ impl Link {
         }
     }
 
+    /// Whether the connection (if there is one) is younger than
+    /// [`HEALTHY_AFTER`].
+    fn young(&self) -> bool {
+        self.up_since.is_some_and(|t| t.elapsed() < HEALTHY_AFTER)
+    }
+
     /// A failed attempt or a lost connection: says so (loudly the first
     /// time) and returns the wait before the next attempt.
     fn failed(&mut self, e: &ConnectionError) -> Duration {
@@ -238,7 +245,7 @@ pub(super) async fn run(
                     Ok(Event::Incoming(Packet::PubAck(ack))) => p.on_puback(ack.pkid),
                     Ok(_) => {}
                     Err(e) => {
-                        p.connection_lost();
+                        p.connection_lost(link.young());
                         let delay = link.failed(&e);
                         if wait(delay, &mut p, &inbox, &mut stop).await {
                             return;

@@ -477,15 +477,18 @@ impl Publisher {
     }
 
     /// The connection is gone: the message it died on (in careful mode)
-    /// gets a strike, and the next connection is careful.
-    fn connection_lost(&mut self) {
+    /// gets a strike, and after a `young` connection (see `conn`) the next
+    /// one is careful. An old one most likely met a broker restart or a
+    /// network fault: the next publishes at full speed (a poisonous
+    /// message then costs one more connection).
+    fn connection_lost(&mut self, young: bool) {
         let was_connected = self.out.connected;
         self.out.connected = false;
         self.out.stats.set_connected(false);
         if let Some(sent) = self.out.pending.take() {
             self.strike(&sent);
         }
-        self.out.careful |= was_connected;
+        self.out.careful |= was_connected && young;
     }
 
     /// `sent` was being read when the broker dropped the connection: after
