@@ -19,8 +19,9 @@ pub use outputs::{OutMqttArgs, OutputArgs};
 pub use views::{DevicesArgs, DevicesFormat, SnapshotFormat, WatchArgs};
 
 use parse::{
-    parse_device_id, parse_device_id_exact, parse_filter, parse_secs, parse_secs_or_zero,
-    parse_share_group, parse_speed, parse_threshold, parse_time, parse_topic_prefix,
+    Quoted, parse_client_id, parse_device_id, parse_device_id_exact, parse_filter, parse_secs,
+    parse_secs_or_zero, parse_share_group, parse_speed, parse_threshold, parse_time,
+    parse_topic_prefix,
 };
 
 #[derive(Debug, Parser)]
@@ -171,7 +172,7 @@ pub struct MqttArgs {
     pub mqtt_ca: Option<PathBuf>,
 
     /// [default: pv3-<command>-<random>]
-    #[arg(long, env = "MQTT_CLIENT_ID", value_name = "ID")]
+    #[arg(long, env = "MQTT_CLIENT_ID", value_name = "ID", value_parser = Quoted(parse_client_id))]
     pub mqtt_client_id: Option<String>,
 
     /// Longest wait between reconnect attempts, in seconds
@@ -185,7 +186,7 @@ pub struct MqttArgs {
 pub struct DeviceArgs {
     /// Device id, or + for every device on the broker
     #[arg(long, env = "P3_DEVICE_ID", default_value = "PV001001DEV", value_name = "ID",
-          value_parser = parse_device_id)]
+          value_parser = Quoted(parse_device_id))]
     pub device_id: String,
 }
 
@@ -195,7 +196,7 @@ pub struct DeviceArgs {
 pub struct ApiDeviceArgs {
     /// Post under this device id instead of the topic's (the dashboard's
     /// configured id); one P3 only
-    #[arg(long, env = "API_DEVICE_ID", value_name = "ID", value_parser = parse_device_id_exact)]
+    #[arg(long, env = "API_DEVICE_ID", value_name = "ID", value_parser = Quoted(parse_device_id_exact))]
     pub api_device_id: Option<String>,
 }
 
@@ -265,7 +266,7 @@ pub struct CollectArgs {
 
     /// Subscribe through the MQTT shared subscription $share/NAME/...: the
     /// collectors of one group split the traffic between them
-    #[arg(long, value_name = "NAME", value_parser = parse_share_group)]
+    #[arg(long, value_name = "NAME", value_parser = Quoted(parse_share_group))]
     pub share_group: Option<String>,
 
     /// Reconnect when connected but silent this long, in seconds
@@ -409,7 +410,7 @@ pub struct ReplayArgs {
     pub topics: Vec<String>,
 
     /// Use this device id instead of the one in each topic
-    #[arg(long, value_name = "ID", value_parser = parse_device_id_exact)]
+    #[arg(long, value_name = "ID", value_parser = Quoted(parse_device_id_exact))]
     pub device_id: Option<String>,
 
     /// Measurements per POST
@@ -458,7 +459,7 @@ pub enum CheckFormat {
 pub struct CheckApiArgs {
     /// The device whose data is checked
     #[arg(long, env = "P3_DEVICE_ID", default_value = "PV001001DEV", value_name = "ID",
-          value_parser = parse_device_id_exact)]
+          value_parser = Quoted(parse_device_id_exact))]
     pub device_id: String,
 
     /// Output: a table for people, or JSON for scripts

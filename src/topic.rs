@@ -57,17 +57,46 @@ impl fmt::Display for P3Topic<'_> {
 }
 
 /// Checks that `id` names one device in a way a topic and a filter can
-/// hold: not empty, no `/`, `#`, `+` or control characters.
+/// hold: not empty, no `/`, `#`, `+`, control characters or
+/// non-characters (see [`level_char`]).
 pub(crate) fn validate_device(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("a device id cannot be empty".into());
     }
-    if id.contains(['/', '#', '+']) || id.chars().any(char::is_control) {
+    if !id.chars().all(level_char) {
         return Err(format!(
-            "'{id}' is not a device id: no '/', '#', '+' or control characters"
+            "{id:?} is not a device id: no '/', '#', '+' or control characters"
         ));
     }
     Ok(())
+}
+
+/// The longest topic level pv3 builds from outside text (a field name, an
+/// alarm flag, a device id), in bytes. MQTT allows a whole topic of
+/// 65,535; the P3's names are under 40 and the API takes metric names of
+/// at most 100, so a longer one is shortened (with a hash, see
+/// `outputs::publish`), never sent as it is.
+pub(crate) const MAX_LEVEL: usize = 100;
+
+/// Whether Mosquitto 2 takes `c` in an MQTT string (a topic, a client
+/// id): it drops the client that sends a control character (U+0000–U+001F,
+/// U+007F, U+0080–U+009F) or a Unicode non-character (U+FDD0–U+FDEF and
+/// the last two code points of every plane). Checked against 2.0.11.
+pub(crate) fn mqtt_char(c: char) -> bool {
+    !(c.is_control() || ('\u{fdd0}'..='\u{fdef}').contains(&c) || (c as u32 & 0xfffe) == 0xfffe)
+}
+
+/// Whether `c` may stand in a topic level pv3 publishes to: an
+/// [`mqtt_char`], and not `/` (it would split the level), `+` or `#`
+/// (wildcards: no topic name may hold them).
+pub(crate) fn level_char(c: char) -> bool {
+    mqtt_char(c) && !matches!(c, '/' | '+' | '#')
+}
+
+/// Whether `text` is a topic level pv3 may publish to as it is: not empty,
+/// at most [`MAX_LEVEL`] bytes, every character a [`level_char`].
+pub(crate) fn publishable_level(text: &str) -> bool {
+    !text.is_empty() && text.len() <= MAX_LEVEL && text.chars().all(level_char)
 }
 
 /// The subscription filter for every topic of one device, or of every
@@ -194,6 +223,43 @@ mod tests {
     }
 
     #[test]
+    fn publishable_levels_are_what_mosquitto_takes() {
+        for good in [
+            "grid_power",
+            "PV001001DEV",
+            "A B",
+            "x\u{a0}y",
+            "\u{200b}",
+            "é",
+        ] {
+            assert!(publishable_level(good), "{good:?}");
+        }
+        let long = "k".repeat(MAX_LEVEL + 1);
+        for bad in [
+            "",
+            "a/b",
+            "a+",
+            "#",
+            "a\0b",
+            "a\nb",
+            "\t",
+            "\u{7f}",
+            "\u{80}",
+            "\u{9f}",
+            "\u{fdd0}",
+            "\u{fdef}",
+            "\u{fffe}",
+            "\u{ffff}",
+            "\u{1fffe}",
+            "\u{10ffff}",
+            &long,
+        ] {
+            assert!(!publishable_level(bad), "{bad:?}");
+        }
+        assert!(publishable_level(&long[1..]));
+    }
+
+    #[test]
     fn building_and_parsing_agree() {
         let topic = "pv/PV3/PV001001DEV/inverter/alarms";
         let p3 = P3Topic::parse(topic).expect("a P3 topic");
@@ -209,7 +275,17 @@ mod tests {
     #[test]
     fn device_ids_fit_in_a_topic_and_a_filter() {
         assert!(validate_device("PV001001DEV").is_ok());
-        for bad in ["", "a/b", "#", "a+", "+", "a\nb"] {
+        for bad in [
+            "",
+            "a/b",
+            "#",
+            "a+",
+            "+",
+            "a\nb",
+            "a\u{85}b",
+            "a\u{fdd0}",
+            "a\u{fffe}",
+        ] {
             assert!(validate_device(bad).is_err(), "{bad:?}");
         }
         let id = "PV001001DEV";

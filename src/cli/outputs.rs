@@ -23,7 +23,7 @@ pub struct OutputArgs {
 
     /// Topic prefix of --publish
     #[arg(long, env = "PUBLISH_PREFIX", default_value = "pv3", value_name = "P",
-          value_parser = parse_topic_prefix)]
+          value_parser = Quoted(parse_topic_prefix))]
     pub publish_prefix: String,
 
     /// At most one state per value per SECS, the latest at the end; an
@@ -38,7 +38,7 @@ pub struct OutputArgs {
 
     /// Home Assistant's discovery prefix
     #[arg(long, env = "HA_PREFIX", default_value = "homeassistant", value_name = "P",
-          value_parser = parse_topic_prefix)]
+          value_parser = Quoted(parse_topic_prefix))]
     pub ha_prefix: String,
 
     /// Serve Prometheus metrics on http://ADDR:PORT/metrics
@@ -83,6 +83,7 @@ pub struct OutMqttArgs {
     pub out_mqtt_ca: Option<PathBuf>,
 
     /// [default: --mqtt-client-id + "-out", else pv3-publish-<random>]
-    #[arg(long, env = "OUT_MQTT_CLIENT_ID", value_name = "ID")]
+    #[arg(long, env = "OUT_MQTT_CLIENT_ID", value_name = "ID",
+          value_parser = Quoted(parse_client_id))]
     pub out_mqtt_client_id: Option<String>,
 }

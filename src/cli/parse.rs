@@ -1,30 +1,72 @@
 //! Value parsers for the command line: each checks one option's text and
 //! says in one line what is wrong with it (clap names the option).
 
+use std::ffi::OsStr;
 use std::time::Duration;
+
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 
 use super::Speed;
 
+/// A text check whose refusal is one line that quotes the value the way
+/// Rust does (`"pv\u{1}3"`). clap's own message for a failed value parser
+/// repeats the value raw: with a newline or a control character in it,
+/// that is no longer one readable line.
+#[derive(Clone, Copy)]
+pub(super) struct Quoted(pub(super) fn(&str) -> Result<String, String>);
+
+impl TypedValueParser for Quoted {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<String, clap::Error> {
+        let name = arg
+            .and_then(clap::Arg::get_long)
+            .map_or_else(|| "a value".to_string(), |long| format!("--{long}"));
+        let refuse = |why: String| {
+            clap::Error::raw(ErrorKind::ValueValidation, format!("{name}: {why}\n")).with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse(format!("{value:?} is not UTF-8")))?;
+        (self.0)(text).map_err(refuse)
+    }
+}
+
 pub(super) fn parse_share_group(text: &str) -> Result<String, String> {
-    if text.is_empty() || text.contains(['/', '+', '#']) || text.chars().any(char::is_control) {
+    if !crate::topic::publishable_level(text) {
         return Err(format!(
-            "'{text}' is not a share group name: no '/', '+', '#' or control characters"
+            "{text:?} is not a share group name: no '/', '+', '#' or control characters"
         ));
     }
     Ok(text.to_owned())
 }
 
-/// A topic prefix to publish under: one or more plain levels, no
-/// wildcards, no leading or trailing `/`.
+/// A topic prefix to publish under: one or more levels pv3 may publish to
+/// (no wildcards, control characters or empty levels, see
+/// [`crate::topic::publishable_level`]), and not a `$` topic (MQTT keeps
+/// those for the broker; `#` subscribers do not see them).
 pub(super) fn parse_topic_prefix(text: &str) -> Result<String, String> {
-    if text.is_empty()
-        || text.starts_with('/')
-        || text.ends_with('/')
-        || text.contains(['+', '#', '\0'])
-        || text.split('/').any(str::is_empty)
-    {
+    if text.starts_with('$') || !text.split('/').all(crate::topic::publishable_level) {
         return Err(format!(
-            "{text:?} is not a topic prefix: plain levels like pv3 or home/pv3, no + # or empty levels"
+            "{text:?} is not a topic prefix: plain levels like pv3 or home/pv3, \
+             no + #, control characters, empty levels or leading $"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// An MQTT client id: Mosquitto drops a client whose id holds a control
+/// character, and would do so at every reconnect.
+pub(super) fn parse_client_id(text: &str) -> Result<String, String> {
+    if !text.chars().all(crate::topic::mqtt_char) {
+        return Err(format!(
+            "{text:?} is not a client id: no control characters"
         ));
     }
     Ok(text.to_string())
@@ -113,6 +155,33 @@ mod tests {
         assert!(parse_device_id("a/b").is_err());
         assert!(parse_device_id("#").is_err());
         assert!(parse_device_id("a+").is_err());
+    }
+
+    #[test]
+    fn topic_prefixes_and_client_ids_are_checked() {
+        for good in ["pv3", "home/pv3", "homeassistant", "a b/é"] {
+            assert_eq!(parse_topic_prefix(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "",
+            "/pv3",
+            "pv3/",
+            "pv3//x",
+            "pv3/#",
+            "pv+",
+            "pv\u{1}3",
+            "pv\n3",
+            "pv\u{85}",
+            "pv\u{fdd0}",
+            "$SYS",
+            "$share/g",
+        ] {
+            assert!(parse_topic_prefix(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_client_id("pv3-collect-abc/+#").is_ok());
+        assert!(parse_client_id("").is_ok());
+        assert!(parse_client_id("pv3\u{1}").is_err());
+        assert!(parse_client_id("pv3\u{9f}").is_err());
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod ops;
 mod package;
 mod prometheus;
 mod properties;
+mod publish_safety;
 mod queue;
 mod reliability;
 mod structure;

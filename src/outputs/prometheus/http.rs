@@ -65,9 +65,10 @@ pub(super) async fn serve(
 }
 
 /// One connection: one request, one answer, closed, all within
-/// [`CONNECTION_TIMEOUT`].
+/// [`CONNECTION_TIMEOUT`], the request head within [`HEAD_TIMEOUT`].
 pub(super) async fn connection(mut stream: TcpStream, shared: &Shared) {
-    match tokio::time::timeout(CONNECTION_TIMEOUT, exchange(&mut stream, shared)).await {
+    let head_by = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    match tokio::time::timeout(CONNECTION_TIMEOUT, exchange(&mut stream, shared, head_by)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!("prometheus: connection ended early: {e}"),
         Err(_) => debug!(
@@ -77,8 +78,31 @@ pub(super) async fn connection(mut stream: TcpStream, shared: &Shared) {
     }
 }
 
-/// Reads the request head (at most [`MAX_HEAD`] bytes), answers, closes.
-pub(super) async fn exchange(stream: &mut TcpStream, shared: &Shared) -> io::Result<()> {
+/// Reads the request head (at most [`MAX_HEAD`] bytes, complete by
+/// `head_by`), answers, closes.
+pub(super) async fn exchange(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    head_by: tokio::time::Instant,
+) -> io::Result<()> {
+    let head = tokio::time::timeout_at(head_by, read_head(stream, shared)).await;
+    let Ok(response) = head else {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no request within {} s", HEAD_TIMEOUT.as_secs()),
+        ));
+    };
+    let Some(response) = response? else {
+        return Ok(()); // closed before a whole request: nothing to answer
+    };
+    stream.write_all(&response.bytes).await?;
+    trace!("prometheus: answered {}", response.status);
+    stream.shutdown().await
+}
+
+/// Reads the request head and gives the answer to it; `None` when the
+/// client closed before a whole head.
+async fn read_head(stream: &mut TcpStream, shared: &Shared) -> io::Result<Option<Response>> {
     let mut buf = vec![0u8; MAX_HEAD];
     let mut filled = 0;
     let response = loop {
@@ -94,14 +118,11 @@ pub(super) async fn exchange(stream: &mut TcpStream, shared: &Shared) -> io::Res
         }
         let n = stream.read(&mut buf[filled..]).await?;
         if n == 0 {
-            // Closed before a whole request: nothing to answer.
-            return Ok(());
+            return Ok(None);
         }
         filled += n;
     };
-    stream.write_all(&response.bytes).await?;
-    trace!("prometheus: answered {}", response.status);
-    stream.shutdown().await
+    Ok(Some(response))
 }
 
 /// Where the request head ends (after its blank line), if it has.

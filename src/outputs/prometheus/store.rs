@@ -79,6 +79,12 @@ impl Latest {
             };
             let family = &mut self.families[index];
             let value = family.scale.apply(m.value);
+            if !value.is_finite() {
+                // Not finite, or past f64 once scaled (kWh to joules): no
+                // sample may say `+Inf` or `NaN` (a counter would jump).
+                dropped += 1;
+                continue;
+            }
             if let Some(slot) = family.samples.get_mut(&**device) {
                 *slot = value;
             } else if self.series < MAX_SERIES {

@@ -209,3 +209,28 @@ fn answers_by_path_and_method() {
     // Only the GET counted as a scrape.
     assert_eq!(s.stats.published.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn a_value_that_is_not_finite_once_scaled_is_dropped_not_exposed() {
+    let s = shared();
+    let (dropped, _) = s.latest().update(&reading(
+        "PV1",
+        vec![
+            // 1e303 kWh is finite; in joules it is not.
+            Measurement::new("grid_import_energy", 1e303, "kWh"),
+            Measurement::new("grid_power", f64::NAN, "W"),
+            Measurement::new("battery_power", f64::INFINITY, "W"),
+            Measurement::new("soc", 97.0, "%"),
+        ],
+    ));
+    assert_eq!(dropped, 3);
+    let body = render(&s);
+    assert!(
+        body.contains("pv3_soc_percent{device=\"PV1\"} 97"),
+        "{body}"
+    );
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap_or_default();
+        assert!(value.parse::<f64>().is_ok_and(f64::is_finite), "{line}");
+    }
+}

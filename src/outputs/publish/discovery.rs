@@ -4,6 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::naming::{device_part, level, object_part};
 use crate::metric_info::{self, MetricInfo};
 
 /// The names the output publishes under.
@@ -29,35 +30,20 @@ pub(crate) enum Key {
     Alarm(String),
 }
 
-/// A topic level made safe: MQTT wildcards and separators become `_`.
-fn level(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '/' | '+' | '#' | '\0' => '_',
-            c => c,
-        })
-        .collect()
-}
-
-/// An id Home Assistant accepts (`[a-zA-Z0-9_-]`), lower case.
-pub(crate) fn id_part(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// What every node id pv3 announces starts with.
 pub(crate) const NODE_PREFIX: &str = "pv3_";
 
-/// Discovery's node id for a device: `pv3_<device>`.
+/// Discovery's node id for a device: `pv3_<device>` (see [`device_part`]).
 pub(crate) fn node_id(device: &str) -> String {
-    format!("{NODE_PREFIX}{}", id_part(device))
+    format!("{NODE_PREFIX}{}", device_part(device))
+}
+
+/// The object id of `key` within its device's node.
+fn object_id(key: &Key) -> String {
+    match key {
+        Key::Metric(metric, _) => object_part(metric),
+        Key::Alarm(flag) => format!("alarm_{}", object_part(flag)),
+    }
 }
 
 impl Names {
@@ -83,14 +69,15 @@ impl Names {
 
     /// `<ha_prefix>/<component>/<node_id>/<object_id>/config`.
     pub(crate) fn config_topic(&self, device: &str, key: &Key) -> String {
-        let (component, object) = match key {
-            Key::Metric(metric, _) => ("sensor", id_part(metric)),
-            Key::Alarm(flag) => ("binary_sensor", format!("alarm_{}", id_part(flag))),
+        let component = match key {
+            Key::Metric(..) => "sensor",
+            Key::Alarm(_) => "binary_sensor",
         };
         format!(
-            "{}/{component}/{}/{object}/config",
+            "{}/{component}/{}/{}/config",
             self.ha_prefix,
-            node_id(device)
+            node_id(device),
+            object_id(key)
         )
     }
 
@@ -127,18 +114,14 @@ impl Names {
             origin["support_url"] = json!(repository);
         }
         put("origin", origin);
+        put("unique_id", json!(format!("{node}_{}", object_id(key))));
         match key {
             Key::Metric(metric, unit) => {
                 let info = metric_info::info(metric, unit);
-                put("unique_id", json!(format!("{node}_{}", id_part(metric))));
                 put("name", json!(display_name(metric)));
                 sensor_fields(&mut put, &info);
             }
             Key::Alarm(flag) => {
-                put(
-                    "unique_id",
-                    json!(format!("{node}_alarm_{}", id_part(flag))),
-                );
                 put("name", json!(format!("{} alarm", display_name(flag))));
                 put("device_class", json!("problem"));
                 put("entity_category", json!("diagnostic"));
@@ -169,10 +152,11 @@ fn sensor_fields(put: &mut impl FnMut(&str, Value), info: &MetricInfo) {
     }
 }
 
-/// `grid_power` → `Grid power`; acronyms in capitals (`SOC module 4`).
+/// `grid_power` → `Grid power`; acronyms in capitals (`SOC module 4`);
+/// control characters (from a P3 field name) as spaces.
 pub(crate) fn display_name(metric: &str) -> String {
     let words: Vec<String> = metric
-        .split('_')
+        .split(|c: char| c == '_' || c.is_control())
         .filter(|w| !w.is_empty())
         .map(|w| match w {
             "soc" | "soh" | "eps" | "bms" | "ffr" | "pv" | "pv1" | "pv2" | "ip" => {
@@ -192,8 +176,16 @@ pub(crate) fn display_name(metric: &str) -> String {
 
 /// A value as a flat topic's payload: plain decimal text, rounded to a
 /// millionth so that float noise (`0.30000000000000004`) never shows.
+/// From a billion on the value is written as it is: rounding goes through
+/// `value * 1e6`, which is no longer exact there and overflows to
+/// infinity past about 1.8e302 (a finite reading published as `inf`).
+/// Callers never pass a non-finite value (see `Publisher::take`).
 pub(crate) fn payload(value: f64) -> String {
-    let rounded = (value * 1e6).round() / 1e6;
+    let rounded = if value.abs() < 1e9 {
+        (value * 1e6).round() / 1e6
+    } else {
+        value
+    };
     if rounded == 0.0 {
         return "0".to_string();
     }
@@ -219,6 +211,10 @@ mod tests {
         assert_eq!(payload(-413.793), "-413.793");
         assert_eq!(payload(0.1 + 0.2), "0.3");
         assert_eq!(payload(-0.0), "0");
+        assert_eq!(payload(12_345_678_901.5), "12345678901.5");
+        for huge in [1.797e305, f64::MAX, -f64::MAX] {
+            assert_eq!(payload(huge).parse::<f64>().ok(), Some(huge), "{huge}");
+        }
     }
 
     #[test]
@@ -242,10 +238,62 @@ mod tests {
             n.config_topic("PV001001DEV", &alarm),
             "homeassistant/binary_sensor/pv3_pv001001dev/alarm_fan_lock/config"
         );
+        // Sanitised and hashed, apart from `safetycheck_a_b_c` (see naming).
         let odd = Key::Metric("safetycheck_a/b+c".into(), "");
-        assert_eq!(n.state_topic("PV1", &odd), "pv3/PV1/safetycheck_a_b_c");
+        assert_eq!(
+            n.state_topic("PV1", &odd),
+            "pv3/PV1/safetycheck_a_b_c_56db9e2b"
+        );
+        let flag = Key::Alarm("x\u{1}y".into());
+        assert_eq!(n.state_topic("PV1", &flag), "pv3/PV1/alarm/x_y_c0908168");
+        assert_eq!(
+            n.config_topic("PV1", &flag),
+            "homeassistant/binary_sensor/pv3_pv1/alarm_x_y_c0908168/config"
+        );
+        assert_eq!(display_name("safetycheck_a\nb"), "Safetycheck a b");
         assert_eq!(display_name("soc_module_4"), "SOC module 4");
         assert_eq!(display_name("inverter_temp"), "Inverter temperature");
+    }
+
+    #[test]
+    fn ids_are_unique_per_device_id_as_written() {
+        let n = names();
+        let key = Key::Metric("grid_power".into(), "W");
+        let ids = |device: &str| {
+            let c = n.config(device, &key, 900);
+            (
+                c["unique_id"].as_str().unwrap_or_default().to_owned(),
+                c["device"]["identifiers"][0]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                n.config_topic(device, &key),
+                c["state_topic"].as_str().unwrap_or_default().to_owned(),
+            )
+        };
+        // Today's ids for the P3's own (upper-case) ids: nobody's history
+        // breaks.
+        assert_eq!(
+            ids("PV001001DEV"),
+            (
+                "pv3_pv001001dev_grid_power".into(),
+                "pv3_pv001001dev".into(),
+                "homeassistant/sensor/pv3_pv001001dev/grid_power/config".into(),
+                "pv3/PV001001DEV/grid_power".into()
+            )
+        );
+        for (a, b) in [
+            ("PV001001DEV", "pv001001dev"),
+            ("A B", "a_b"),
+            ("A/B", "A_B"),
+        ] {
+            let (a_ids, b_ids) = (ids(a), ids(b));
+            assert_ne!(a_ids.0, b_ids.0, "{a:?} {b:?}");
+            assert_ne!(a_ids.1, b_ids.1, "{a:?} {b:?}");
+            assert_ne!(a_ids.2, b_ids.2, "{a:?} {b:?}");
+            assert_ne!(a_ids.3, b_ids.3, "{a:?} {b:?}");
+        }
+        assert_eq!(n.device_status("A/B"), "pv3/A_B_5ac6d3f8/status");
     }
 
     #[test]

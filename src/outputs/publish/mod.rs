@@ -23,9 +23,14 @@
 //! Like every output it never slows the others: [`PublishOutput::send`]
 //! only appends to a bounded inbox (the oldest reading is dropped, and
 //! counted, if the task ever falls 4,096 readings behind), and one task
-//! owns the connection, publishing with `try_*` calls only.
+//! owns the connection, publishing with `try_*` calls only. How that task
+//! reconnects, and what it does with a message the broker refuses, is
+//! [`conn`]'s business; how outside text becomes topic levels and ids,
+//! [`naming`]'s.
 
+mod conn;
 mod discovery;
+mod naming;
 mod rate;
 mod remove;
 
@@ -34,11 +39,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, LastWill, QoS};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
+
+use conn::{KILLS, Out, Sent, Strikes, Which};
 
 pub use remove::remove;
 
@@ -56,9 +63,6 @@ pub const HEARTBEAT: Duration = Duration::from_secs(300);
 
 /// Readings the task may fall behind by before the oldest are dropped.
 const INBOX_MAX: usize = 4096;
-
-/// How often due values are looked for between readings.
-const TICK: Duration = Duration::from_millis(250);
 
 /// rumqttc's request queue: room for a full re-announcement.
 const REQUESTS: usize = 4096;
@@ -86,16 +90,17 @@ pub struct PublishOptions {
 
 impl PublishOptions {
     fn names(&self) -> Names {
-        let (will_topic, instance_will) = match &self.device {
-            Some(device) => (format!("{}/{}/status", self.prefix, device), false),
-            None => (format!("{}/status", self.prefix), true),
-        };
-        Names {
+        let mut names = Names {
             prefix: self.prefix.clone(),
             ha_prefix: self.ha_prefix.clone().unwrap_or_default(),
-            will_topic,
-            instance_will,
+            will_topic: format!("{}/status", self.prefix),
+            instance_will: true,
+        };
+        if let Some(device) = &self.device {
+            names.will_topic = names.device_status(device);
+            names.instance_will = false;
         }
+        names
     }
 }
 
@@ -136,11 +141,18 @@ impl PublishOutput {
             QoS::AtLeastOnce,
             true,
         ));
-        let (client, eventloop) = AsyncClient::new(mqtt, REQUESTS);
+        let (client, mut eventloop) = AsyncClient::new(mqtt, REQUESTS);
+        eventloop.set_network_options(conn::network_options());
         let stats = OutputStats::new("mqtt");
         let heartbeat = options.heartbeat.max(options.interval);
         let publisher = Publisher {
-            client,
+            out: Out {
+                client,
+                stats: stats.clone(),
+                connected: false,
+                careful: false,
+                pending: None,
+            },
             names,
             ha: options.ha_prefix.is_some(),
             rate: Rate {
@@ -150,8 +162,6 @@ impl PublishOutput {
             stale_after: options.stale_after,
             expire_after: heartbeat.as_secs().saturating_mul(3).max(1),
             devices: BTreeMap::new(),
-            stats: stats.clone(),
-            connected: false,
             endpoint: options.settings.endpoint(),
         };
         let inbox = Arc::new(Inbox::default());
@@ -160,7 +170,13 @@ impl PublishOutput {
             options.settings.reconnect_initial,
             options.settings.reconnect_max,
         );
-        let task = tokio::spawn(run(publisher, eventloop, inbox.clone(), stop_rx, backoff));
+        let task = tokio::spawn(conn::run(
+            publisher,
+            eventloop,
+            inbox.clone(),
+            stop_rx,
+            backoff,
+        ));
         Ok(PublishOutput {
             inbox,
             stop,
@@ -236,11 +252,14 @@ impl Output for PublishOutput {
     }
 }
 
-/// One value's entry: what it is, its rate state, whether announced.
+/// One value's entry: what it is, its rate state, whether announced, and
+/// whether the broker has refused its config or its state.
 struct Entry {
     key: Key,
     slot: Slot,
     announced: bool,
+    config: Strikes,
+    state: Strikes,
 }
 
 /// One device's values and availability.
@@ -250,6 +269,8 @@ struct Device {
     last_seen: Instant,
     /// The availability last published (`None`: not since connecting).
     online: Option<bool>,
+    /// Whether the broker has refused the availability.
+    status: Strikes,
 }
 
 /// A new reading of the value under `suffix`; `first` gives its key and
@@ -268,123 +289,31 @@ fn note(
                 key,
                 slot: Slot::new(value, resolution),
                 announced: false,
+                config: Strikes::default(),
+                state: Strikes::default(),
             };
             entries.insert(suffix.to_owned(), entry);
         }
     }
 }
 
-/// Queues one retained PUBLISH and counts it; false when rumqttc's queue
-/// is full (the value stays due and goes out on a later pass).
-fn put(
-    client: &AsyncClient,
-    stats: &OutputStats,
-    topic: String,
-    payload: impl Into<Vec<u8>>,
-    qos: QoS,
-) -> bool {
-    let queued = client.try_publish(topic, qos, true, payload).is_ok();
-    if queued {
-        stats.published(1);
-    }
-    queued
-}
-
-/// The task's state: the connection's client and every value.
+/// The task's state: the connection's sending side and every value.
 struct Publisher {
-    client: AsyncClient,
+    out: Out,
     names: Names,
     ha: bool,
     rate: Rate,
     stale_after: Duration,
     expire_after: u64,
     devices: BTreeMap<Arc<str>, Device>,
-    stats: Arc<OutputStats>,
-    connected: bool,
     endpoint: String,
 }
 
-/// The task: the event loop, the inbox and the clock, until stopped.
-async fn run(
-    mut p: Publisher,
-    mut eventloop: EventLoop,
-    inbox: Arc<Inbox>,
-    mut stop: watch::Receiver<bool>,
-    mut backoff: Backoff,
-) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut failures = 0u32;
-    loop {
-        tokio::select! {
-            _ = stop.changed() => {
-                p.take(&inbox);
-                p.flush(Instant::now());
-                p.goodbye(&mut eventloop).await;
-                return;
-            }
-            event = eventloop.poll() => match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    if failures > 0 {
-                        info!("output broker {}: connected after {failures} failed attempts", p.endpoint);
-                    } else {
-                        info!("output broker {}: connected", p.endpoint);
-                    }
-                    failures = 0;
-                    backoff.reset();
-                    p.on_connect();
-                }
-                Ok(Event::Incoming(Packet::Publish(m))) => p.on_message(&m.topic, &m.payload),
-                Ok(_) => {}
-                Err(e) => {
-                    p.connected = false;
-                    p.stats.set_connected(false);
-                    let delay = backoff.next_delay();
-                    if failures == 0 {
-                        warn!(
-                            "output broker {}: {e}; reconnecting in {:.1} s (and on, with backoff)",
-                            p.endpoint,
-                            delay.as_secs_f64()
-                        );
-                    } else {
-                        debug!("output broker {}: {e}", p.endpoint);
-                    }
-                    failures = failures.saturating_add(1);
-                    if wait(delay, &mut p, &inbox, &mut stop).await {
-                        return;
-                    }
-                }
-            },
-            _ = inbox.notify.notified() => {
-                p.take(&inbox);
-                p.flush(Instant::now());
-            }
-            _ = tick.tick() => p.flush(Instant::now()),
-        }
-    }
-}
-
-/// Waits `delay` before the next connection attempt, still taking readings
-/// in (so that the newest values go out after the reconnect); true when
-/// stopped meanwhile.
-async fn wait(
-    delay: Duration,
-    p: &mut Publisher,
-    inbox: &Inbox,
-    stop: &mut watch::Receiver<bool>,
-) -> bool {
-    let until = Instant::now() + delay;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => return false,
-            _ = stop.changed() => return true,
-            _ = inbox.notify.notified() => p.take(inbox),
-        }
-    }
-}
-
 impl Publisher {
-    /// Takes the waiting readings into the devices' entries.
+    /// Takes the waiting readings into the devices' entries. A value that
+    /// is not finite (the decoder and the energy counters give none, but
+    /// this is the last gate before a topic) is dropped and counted: no
+    /// number can show it.
     fn take(&mut self, inbox: &Inbox) {
         let now = Instant::now();
         for reading in inbox.take() {
@@ -395,9 +324,14 @@ impl Publisher {
                     entries: BTreeMap::new(),
                     last_seen: now,
                     online: None,
+                    status: Strikes::default(),
                 });
             device.last_seen = now;
             for m in &reading.measurements {
+                if !m.value.is_finite() {
+                    self.out.stats.dropped(1);
+                    continue;
+                }
                 note(&mut device.entries, &m.metric, m.value, || {
                     let resolution = metric_info::info(&m.metric, m.unit).resolution;
                     (Key::Metric(m.metric.to_string(), m.unit), resolution)
@@ -413,48 +347,52 @@ impl Publisher {
     }
 
     /// Publishes what is due: availability changes, configs not yet
-    /// announced, values by the rate rule.
+    /// announced, values by the rate rule. What the broker has refused is
+    /// left out (a state left out is counted as dropped).
     fn flush(&mut self, now: Instant) {
-        if !self.connected {
+        if !self.out.connected {
             return;
         }
         let Publisher {
-            client,
+            out,
             devices,
             names,
             rate,
             stale_after,
             ha,
             expire_after,
-            stats,
             ..
         } = self;
         for (id, device) in devices.iter_mut() {
             let alive = now.saturating_duration_since(device.last_seen) < *stale_after;
             if device.online != Some(alive) {
                 let text = if alive { "online" } else { "offline" };
-                if !put(
-                    client,
-                    stats,
-                    names.device_status(id),
-                    text,
-                    QoS::AtLeastOnce,
-                ) {
+                let which = || Which::Status(id.clone());
+                let topic = names.device_status(id);
+                if !device.status.refused && !out.put(which, topic, text, QoS::AtLeastOnce) {
                     return;
                 }
                 device.online = Some(alive);
             }
-            for entry in device.entries.values_mut() {
+            for (suffix, entry) in device.entries.iter_mut() {
                 if !entry.slot.due(*rate, now, alive) {
                     continue;
                 }
                 if *ha && !entry.announced {
-                    let config = names.config(id, &entry.key, *expire_after).to_string();
-                    let topic = names.config_topic(id, &entry.key);
-                    if !put(client, stats, topic, config, QoS::AtLeastOnce) {
-                        return;
+                    if !entry.config.refused {
+                        let config = names.config(id, &entry.key, *expire_after).to_string();
+                        let topic = names.config_topic(id, &entry.key);
+                        let which = || Which::Config(id.clone(), suffix.clone());
+                        if !out.put(which, topic, config, QoS::AtLeastOnce) {
+                            return;
+                        }
                     }
                     entry.announced = true;
+                }
+                if entry.state.refused {
+                    out.stats.dropped(1);
+                    entry.slot.published(now);
+                    continue;
                 }
                 let text = match entry.key {
                     Key::Alarm(_) if entry.slot.value != 0.0 => "ON".to_string(),
@@ -462,26 +400,35 @@ impl Publisher {
                     Key::Metric(..) => payload(entry.slot.value),
                 };
                 let topic = names.state_topic(id, &entry.key);
-                if !put(client, stats, topic, text, QoS::AtMostOnce) {
+                let which = || Which::State(id.clone(), suffix.clone());
+                if !out.put(which, topic, text, QoS::AtMostOnce) {
                     return;
                 }
                 entry.slot.published(now);
             }
+        }
+        if out.careful && out.pending.is_none() {
+            debug!(
+                "output broker {}: all caught up, publishing at full speed again",
+                self.endpoint
+            );
+            out.careful = false;
         }
     }
 
     /// A new connection: clean session, so subscribe again, and announce
     /// everything again (the broker may have lost its retained messages).
     fn on_connect(&mut self) {
-        self.connected = true;
-        self.stats.set_connected(true);
+        self.out.connected = true;
+        self.out.stats.set_connected(true);
         if self.names.instance_will {
             let topic = self.names.will_topic.clone();
-            put(&self.client, &self.stats, topic, "online", QoS::AtLeastOnce);
+            self.out
+                .put(|| Which::Other, topic, "online", QoS::AtLeastOnce);
         }
         if self.ha {
             let birth = self.names.birth_topic();
-            if let Err(e) = self.client.try_subscribe(birth, QoS::AtLeastOnce) {
+            if let Err(e) = self.out.client.try_subscribe(birth, QoS::AtLeastOnce) {
                 warn!("output broker {}: cannot subscribe: {e}", self.endpoint);
             }
         }
@@ -510,37 +457,69 @@ impl Publisher {
         }
     }
 
-    /// A clean stop: every device `offline` (retained), then DISCONNECT
-    /// (so the broker does not send the will as well), briefly awaited.
-    async fn goodbye(&mut self, eventloop: &mut EventLoop) {
-        if !self.connected {
+    /// rumqttc wrote a PUBLISH with this packet id: in careful mode, the
+    /// message awaited (the only one in flight).
+    fn on_sent(&mut self, pkid: u16) {
+        if let Some(sent) = self.out.pending.as_mut().filter(|s| s.pkid.is_none()) {
+            sent.pkid = Some(pkid);
+        }
+    }
+
+    /// A PUBACK: when it is for the message awaited in careful mode, on to
+    /// the next. Matched by packet id because rumqttc hands out, after a
+    /// reconnect, events it read on the connection before: a PUBACK of
+    /// the lost connection must not pass for the new one's.
+    fn on_puback(&mut self, pkid: u16) {
+        if self.out.careful && self.out.pending.as_ref().and_then(|s| s.pkid) == Some(pkid) {
+            self.out.pending = None;
+            self.flush(Instant::now());
+        }
+    }
+
+    /// The connection is gone: the message it died on (in careful mode)
+    /// gets a strike, and after a `young` connection (see `conn`) the next
+    /// one is careful. An old one most likely met a broker restart or a
+    /// network fault: the next publishes at full speed (a poisonous
+    /// message then costs one more connection).
+    fn connection_lost(&mut self, young: bool) {
+        let was_connected = self.out.connected;
+        self.out.connected = false;
+        self.out.stats.set_connected(false);
+        if let Some(sent) = self.out.pending.take() {
+            self.strike(&sent);
+        }
+        self.out.careful |= was_connected && young;
+    }
+
+    /// `sent` was being read when the broker dropped the connection: after
+    /// [`KILLS`] such deaths it is dropped, counted, and not sent again.
+    fn strike(&mut self, sent: &Sent) {
+        let strikes = match &sent.which {
+            Which::Status(id) => self.devices.get_mut(id).map(|d| &mut d.status),
+            Which::Config(id, suffix) | Which::State(id, suffix) => {
+                let entry = self
+                    .devices
+                    .get_mut(id)
+                    .and_then(|d| d.entries.get_mut(suffix));
+                let config = matches!(sent.which, Which::Config(..));
+                entry.map(|e| if config { &mut e.config } else { &mut e.state })
+            }
+            Which::Other => None,
+        };
+        let Some(strikes) = strikes else {
+            return;
+        };
+        strikes.kills = strikes.kills.saturating_add(1);
+        if strikes.kills < KILLS || strikes.refused {
             return;
         }
-        let offline = |topic| {
-            put(
-                &self.client,
-                &self.stats,
-                topic,
-                "offline",
-                QoS::AtLeastOnce,
-            )
-        };
-        for id in self.devices.keys() {
-            offline(self.names.device_status(id));
-        }
-        if self.names.instance_will {
-            offline(self.names.will_topic.clone());
-        }
-        let _ = self.client.try_disconnect();
-        let drain = async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-        self.stats.set_connected(false);
+        strikes.refused = true;
+        self.out.stats.dropped(1);
+        warn!(
+            "output broker {} dropped the connection {KILLS} times while reading the message to {} \
+             ({} bytes): it is not sent again until pv3 restarts (counted as dropped); \
+             check the broker's log, its max_packet_size and its ACL",
+            self.endpoint, sent.topic, sent.bytes
+        );
     }
 }

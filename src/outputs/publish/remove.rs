@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::discovery::{NODE_PREFIX, node_id};
+use super::naming::level;
 use crate::mqtt::MqttSettings;
 
 /// After the subscription is acknowledged, retained messages are taken to
@@ -40,7 +41,7 @@ pub async fn remove(
     let (client, mut eventloop) = AsyncClient::new(options, 4096);
     let node = device.map_or_else(|| "+".to_string(), node_id);
     let flat = match device {
-        Some(d) => format!("{prefix}/{d}/#"),
+        Some(d) => format!("{prefix}/{}/#", level(d)),
         None => format!("{prefix}/#"),
     };
     let filters = vec![

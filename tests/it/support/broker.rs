@@ -718,6 +718,8 @@ pub struct Mosquitto {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    /// Lines added to the configuration ([`Mosquitto::start_with`]).
+    extra: String,
 }
 
 impl Mosquitto {
@@ -740,6 +742,12 @@ impl Mosquitto {
     /// "mosquitto not installed: skipping") when it is not installed, but
     /// panics when `PV3_REQUIRE_MOSQUITTO=1` is set.
     pub async fn start() -> Option<Mosquitto> {
+        Self::start_with("").await
+    }
+
+    /// [`Mosquitto::start`] with `extra` lines in its configuration
+    /// (`max_packet_size 850`), kept across restarts.
+    pub async fn start_with(extra: &str) -> Option<Mosquitto> {
         let Some(bin) = Self::bin_path() else {
             if std::env::var("PV3_REQUIRE_MOSQUITTO").as_deref() == Ok("1") {
                 panic!("PV3_REQUIRE_MOSQUITTO=1 but mosquitto is not installed");
@@ -756,6 +764,7 @@ impl Mosquitto {
             dir,
             port: 0,
             child: None,
+            extra: extra.to_owned(),
         };
         let mut last_err = String::new();
         for _ in 0..5 {
@@ -784,8 +793,8 @@ impl Mosquitto {
 
     async fn launch(&mut self) -> Result<(), String> {
         let conf = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
-            self.port
+            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n{}\n",
+            self.port, self.extra
         );
         std::fs::write(self.config_path(), conf).map_err(|e| format!("write config: {e}"))?;
         let log = std::fs::OpenOptions::new()
