@@ -133,7 +133,10 @@ impl ApiClient {
         let mut url = self.base.clone();
         {
             let Ok(mut path) = url.path_segments_mut() else {
-                bail!("API URL {} cannot take a path", self.base);
+                bail!(
+                    "API URL {} cannot take a path",
+                    crate::secret::shown_url(&self.base)
+                );
             };
             path.pop_if_empty();
             path.extend(segments);

@@ -1069,3 +1069,157 @@ async fn check_api_names_the_likely_cause() {
     assert!(detail.contains("base URL"), "{detail}");
     assert!(!detail.contains("collector running"), "{detail}");
 }
+
+// ---- a password in --api-url ----------------------------------------------
+
+/// A password inside `--api-url`, which the recording API ignores.
+const URL_PASSWORD: &str = "hunter2-in-the-url";
+
+fn url_with_password(port: u16) -> String {
+    format!("http://pv3user:{URL_PASSWORD}@127.0.0.1:{port}")
+}
+
+fn assert_no_password(what: &str, text: &str) {
+    assert!(
+        !text.contains(URL_PASSWORD),
+        "{what} shows the password:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collect_never_shows_a_password_in_the_api_url() {
+    let broker = support::broker::InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    let mut pv3 = support::collect::CollectRun::new(broker.port())
+        .api_url(url_with_password(api.port()))
+        .global_args(&["-vv"])
+        .spawn();
+    pv3.subscribed(1).await;
+    support::broker::publish_charges(broker.port(), 0..3).await;
+    pv3.delivered(3).await;
+    // The API goes away: the failure is logged, with its URL or not.
+    api.stop().await;
+    support::broker::publish_charges(broker.port(), 3..6).await;
+    assert!(
+        pv3.wait_for_stderr_lines(
+            1,
+            |l| l.contains("API not taking data"),
+            Duration::from_secs(30)
+        )
+        .await,
+        "{}",
+        pv3.stderr()
+    );
+    let status = std::fs::read_to_string(pv3.state_dir().join("status.json")).expect("status");
+    assert!(status.contains("\"delivered\""), "{status}");
+    assert_no_password("status.json", &status);
+    pv3.stop_in_place().await;
+    assert_no_password("collect's log", &pv3.stderr());
+    assert!(
+        pv3.stderr().contains("pv3user:***@127.0.0.1"),
+        "{}",
+        pv3.stderr()
+    );
+    assert_no_password("collect's stdout", &pv3.stdout());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_never_shows_a_password_in_the_api_url() {
+    let api = RecordingApi::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("a.jsonl");
+    let ts = Timestamp::now().to_rfc3339();
+    std::fs::write(
+        &file,
+        format!(
+            "{{\"ts\":\"{ts}\",\"topic\":\"pv/PV3/{DEVICE}/inverter/charge\",\"qos\":0,\"retain\":false,\"payload\":\"{{\\\"power\\\":5}}\"}}\n"
+        ),
+    )
+    .expect("write capture");
+    let file = file.to_str().expect("utf-8");
+    // Delivered, then against a closed port (errors), then an URL clap
+    // refuses.
+    let closed = url_with_password(support::free_port());
+    let bad = format!("http://pv3user:{URL_PASSWORD}@127.0.0.1:notaport");
+    for (url, code) in [(url_with_password(api.port()), 0), (closed, 1), (bad, 2)] {
+        let out = run_pv3_async(
+            &["-vv", "replay", file, "--api-url", &url, "--give-up", "1"],
+            &[],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(code), "{}", show(&out));
+        assert_no_password("replay", &show(&out));
+        if code != 2 {
+            assert!(
+                stderr(&out).contains("pv3user:***@127.0.0.1"),
+                "{}",
+                show(&out)
+            );
+        }
+    }
+    assert_eq!(api.measurements().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_api_never_shows_a_password_in_the_api_url() {
+    let api = RecordingApi::start().await;
+    let empty = tempfile::tempdir().expect("tempdir");
+    let state = empty.path().to_string_lossy().into_owned();
+    let urls = [
+        url_with_password(api.port()),
+        // Ends in /api: the device row names the URL.
+        format!("{}/api", url_with_password(api.port())),
+        url_with_password(support::free_port()),
+    ];
+    for url in &urls {
+        for format in ["table", "json"] {
+            let out = run_pv3_async(
+                &[
+                    "-vv",
+                    "check-api",
+                    "--api-url",
+                    url,
+                    "--state-dir",
+                    &state,
+                    "--format",
+                    format,
+                ],
+                &[],
+            )
+            .await;
+            no_panic(&out);
+            assert_no_password("check-api", &show(&out));
+        }
+    }
+}
+
+#[test]
+fn install_service_writes_a_password_in_the_api_url_but_never_shows_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root_dir = root.path().to_string_lossy().into_owned();
+    let bin = bin_path();
+    let url = url_with_password(8800);
+    for dry_run in [true, false] {
+        let mut args = vec!["--root", &root_dir, "--binary", &bin, "--api-url", &url];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let out = install(&args, &[("MQTT_HOST", "127.0.0.1")]);
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        assert_no_password("install-service", &show(&out));
+        if dry_run {
+            assert!(
+                stdout(&out).contains("API_URL=\"http://pv3user:***@127.0.0.1:8800/\""),
+                "{}",
+                show(&out)
+            );
+        }
+    }
+    let env = root.path().join("etc/pv3/collector.env");
+    let values = source_env(&env);
+    assert_eq!(
+        get(&values, "API_URL"),
+        Some(format!("{url}/").as_str()),
+        "the service gets the URL as given"
+    );
+}

@@ -296,7 +296,7 @@ impl<'a> Checker<'a> {
                 Outcome::Fail,
                 format!(
                     "HTTP 404: --api-url {} ends in /api, and pv3 adds /api itself: give the base URL, like http://host:8800",
-                    self.client.base()
+                    crate::secret::shown_url(self.client.base())
                 ),
             ),
             Ok(a) if a.status == 404 => CheckResult::new(

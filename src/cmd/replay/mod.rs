@@ -355,7 +355,10 @@ async fn to_api(
     let Some(sender) = forwarder.sender() else {
         bail!("the forwarder did not start");
     };
-    info!("replaying into {}", args.api.api_url);
+    info!(
+        "replaying into {}",
+        crate::secret::shown_url(&args.api.api_url)
+    );
     let mut pipeline = new_pipeline(args);
     let (windows_tx, windows) = mpsc::channel::<Window>(1);
     let reader = tokio::task::spawn_blocking(move || -> Result<ReadOutcome> {
