@@ -178,6 +178,98 @@ async fn stale_data_is_a_warning_not_a_failure() {
     assert_eq!(status_of(&report, "fresh data"), "pass");
 }
 
+/// The device row says what the API answered: the device's last data and
+/// how much it holds, or that a 200 was not this device at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_row_says_what_the_api_answered() {
+    let api = RecordingApi::start().await;
+    let newest = rfc3339_ago(3);
+    api.seed_measurement(DEVICE, "soc", 97.0, "%", &rfc3339_ago(10));
+    api.seed_measurement(DEVICE, "battery_power", 590.0, "W", &newest);
+    let (code, report, out) = check_json(&api.url(), &[]).await;
+    assert_eq!(code, Some(0), "{}", show(&out));
+    let detail = detail_of(&report, "device known");
+    assert!(detail.contains(&newest), "the last data time: {detail}");
+    assert!(detail.contains("2 measurements"), "{detail}");
+
+    // A 200 that is not this device (another id, or not a device at all).
+    for body in [
+        serde_json::json!({"device_id": "PV999999DEV", "measurement_count": 5}),
+        serde_json::json!({"status": "ok"}),
+        serde_json::json!([1, 2, 3]),
+    ] {
+        api.answer_reads(Some(body.clone()));
+        let (code, report, out) = check_json(&api.url(), &[]).await;
+        assert_eq!(code, Some(1), "{body}: {}", show(&out));
+        assert_eq!(
+            status_of(&report, "device known"),
+            "fail",
+            "{body}: {report:#}"
+        );
+        let detail = detail_of(&report, "device known");
+        assert!(detail.contains("HTTP 200"), "{body}: {detail}");
+        assert!(
+            detail.contains(&format!("not device {DEVICE}")),
+            "{body}: {detail}"
+        );
+    }
+}
+
+/// `check-api --format json` with `--api-timeout 1`.
+async fn check_json_quick(url: &str) -> (Option<i32>, Value, Output) {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let state = empty.path().to_string_lossy().into_owned();
+    let args = [
+        "check-api",
+        "--api-url",
+        url,
+        "--device-id",
+        DEVICE,
+        "--format",
+        "json",
+        "--api-timeout",
+        "1",
+        "--state-dir",
+        &state,
+    ];
+    let out = run_pv3_async(&args, &[]).await;
+    let report: Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(e) => panic!("--format json is not JSON ({e}):\n{}", show(&out)),
+    };
+    no_panic(&out);
+    (out.status.code(), report, out)
+}
+
+/// `/health` answers but reading data fails without an HTTP status (the
+/// connection reset, or no answer in time): the data rows name the
+/// database, not only the transport error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_rows_name_the_database_when_reads_reset_or_stall() {
+    let api = RecordingApi::start().await;
+    api.seed_measurement(DEVICE, "soc", 50.0, "%", &rfc3339_ago(1));
+    for fault in ["reset", "stall"] {
+        match fault {
+            "reset" => api.reset_reads(true),
+            _ => api.set_read_delay(Duration::from_secs(5)),
+        }
+        let (code, report, out) = check_json_quick(&api.url()).await;
+        assert_eq!(code, Some(1), "{fault}: {}", show(&out));
+        assert_eq!(status_of(&report, "health"), "pass", "{fault}: {report:#}");
+        for row in ["device known", "fresh data"] {
+            assert_eq!(status_of(&report, row), "fail", "{fault}: {report:#}");
+            let detail = detail_of(&report, row);
+            assert!(detail.contains("database"), "{fault}, {row}: {detail}");
+            assert!(
+                detail.contains("/health answers"),
+                "{fault}, {row}: {detail}"
+            );
+        }
+        api.reset_reads(false);
+        api.set_read_delay(Duration::ZERO);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_without_data_fails() {
     let api = RecordingApi::start().await;

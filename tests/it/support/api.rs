@@ -73,6 +73,12 @@ struct Faults {
     /// Every `GET /api/...` gets this status (the backend's database is
     /// down: `/` and `/health` still answer).
     fail_reads: Option<u16>,
+    /// Every `GET /api/...` gets its connection reset, unanswered.
+    reset_reads: bool,
+    /// Delay before each `GET /api/...` is answered (a stalled database).
+    read_delay: Duration,
+    /// Every `GET /api/...` gets `200` with this body (not the API's own).
+    read_answer: Option<Value>,
     /// Delay applied to POSTs only (a database slow to write).
     post_delay: Duration,
 }
@@ -281,6 +287,24 @@ impl RecordingApi {
     /// the backend is up and its database is not.
     pub fn fail_reads(&self, status: Option<u16>) {
         lock(&self.store.data).faults.fail_reads = status;
+    }
+
+    /// Every `GET /api/...` has its connection reset (RST) without an
+    /// answer, as a backend whose database connection dies mid-request.
+    pub fn reset_reads(&self, on: bool) {
+        lock(&self.store.data).faults.reset_reads = on;
+    }
+
+    /// Delay before each `GET /api/...` is answered (`/`, `/health` and
+    /// POSTs are not delayed): a database that stalls reads.
+    pub fn set_read_delay(&self, delay: Duration) {
+        lock(&self.store.data).faults.read_delay = delay;
+    }
+
+    /// Every `GET /api/...` gets `200` with `body` (`None`: back to
+    /// normal), as from something that is not PV3 Monitor.
+    pub fn answer_reads(&self, body: Option<Value>) {
+        lock(&self.store.data).faults.read_answer = body;
     }
 
     /// Every POST gets `200 OK` with an HTML page until turned off.
@@ -593,17 +617,23 @@ async fn serve_conn(mut stream: TcpStream, store: Arc<Store>) {
         };
         let Some(body) = body else { return };
 
-        let delay = {
+        let api_read = method == "GET" && path.starts_with("/api/");
+        let (delay, reset) = {
             let d = lock(&store.data);
-            d.faults.delay
-                + if method == "POST" {
-                    d.faults.post_delay
-                } else {
-                    Duration::ZERO
-                }
+            let extra = match method.as_str() {
+                "POST" => d.faults.post_delay,
+                _ if api_read => d.faults.read_delay,
+                _ => Duration::ZERO,
+            };
+            (d.faults.delay + extra, api_read && d.faults.reset_reads)
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
+        }
+        if reset {
+            // RST, not FIN: the client sees "connection reset".
+            let _ = stream.set_zero_linger();
+            return;
         }
 
         let resp = {
@@ -715,6 +745,12 @@ fn respond(data: &mut Data, method: &str, target: &str, body: &[u8]) -> Response
         && let Some(status) = data.faults.fail_reads
     {
         return detail(status, "Internal Server Error");
+    }
+    if method == "GET"
+        && segs.first() == Some(&"api")
+        && let Some(body) = &data.faults.read_answer
+    {
+        return ok(200, body.clone());
     }
     if method == "POST" {
         let injected = if data.faults.fail_next > 0 {
