@@ -145,17 +145,26 @@ impl ApiClient {
     }
 
     /// `POST /api/devices/{id}/measurements/batch` with a ready JSON array.
-    pub async fn post_measurements(&self, device: &str, body: Bytes) -> Result<(), PostError> {
+    /// `Ok(Some(n))`: the answer's `{"created": n}`; `Ok(None)` when it
+    /// names no count.
+    pub async fn post_measurements(
+        &self,
+        device: &str,
+        body: Bytes,
+    ) -> Result<Option<u64>, PostError> {
         self.post(&["api", "devices", device, "measurements", "batch"], body)
             .await
     }
 
     /// `POST /api/devices/{id}/alarms` with a ready JSON object.
     pub async fn post_alarms(&self, device: &str, body: Bytes) -> Result<(), PostError> {
-        self.post(&["api", "devices", device, "alarms"], body).await
+        self.post(&["api", "devices", device, "alarms"], body)
+            .await
+            .map(|_| ())
     }
 
-    async fn post(&self, segments: &[&str], body: Bytes) -> Result<(), PostError> {
+    /// A POST; `Ok` holds the answer's `created` count, if it has one.
+    async fn post(&self, segments: &[&str], body: Bytes) -> Result<Option<u64>, PostError> {
         let url = self.url(segments).map_err(|e| PostError::Rejected {
             status: 0,
             body: e.to_string(),
@@ -310,12 +319,12 @@ pub enum HistoryError {
 
 /// A 2xx is a delivery only when it is the API's own answer, a JSON object
 /// (`{"created": n, ...}` for a batch, `{"alarms_updated": ...}` for
-/// alarms). A captive portal or a misrouted proxy answers 200 with a page:
-/// that is a setting to fix, and the data is kept.
-fn check_answer(status: StatusCode, body: String) -> Result<(), PostError> {
-    let is_object = serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v.is_object());
-    if is_object {
-        return Ok(());
+/// alarms): `Ok` holds its `created`, when it has one. A captive portal or
+/// a misrouted proxy answers 200 with a page: that is a setting to fix, and
+/// the data is kept.
+fn check_answer(status: StatusCode, body: String) -> Result<Option<u64>, PostError> {
+    if let Ok(serde_json::Value::Object(answer)) = serde_json::from_str(&body) {
+        return Ok(answer.get("created").and_then(serde_json::Value::as_u64));
     }
     let mut shown: String = body.chars().take(120).collect();
     if shown.len() < body.len() {

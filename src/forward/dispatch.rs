@@ -39,8 +39,8 @@ pub const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What a task in flight came back with.
 enum Done {
-    /// A POST's answer.
-    Posted(Result<(), PostError>),
+    /// A POST's answer: the `created` count of a 2xx, when it has one.
+    Posted(Result<Option<u64>, PostError>),
     /// A history check's answer: the (metric, millisecond) pairs held.
     Checked(Result<std::collections::HashSet<(String, i64)>, String>),
 }
@@ -48,8 +48,12 @@ enum Done {
 /// What became of a lease.
 #[derive(Debug)]
 pub enum Verdict {
-    /// The API took it.
-    Delivered,
+    /// The API took it. `created`: how many measurements its answer says
+    /// it created (`{"created": n}`), when it says.
+    Delivered {
+        /// The answer's `created`.
+        created: Option<u64>,
+    },
     /// The API refused it for good: keep it aside, do not resend.
     SetAside {
         /// The HTTP status.
@@ -154,7 +158,10 @@ impl Dispatcher {
         let handle = self.inflight.spawn(async move {
             Done::Posted(match batch.kind {
                 BatchKind::Measurements => api.post_measurements(&batch.device, batch.body).await,
-                BatchKind::Alarms => api.post_alarms(&batch.device, batch.body).await,
+                BatchKind::Alarms => api
+                    .post_alarms(&batch.device, batch.body)
+                    .await
+                    .map(|()| None),
             })
         });
         self.posts += 1;
@@ -266,9 +273,9 @@ impl Dispatcher {
         self.leases.drain().map(|(_, lease)| lease).collect()
     }
 
-    fn judge(&mut self, result: Result<(), PostError>) -> Verdict {
+    fn judge(&mut self, result: Result<Option<u64>, PostError>) -> Verdict {
         match result {
-            Ok(()) => {
+            Ok(created) => {
                 if let Some((since, _)) = self.failing.take() {
                     info!(
                         "API is taking data again after {:.0} s",
@@ -278,7 +285,7 @@ impl Dispatcher {
                 self.backoff.reset();
                 self.next_probe = None;
                 self.misconfigured = None;
-                Verdict::Delivered
+                Verdict::Delivered { created }
             }
             Err(PostError::Rejected { status: 413, body }) => Verdict::TooLarge { body },
             Err(err @ PostError::Unknown { .. }) => {

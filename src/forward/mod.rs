@@ -113,6 +113,11 @@ pub struct ForwardStats {
     pub queued: AtomicU64,
     /// Measurements the API refused for good (set aside).
     pub rejected: AtomicU64,
+    /// Of those delivered, measurements the API's answer said it did not
+    /// create (`201 {"created": n}` with n below what was sent). Not sent
+    /// again: the API said it took the batch, and a resend could store
+    /// what it did create twice.
+    pub not_created: AtomicU64,
     /// Measurements dropped for lack of room.
     pub dropped: AtomicU64,
     /// POSTs that failed and will be retried.
@@ -155,6 +160,8 @@ pub struct ForwardReport {
     pub alarms_delivered: u64,
     /// Measurements set aside.
     pub rejected: u64,
+    /// Of those delivered, measurements the API said it did not create.
+    pub not_created: u64,
     /// Measurements dropped.
     pub dropped: u64,
     /// Batches not delivered when it stopped (grace period over, gave up,

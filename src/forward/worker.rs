@@ -230,7 +230,7 @@ impl Worker {
     /// Acts on a verdict.
     async fn settle(&mut self, lease: Lease, verdict: Verdict) {
         match verdict {
-            Verdict::Delivered => {
+            Verdict::Delivered { created } => {
                 let now_ms = Timestamp::now().unix_micros() / 1000;
                 ForwardStats::set(
                     &self.stats.last_delivery_ms,
@@ -238,7 +238,10 @@ impl Worker {
                 );
                 let n = lease.batch.count as u64;
                 match lease.batch.kind {
-                    super::BatchKind::Measurements => ForwardStats::add(&self.stats.delivered, n),
+                    super::BatchKind::Measurements => {
+                        ForwardStats::add(&self.stats.delivered, n);
+                        self.created_fewer(&lease.batch, created);
+                    }
                     super::BatchKind::Alarms => {
                         ForwardStats::add(&self.stats.alarms_delivered, 1);
                     }
@@ -274,6 +277,25 @@ impl Worker {
             }
         }
         self.publish();
+    }
+
+    /// A 2xx whose `{"created": k}` is below the `n` measurements sent: the
+    /// API says it stored fewer. Counted and warned about, not sent again
+    /// (it said it took the batch: a resend could store the k twice).
+    fn created_fewer(&mut self, batch: &Batch, created: Option<u64>) {
+        let sent = batch.count as u64;
+        let Some(created) = created.filter(|&k| k < sent) else {
+            return;
+        };
+        ForwardStats::add(&self.stats.not_created, sent - created);
+        if let Some(k) = self.limiter.allow("created fewer") {
+            warn!(
+                "the API answered {{\"created\": {created}}} to a batch of {sent} measurements for device {}: it says it created {created} of {sent}; the rest is counted as not created and not sent again (a resend could store twice what it did create); {} not created so far{}",
+                batch.device,
+                ForwardStats::get(&self.stats.not_created),
+                suppressed_note(k)
+            );
+        }
     }
 
     /// The API said what it holds of a lease whose POST timed out: what it
@@ -449,6 +471,7 @@ impl Worker {
             delivered: ForwardStats::get(&s.delivered),
             alarms_delivered: ForwardStats::get(&s.alarms_delivered),
             rejected: ForwardStats::get(&s.rejected),
+            not_created: ForwardStats::get(&s.not_created),
             dropped: ForwardStats::get(&s.dropped),
             undelivered,
             gave_up: self.gave_up,

@@ -317,3 +317,22 @@ async fn a_replay_that_gives_up_accounts_for_every_measurement() {
     assert_eq!(code, Some(0), "{stderr}");
     once_each(&api, 0..5000);
 }
+
+/// Issue 19: a `201 {"created": n}` with fewer than were sent is reported in
+/// the summary (and not sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_that_says_it_created_fewer_is_reported_in_the_summary() {
+    let api = RecordingApi::start().await;
+    api.create_at_most(Some(1));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = capture(dir.path(), "a.jsonl", 0..10);
+    let (code, stderr) = replay(&api, &file, &["--batch-size", "5", "--concurrency", "1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("10 measurements delivered"), "{stderr}");
+    assert!(
+        stderr.contains("the API said it created 8 fewer than it was sent"),
+        "{stderr}"
+    );
+    assert_eq!(api.requests_to("POST", "/api/devices").len(), 2);
+    assert_eq!(api.measurements().len(), 2);
+}

@@ -532,6 +532,7 @@ async fn a_collectors_status_file_adds_rows() {
     troubled.spool_measurements = 1500;
     troubled.counters.dropped = 7;
     troubled.counters.rejected = 2;
+    troubled.counters.not_created = 4;
     pv3::status::write(dir.path(), &troubled).expect("write status");
     let (code, report, out) = check_json(&api.url(), &["--state-dir", &state]).await;
     assert_eq!(code, Some(0), "{}", show(&out));
@@ -539,7 +540,13 @@ async fn a_collectors_status_file_adds_rows() {
     assert_eq!(status_of(&report, "collector MQTT"), "warn");
     assert_eq!(status_of(&report, "collector delivery"), "warn");
     let delivery = detail_of(&report, "collector delivery");
-    for part in ["3 batches", "1500 measurements", "7 dropped", "2 rejected"] {
+    for part in [
+        "3 batches",
+        "1500 measurements",
+        "7 dropped",
+        "2 rejected",
+        "4 not created",
+    ] {
         assert!(delivery.contains(part), "{part}: {delivery}");
     }
 

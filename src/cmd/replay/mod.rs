@@ -242,6 +242,13 @@ impl std::fmt::Display for Summary {
                 "; {} measurements delivered, {} already in the API (skipped), {} rejected, {} undelivered; {} alarm updates",
                 r.delivered, b.counts.skipped, r.rejected, b.not_sent, r.alarms_delivered,
             )?;
+            if r.not_created > 0 {
+                write!(
+                    f,
+                    "; the API said it created {} fewer than it was sent",
+                    r.not_created
+                )?;
+            }
             if b.counts.queries > 0 {
                 write!(
                     f,

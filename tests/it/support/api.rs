@@ -81,6 +81,9 @@ struct Faults {
     read_answer: Option<Value>,
     /// Delay applied to POSTs only (a database slow to write).
     post_delay: Duration,
+    /// A batch POST stores at most this many of its measurements and
+    /// answers `201 {"created": <that many>}`.
+    created_at_most: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -305,6 +308,12 @@ impl RecordingApi {
     /// normal), as from something that is not PV3 Monitor.
     pub fn answer_reads(&self, body: Option<Value>) {
         lock(&self.store.data).faults.read_answer = body;
+    }
+
+    /// Each batch POST stores at most `n` of its measurements (the first)
+    /// and says so: `201 {"created": n}` (`None`: back to normal).
+    pub fn create_at_most(&self, n: Option<usize>) {
+        lock(&self.store.data).faults.created_at_most = n;
     }
 
     /// Every POST gets `200 OK` with an HTML page until turned off.
@@ -790,8 +799,10 @@ fn respond(data: &mut Data, method: &str, target: &str, body: &[u8]) -> Response
             let device = percent_decode(id);
             match validate_batch(body) {
                 Ok(items) => {
-                    let n = items.len();
-                    for mut item in items {
+                    let n = items
+                        .len()
+                        .min(data.faults.created_at_most.unwrap_or(usize::MAX));
+                    for mut item in items.into_iter().take(n) {
                         if let Value::Object(obj) = &mut item {
                             obj.insert("device_id".into(), Value::String(device.clone()));
                         }
