@@ -390,4 +390,10 @@ impl ForwardSender {
     pub async fn send(&self, reading: Reading) -> Result<(), Stopped> {
         self.0.send(reading).await.map_err(|_| Stopped)
     }
+
+    /// Waits for room for one reading, without giving it up yet: a wait cut
+    /// short (a signal) leaves the reading with the caller, to be counted.
+    pub async fn reserve(&self) -> Result<mpsc::Permit<'_, Reading>, Stopped> {
+        self.0.reserve().await.map_err(|_| Stopped)
+    }
 }

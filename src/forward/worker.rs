@@ -121,7 +121,7 @@ impl Worker {
                 break;
             }
         }
-        self.shutdown().await
+        self.shutdown(rx).await
     }
 
     /// Input closed: may it stop? Once memory is empty (whatever is left is
@@ -443,10 +443,17 @@ impl Worker {
         true
     }
 
-    /// Stops: seals what is open, takes back what is in flight, and closes
-    /// the queue (a durable queue keeps the rest for the next start).
-    async fn shutdown(mut self) -> ForwardReport {
+    /// Stops: takes what was handed over but not yet taken (so it is
+    /// spooled, or reported undelivered, not dropped uncounted), seals what
+    /// is open, takes back what is in flight, and closes the queue (a
+    /// durable queue keeps the rest for the next start).
+    async fn shutdown(mut self, mut rx: mpsc::Receiver<Reading>) -> ForwardReport {
         let mut sealed = Vec::new();
+        // Closed first: a sender racing the stop gets its reading back.
+        rx.close();
+        while let Ok(reading) = rx.try_recv() {
+            self.batcher.add(&reading, &mut sealed);
+        }
         self.batcher.seal_due(true, &mut sealed);
         if !sealed.is_empty() {
             let pushed = self.queue.push(sealed).await;

@@ -21,15 +21,26 @@ const BASE: i64 = 1_795_737_600_000_000;
 /// A capture of battery_power readings `range`, reading `i` at BASE + i
 /// seconds (so two captures over overlapping ranges overlap exactly).
 fn capture(dir: &Path, name: &str, range: std::ops::Range<i64>) -> PathBuf {
-    let mut text = String::new();
-    for i in range {
-        let ts = Timestamp::from_unix_micros(BASE + i * 1_000_000 + 123_000).to_rfc3339();
-        text.push_str(&format!(
-            "{{\"ts\":\"{ts}\",\"topic\":\"pv/PV3/{DEVICE}/inverter/charge\",\"qos\":0,\"retain\":false,\"payload\":\"{{\\\"power\\\":{i}}}\"}}\n"
-        ));
-    }
+    write_capture(dir, name, &lines(range, |_| 0))
+}
+
+/// The capture lines of battery_power readings `range`: reading `i` (value
+/// `i`) at BASE + i seconds + 123 ms + `shift(i)` milliseconds.
+fn lines(range: std::ops::Range<i64>, shift: impl Fn(i64) -> i64) -> Vec<String> {
+    range
+        .map(|i| {
+            let micros = BASE + i * 1_000_000 + 123_000 + shift(i) * 1000;
+            let ts = Timestamp::from_unix_micros(micros).to_rfc3339();
+            format!(
+                "{{\"ts\":\"{ts}\",\"topic\":\"pv/PV3/{DEVICE}/inverter/charge\",\"qos\":0,\"retain\":false,\"payload\":\"{{\\\"power\\\":{i}}}\"}}\n"
+            )
+        })
+        .collect()
+}
+
+fn write_capture(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
     let path = dir.join(name);
-    std::fs::write(&path, text).expect("write capture");
+    std::fs::write(&path, lines.concat()).expect("write capture");
     path
 }
 
@@ -335,4 +346,52 @@ async fn an_api_that_says_it_created_fewer_is_reported_in_the_summary() {
     );
     assert_eq!(api.requests_to("POST", "/api/devices").len(), 2);
     assert_eq!(api.measurements().len(), 2);
+}
+
+/// The `--since` a summary says to resume with.
+fn resume_since(stderr: &str) -> String {
+    stderr
+        .split("resume with --since ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no resume hint: {stderr}"))
+        .trim_end_matches(';')
+        .to_owned()
+}
+
+/// Issue 19: after Ctrl-C the printed `resume with --since T` could be later
+/// than readings handed to the forwarder but not yet batched: resuming with
+/// it left 1 of 2321 never stored. Interrupted at several points, resumed
+/// with the printed `--since`: every measurement stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_replay_resumed_with_its_since_stores_each_once() {
+    let n = 2000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = capture(dir.path(), "a.jsonl", 0..n);
+    let path = file.to_str().expect("utf-8");
+    // Paced, so that the signal finds windows part read, part handed over.
+    for at in [350, 700, 1000, 1300] {
+        let api = RecordingApi::start().await;
+        let url = api.url();
+        let mut first =
+            Pv3Process::spawn(&["replay", path, "--api-url", &url, "--speed", "300"], &[]);
+        api.wait_for_measurements(at, T).await;
+        first.sigint();
+        let status = first.wait_exit(T).await.expect("stops");
+        let stderr = first.stderr();
+        if status.code() == Some(0) {
+            continue; // finished before the signal: nothing to resume
+        }
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        let since = resume_since(&stderr);
+        let (code, again) = replay(&api, &file, &["--since", &since]);
+        assert_eq!(code, Some(0), "{again}");
+        let seen = tally(&api);
+        let missing: Vec<i64> = (0..n).filter(|i| !seen.contains_key(i)).collect();
+        let twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
+        assert!(
+            missing.is_empty() && twice.is_empty(),
+            "interrupted after {at}, resumed from {since}: never stored {missing:?}, stored more than once {twice:?}\n{stderr}\n{again}"
+        );
+    }
 }

@@ -142,14 +142,21 @@ impl Backfill {
         let mut readings = readings.into_iter();
         while let Some(reading) = readings.next() {
             let stopped = self.stopped();
-            let sent = tokio::select! {
-                sent = forwarder.send(reading) => sent.map_err(|_| Stop::Forwarder),
+            // Room first, the reading after: a stop while waiting leaves
+            // the reading here, counted with the rest (and in the resume
+            // hint), not dropped with the wait.
+            let room = tokio::select! {
+                biased;
                 () = stopped => Err(Stop::Signal),
+                room = forwarder.reserve() => room.map_err(|_| Stop::Forwarder),
             };
-            if let Err(stop) = sent {
-                let rest: Vec<Reading> = readings.collect();
-                self.not_handed(&rest);
-                return Err(stop);
+            match room {
+                Ok(permit) => permit.send(reading),
+                Err(stop) => {
+                    let rest: Vec<Reading> = std::iter::once(reading).chain(readings).collect();
+                    self.not_handed(&rest);
+                    return Err(stop);
+                }
             }
         }
         Ok(())

@@ -42,6 +42,11 @@ struct SourceCounts {
     filtered_out: u64,
     /// The capture time of the last record handed on.
     last: Option<Timestamp>,
+    /// The latest capture time handed on.
+    latest: Option<Timestamp>,
+    /// A record handed on was older than one before it: what was not read
+    /// may be older than anything read, and no `--since` is safe.
+    out_of_order: bool,
 }
 
 /// Filtered, paced records from a capture.
@@ -92,7 +97,10 @@ impl Source {
                 continue;
             }
             self.pace(record.ts);
-            self.counts.last = Some(record.ts);
+            let c = &mut self.counts;
+            c.out_of_order |= c.latest.is_some_and(|t| record.ts < t);
+            c.latest = c.latest.max(Some(record.ts));
+            c.last = Some(record.ts);
             return Ok(Some(record));
         }
     }
@@ -260,8 +268,15 @@ impl std::fmt::Display for Summary {
             if !b.read_to_end {
                 write!(f, "; the capture was not read to its end")?;
             }
-            if let Some(ts) = b.resume {
-                write!(f, "; resume with --since {}", ts.to_rfc3339())?;
+            match b.resume {
+                Some(ts) if !s.out_of_order => {
+                    write!(f, "; resume with --since {}", ts.to_rfc3339())?;
+                }
+                Some(_) => write!(
+                    f,
+                    "; the capture is not in time order, so no --since can resume it: run the same command again (what the API holds is skipped)"
+                )?,
+                None => {}
             }
         }
         if let Some(n) = self.published {
