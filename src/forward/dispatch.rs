@@ -169,20 +169,23 @@ impl Dispatcher {
     }
 
     /// After a POST whose fate is unknown (it timed out after sending):
-    /// waits one more `--api-timeout` (the API may still be storing it),
-    /// then asks which of the lease's measurements it holds, so that only
-    /// the rest is sent again. An API slower than twice `--api-timeout` may
-    /// still store a batch twice. The answer comes as
-    /// [`Verdict::Checked`].
-    pub fn check(&mut self, lease: Lease) {
+    /// asks which of the lease's measurements the API holds, so that only
+    /// the rest is sent again; `settle`: first wait one more
+    /// `--api-timeout` (the API may still be storing it). The answer comes
+    /// as [`Verdict::Checked`]; the worker asks again, rather than send,
+    /// until there is one. The POST that timed out may still be stored
+    /// after the answer, so a batch is stored at most twice.
+    pub fn check(&mut self, lease: Lease, settle: bool) {
         let api = self.api.clone();
         let batch = lease.batch.clone();
         let handle = self.inflight.spawn(async move {
             let Some(items) = batch.items() else {
-                return Done::Checked(Err("not a measurement batch".into()));
+                // Not a measurement batch: nothing to ask, send it again.
+                return Done::Checked(Ok(std::collections::HashSet::new()));
             };
-            // The API may still be storing it: give it one more timeout.
-            tokio::time::sleep(api.timeout()).await;
+            if settle {
+                tokio::time::sleep(api.timeout()).await;
+            }
             let mut metrics: Vec<&str> = items.iter().map(|i| i.metric.as_str()).collect();
             metrics.sort_unstable();
             metrics.dedup();
@@ -263,6 +266,17 @@ impl Dispatcher {
                 None
             }
         }
+    }
+
+    /// A history check failed: wait as after a POST that got no answer.
+    pub fn check_failed(&mut self, why: &str) {
+        self.failed(&PostError::Transient {
+            reason: format!(
+                "a POST timed out and the API's history cannot say whether it was stored ({why}); asking again before sending it again"
+            ),
+            retry_after: None,
+            status: None,
+        });
     }
 
     /// Stops every POST; returns their leases (not delivered, as far as

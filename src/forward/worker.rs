@@ -49,6 +49,10 @@ pub(super) struct Worker {
     bisect: Option<usize>,
     /// The queue could not be read (a disk error): look again then.
     retry_take: Option<Instant>,
+    /// Batches (by [`Batch::fingerprint`]) whose POST timed out and whose
+    /// fate the API's history has not told yet: never POSTed again before
+    /// it has, so a stalled API stores one at most twice.
+    unknown_fate: HashSet<u64>,
     _lock: Option<StateLock>,
 }
 
@@ -75,6 +79,7 @@ impl Worker {
             post_limit: opts.batch_size,
             bisect: None,
             retry_take: None,
+            unknown_fate: HashSet::new(),
             _lock: parts.lock,
             opts,
         };
@@ -207,6 +212,9 @@ impl Worker {
                 .bisect
                 .map_or(self.post_limit, |b| b.min(self.post_limit));
             match self.queue.take(max).await {
+                Ok(Some(lease)) if self.fate_unknown(&lease) => {
+                    self.dispatcher.check(lease, false);
+                }
                 Ok(Some(lease)) => self.dispatcher.send(lease),
                 Ok(None) => break,
                 Err(e) => {
@@ -258,8 +266,11 @@ impl Worker {
             }
             Verdict::TooLarge { body } => self.too_large(lease, body).await,
             Verdict::Unknown if lease.batch.kind == super::BatchKind::Measurements => {
-                // Ask before sending again: it may be stored already.
-                self.dispatcher.check(lease);
+                // Ask before sending again, now and at every retry until
+                // the API answers: it may be stored already.
+                self.unknown_fate
+                    .extend(lease.parts.iter().map(Batch::fingerprint));
+                self.dispatcher.check(lease, true);
             }
             Verdict::Unknown => {
                 let pushed = self.queue.give_back(lease).await;
@@ -298,19 +309,32 @@ impl Worker {
         }
     }
 
+    /// Does the lease hold a batch whose last POST timed out, unchecked?
+    fn fate_unknown(&self, lease: &Lease) -> bool {
+        !self.unknown_fate.is_empty()
+            && lease
+                .parts
+                .iter()
+                .any(|p| self.unknown_fate.contains(&p.fingerprint()))
+    }
+
     /// The API said what it holds of a lease whose POST timed out: what it
     /// holds counts as delivered, only the rest goes again. Without an
-    /// answer, all of it goes again (at-least-once).
+    /// answer, it waits (and is spooled, for collect) until the history
+    /// answers: sending it blind could store it once more per retry.
     async fn after_check(&mut self, lease: Lease, held: Result<HashSet<(String, i64)>, String>) {
         let held = match held {
             Ok(held) => held,
             Err(why) => {
-                debug!("cannot ask the API what it holds ({why}): sending the batch again");
+                self.dispatcher.check_failed(&why);
                 let pushed = self.queue.give_back(lease).await;
                 self.count_push(pushed);
                 return;
             }
         };
+        for part in &lease.parts {
+            self.unknown_fate.remove(&part.fingerprint());
+        }
         let Some(items) = lease.batch.items() else {
             let pushed = self.queue.give_back(lease).await;
             self.count_push(pushed);

@@ -395,3 +395,33 @@ async fn an_interrupted_replay_resumed_with_its_since_stores_each_once() {
         );
     }
 }
+
+/// Issue 19: an API that stalls longer than `--api-timeout` stored some
+/// batches 3, 4 and 5 times. After a POST times out, every retry asks
+/// `/history` first, so a stall of 30 s at `--api-timeout 3` stores a batch
+/// at most twice, and everything at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_api_stores_a_batch_at_most_twice() {
+    let api = RecordingApi::start().await;
+    // The whole API (its database) stalls for 30 s from the first POST.
+    api.stall_next_post(Duration::from_secs(30));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = 2000;
+    let file = capture(dir.path(), "a.jsonl", 0..n);
+    let (code, stderr) = replay(&api, &file, &["--api-timeout", "3", "--batch-size", "100"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("timed out"), "the stall was seen: {stderr}");
+    // Every POST sent during the stall is stored when it ends.
+    api.wait_idle(Duration::from_secs(60)).await;
+    let seen = tally(&api);
+    let missing: Vec<i64> = (0..n).filter(|i| !seen.contains_key(i)).collect();
+    let over: Vec<_> = seen.iter().filter(|(_, c)| **c > 2).collect();
+    let twice = seen.values().filter(|c| **c == 2).count();
+    println!("after a 30 s stall: {twice} of {n} measurements stored twice");
+    assert!(missing.is_empty(), "never stored: {missing:?}\n{stderr}");
+    assert!(
+        over.is_empty(),
+        "{} stored more than twice: {over:?}\n{stderr}",
+        over.len()
+    );
+}

@@ -81,6 +81,11 @@ struct Faults {
     read_answer: Option<Value>,
     /// Delay applied to POSTs only (a database slow to write).
     post_delay: Duration,
+    /// Armed: the next POST starts a stall of this long.
+    stall_next_post: Option<Duration>,
+    /// Every request arriving before this waits until then (a stalled
+    /// database: all of it answers at once when it is back).
+    stalled_until: Option<tokio::time::Instant>,
     /// A batch POST stores at most this many of its measurements and
     /// answers `201 {"created": <that many>}`.
     created_at_most: Option<usize>,
@@ -103,6 +108,8 @@ struct Data {
     seeded: Vec<Value>,
     alarms: Vec<(String, Value)>,
     faults: Faults,
+    /// Requests read but not yet answered (waiting out a delay).
+    in_progress: usize,
 }
 
 struct Store {
@@ -292,6 +299,14 @@ impl RecordingApi {
         lock(&self.store.data).faults.fail_reads = status;
     }
 
+    /// The next POST to arrive starts a stall of `length`: every request
+    /// arriving until it ends (that POST included: /health, history,
+    /// POSTs) is answered, and a POST stored, only when it ends, whether
+    /// its client still waits or not.
+    pub fn stall_next_post(&self, length: Duration) {
+        lock(&self.store.data).faults.stall_next_post = Some(length);
+    }
+
     /// Every `GET /api/...` has its connection reset (RST) without an
     /// answer, as a backend whose database connection dies mid-request.
     pub fn reset_reads(&self, on: bool) {
@@ -432,6 +447,19 @@ impl RecordingApi {
                     got.len()
                 );
             }
+        }
+    }
+
+    /// Waits until no request is waiting out a delay (each has been
+    /// answered, and a POST stored, whether its client still waited or
+    /// not); panics after `timeout`.
+    pub async fn wait_idle(&self, timeout: Duration) {
+        if self
+            .wait_until(timeout, |d| (d.in_progress == 0).then_some(()))
+            .await
+            .is_err()
+        {
+            panic!("RecordingApi: requests still waiting after {timeout:?}");
         }
     }
 
@@ -628,18 +656,34 @@ async fn serve_conn(mut stream: TcpStream, store: Arc<Store>) {
 
         let api_read = method == "GET" && path.starts_with("/api/");
         let (delay, reset) = {
-            let d = lock(&store.data);
+            let mut d = lock(&store.data);
+            d.in_progress += 1;
+            let now = tokio::time::Instant::now();
+            if method == "POST"
+                && let Some(length) = d.faults.stall_next_post.take()
+            {
+                d.faults.stalled_until = Some(now + length);
+            }
+            let stall = d
+                .faults
+                .stalled_until
+                .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
             let extra = match method.as_str() {
                 "POST" => d.faults.post_delay,
                 _ if api_read => d.faults.read_delay,
                 _ => Duration::ZERO,
             };
-            (d.faults.delay + extra, api_read && d.faults.reset_reads)
+            (
+                d.faults.delay + extra + stall,
+                api_read && d.faults.reset_reads,
+            )
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
         if reset {
+            lock(&store.data).in_progress -= 1;
+            store.changes.send_modify(|v| *v = v.wrapping_add(1));
             // RST, not FIN: the client sees "connection reset".
             let _ = stream.set_zero_linger();
             return;
@@ -647,6 +691,7 @@ async fn serve_conn(mut stream: TcpStream, store: Arc<Store>) {
 
         let resp = {
             let mut data = lock(&store.data);
+            data.in_progress -= 1;
             let resp = respond(&mut data, &method, &path, &body);
             data.requests.push(Request {
                 method,
