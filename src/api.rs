@@ -212,16 +212,16 @@ impl ApiClient {
         req.send().await.is_ok_and(|r| r.status().is_success())
     }
 
-    /// `GET /api/devices/{id}/history`: the (metric, timestamp) pairs the API
-    /// holds for `metrics` between `start` and `end` (inclusive), with
-    /// timestamps cut to milliseconds (what pv3 sends).
+    /// `GET /api/devices/{id}/history`: the rows the API holds for
+    /// `metrics` between `start` and `end` (inclusive, at the millisecond
+    /// pv3 writes them with).
     pub async fn history(
         &self,
         device: &str,
         metrics: &[&str],
         start: crate::reading::Timestamp,
         end: crate::reading::Timestamp,
-    ) -> Result<Vec<(String, i64)>, HistoryError> {
+    ) -> Result<Vec<HistoryRow>, HistoryError> {
         let mut url = self
             .url(&["api", "devices", device, "history"])
             .map_err(|e| HistoryError::Failed(e.to_string()))?;
@@ -252,6 +252,7 @@ impl ApiClient {
         #[derive(serde::Deserialize)]
         struct Row {
             metric_name: String,
+            metric_value: Option<f64>,
             timestamp: Option<String>,
         }
         let rows: Vec<Row> = serde_json::from_slice(&bytes)
@@ -259,8 +260,12 @@ impl ApiClient {
         Ok(rows
             .into_iter()
             .filter_map(|r| {
-                let ts = crate::reading::Timestamp::parse_rfc3339(r.timestamp.as_deref()?).ok()?;
-                Some((r.metric_name, ts.unix_millis()))
+                let at = crate::reading::Timestamp::parse_rfc3339(r.timestamp.as_deref()?).ok()?;
+                Some(HistoryRow {
+                    metric: r.metric_name,
+                    value: r.metric_value,
+                    at,
+                })
             })
             .collect())
     }
@@ -303,6 +308,18 @@ fn classify(status: StatusCode, body: String, retry_after: Option<Duration>) -> 
         },
         _ => PostError::Rejected { status: code, body },
     }
+}
+
+/// A row [`ApiClient::history`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryRow {
+    /// `metric_name`.
+    pub metric: String,
+    /// `metric_value`, parsed as JSON numbers are (what pv3 sent, exactly:
+    /// serde writes the shortest text that reads back to the same f64).
+    pub value: Option<f64>,
+    /// `timestamp`, to the microsecond the API stores.
+    pub at: crate::reading::Timestamp,
 }
 
 /// Why [`ApiClient::history`] has no answer.

@@ -196,7 +196,11 @@ impl Dispatcher {
                 .history(&batch.device, &metrics, ts(start), ts(end))
                 .await
                 .map_err(|e| e.to_string());
-            Done::Checked(rows.map(|rows| rows.into_iter().collect()))
+            Done::Checked(rows.map(|rows| {
+                rows.into_iter()
+                    .map(|r| (r.metric, r.at.unix_millis()))
+                    .collect()
+            }))
         });
         self.leases.insert(handle.id(), lease);
     }

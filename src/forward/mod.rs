@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -194,6 +194,15 @@ impl ForwardReport {
     }
 }
 
+/// What goes into the forwarding task.
+enum Input {
+    /// A reading to deliver.
+    Reading(Reading),
+    /// Answer once everything handed over before is settled (delivered,
+    /// set aside or dropped): open batches are sealed at once.
+    Flush(oneshot::Sender<()>),
+}
+
 /// The forwarder no longer takes readings.
 #[derive(Debug, thiserror::Error)]
 #[error("the forwarder has stopped")]
@@ -236,7 +245,7 @@ pub enum StorageError {
 
 /// Handle to the forwarding task.
 pub struct Forwarder {
-    tx: Option<mpsc::Sender<Reading>>,
+    tx: Option<mpsc::Sender<Input>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<ForwardReport>,
     stats: Arc<ForwardStats>,
@@ -315,7 +324,7 @@ impl Forwarder {
     /// [`Overflow::Wait`], or a worker busy with a slow disk).
     pub async fn send(&self, reading: Reading) -> Result<(), Stopped> {
         match &self.tx {
-            Some(tx) => tx.send(reading).await.map_err(|_| Stopped),
+            Some(tx) => tx.send(Input::Reading(reading)).await.map_err(|_| Stopped),
             None => Err(Stopped),
         }
     }
@@ -377,23 +386,47 @@ impl Forwarder {
 
 /// See [`Forwarder::sender`].
 #[derive(Clone)]
-pub struct ForwardSender(mpsc::Sender<Reading>);
+pub struct ForwardSender(mpsc::Sender<Input>);
 
 impl ForwardSender {
     /// Queues a reading, blocking the thread while the queue is full.
     /// Must not be called from async code.
     pub fn blocking_send(&self, reading: Reading) -> Result<(), Stopped> {
-        self.0.blocking_send(reading).map_err(|_| Stopped)
+        self.0
+            .blocking_send(Input::Reading(reading))
+            .map_err(|_| Stopped)
     }
 
     /// Queues a reading, waiting while the queue is full.
     pub async fn send(&self, reading: Reading) -> Result<(), Stopped> {
-        self.0.send(reading).await.map_err(|_| Stopped)
+        self.0
+            .send(Input::Reading(reading))
+            .await
+            .map_err(|_| Stopped)
     }
 
     /// Waits for room for one reading, without giving it up yet: a wait cut
     /// short (a signal) leaves the reading with the caller, to be counted.
-    pub async fn reserve(&self) -> Result<mpsc::Permit<'_, Reading>, Stopped> {
-        self.0.reserve().await.map_err(|_| Stopped)
+    pub async fn reserve(&self) -> Result<Room<'_>, Stopped> {
+        self.0.reserve().await.map(Room).map_err(|_| Stopped)
+    }
+
+    /// Resolves once everything sent before has been delivered, set aside
+    /// or dropped (what the API holds can then be asked for). Open batches
+    /// are sent at once, not after `linger`.
+    pub async fn flush(&self) -> Result<(), Stopped> {
+        let (done, settled) = oneshot::channel();
+        self.0.send(Input::Flush(done)).await.map_err(|_| Stopped)?;
+        settled.await.map_err(|_| Stopped)
+    }
+}
+
+/// Room for one reading in the forwarder (see [`ForwardSender::reserve`]).
+pub struct Room<'a>(mpsc::Permit<'a, Input>);
+
+impl Room<'_> {
+    /// Hands the reading over.
+    pub fn send(self, reading: Reading) {
+        self.0.send(Input::Reading(reading));
     }
 }

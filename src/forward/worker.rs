@@ -14,10 +14,10 @@ use super::batch::{Batch, Batcher};
 use super::dead_letter::{DeadLetter, DeadLetters};
 use super::dispatch::{Dispatcher, Verdict};
 use super::queue::{Lease, Pushed, Queue};
-use super::{ForwardOptions, ForwardReport, ForwardStats, Overflow};
+use super::{ForwardOptions, ForwardReport, ForwardStats, Input, Overflow};
 use crate::api::ApiClient;
 use crate::ratelimit::{RateLimiter, suppressed_note};
-use crate::reading::{Reading, Timestamp};
+use crate::reading::Timestamp;
 use crate::state_dir::StateLock;
 
 /// How soon to look at the queue again after it could not be read.
@@ -49,6 +49,8 @@ pub(super) struct Worker {
     bisect: Option<usize>,
     /// The queue could not be read (a disk error): look again then.
     retry_take: Option<Instant>,
+    /// Waiting for everything handed over before them to be settled.
+    flushes: Vec<tokio::sync::oneshot::Sender<()>>,
     /// Batches (by [`Batch::fingerprint`]) whose POST timed out and whose
     /// fate the API's history has not told yet: never POSTed again before
     /// it has, so a stalled API stores one at most twice.
@@ -79,6 +81,7 @@ impl Worker {
             post_limit: opts.batch_size,
             bisect: None,
             retry_take: None,
+            flushes: Vec::new(),
             unknown_fate: HashSet::new(),
             _lock: parts.lock,
             opts,
@@ -89,12 +92,13 @@ impl Worker {
 
     pub(super) async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Reading>,
+        mut rx: mpsc::Receiver<Input>,
         mut stop: watch::Receiver<bool>,
     ) -> ForwardReport {
         let mut input_open = true;
         loop {
             self.dispatch().await;
+            self.answer_flushes();
             if !input_open && self.drained() {
                 break;
             }
@@ -108,8 +112,8 @@ impl Worker {
                         self.settle(lease, verdict).await;
                     }
                 }
-                reading = rx.recv(), if input_open && self.has_room() => match reading {
-                    Some(reading) => self.accept(reading, &mut rx).await,
+                input = rx.recv(), if input_open && self.has_room() => match input {
+                    Some(input) => self.accept(input, &mut rx).await,
                     None => {
                         input_open = false;
                         self.seal(true).await;
@@ -145,17 +149,37 @@ impl Worker {
                 < self.opts.queue_limit
     }
 
-    /// Takes a reading, and whatever else is waiting, into the batcher.
-    async fn accept(&mut self, reading: Reading, rx: &mut mpsc::Receiver<Reading>) {
+    /// Takes a reading, and whatever else is waiting, into the batcher; a
+    /// flush seals what is open.
+    async fn accept(&mut self, input: Input, rx: &mut mpsc::Receiver<Input>) {
         let mut sealed = Vec::new();
-        self.batcher.add(&reading, &mut sealed);
-        while self.has_room() {
-            match rx.try_recv() {
-                Ok(reading) => self.batcher.add(&reading, &mut sealed),
-                Err(_) => break,
+        let mut next = Some(input);
+        while let Some(input) = next.take() {
+            match input {
+                Input::Reading(reading) => self.batcher.add(&reading, &mut sealed),
+                Input::Flush(done) => {
+                    self.batcher.seal_due(true, &mut sealed);
+                    self.flushes.push(done);
+                }
+            }
+            if self.has_room() {
+                next = rx.try_recv().ok();
             }
         }
         self.push(sealed).await;
+    }
+
+    /// Answers the flushes once nothing is open, queued or in flight.
+    fn answer_flushes(&mut self) {
+        if !self.flushes.is_empty()
+            && self.batcher.held() == 0
+            && self.queue.is_empty()
+            && self.dispatcher.idle()
+        {
+            for done in self.flushes.drain(..) {
+                let _ = done.send(());
+            }
+        }
     }
 
     async fn seal(&mut self, all: bool) {
@@ -471,12 +495,14 @@ impl Worker {
     /// spooled, or reported undelivered, not dropped uncounted), seals what
     /// is open, takes back what is in flight, and closes the queue (a
     /// durable queue keeps the rest for the next start).
-    async fn shutdown(mut self, mut rx: mpsc::Receiver<Reading>) -> ForwardReport {
+    async fn shutdown(mut self, mut rx: mpsc::Receiver<Input>) -> ForwardReport {
         let mut sealed = Vec::new();
         // Closed first: a sender racing the stop gets its reading back.
         rx.close();
-        while let Ok(reading) = rx.try_recv() {
-            self.batcher.add(&reading, &mut sealed);
+        while let Ok(input) = rx.try_recv() {
+            if let Input::Reading(reading) = input {
+                self.batcher.add(&reading, &mut sealed);
+            }
         }
         self.batcher.seal_due(true, &mut sealed);
         if !sealed.is_empty() {

@@ -348,6 +348,94 @@ async fn an_api_that_says_it_created_fewer_is_reported_in_the_summary() {
     assert_eq!(api.measurements().len(), 2);
 }
 
+/// Issue 19: `cat a a > b; pv3 replay b` stored every measurement twice
+/// (skip-existing only asked what the API held before the run). A small
+/// capture (both copies in one window of capture time) and a larger one
+/// (the second copy in later windows than the first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_holding_every_record_twice_stores_each_once() {
+    for n in [100, 1500] {
+        let api = RecordingApi::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let once = lines(0..n, |_| 0);
+        let file = write_capture(dir.path(), "twice.jsonl", &[once.clone(), once].concat());
+        let (code, stderr) = replay(&api, &file, &[]);
+        assert_eq!(code, Some(0), "{stderr}");
+        once_each(&api, 0..n);
+        let n = n as u64;
+        assert_eq!(
+            number_before(&stderr, " measurements delivered"),
+            n,
+            "{stderr}"
+        );
+        let skipped = number_before(&stderr, " already in the API")
+            + number_before(&stderr, " repeated in the capture");
+        assert_eq!(skipped, n, "{stderr}");
+        // The second copy of the larger one is in windows of its own: it
+        // was checked against the API once the first copy was stored.
+        assert_eq!(
+            stderr.contains("waits for what was sent"),
+            n > 300,
+            "{stderr}"
+        );
+    }
+}
+
+/// Issue 19: a `pv3 sniff` capture taken beside a live `collect` holds the
+/// same readings 1–5 ms apart (two processes' receive times); replaying it
+/// after the collector's data stored near-duplicates. A reading matches one
+/// already stored when metric and value are equal and the times differ by
+/// less than 250 ms, before or after; 300 ms apart is another reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sniff_taken_beside_collect_adds_nothing() {
+    let n = 700;
+    let collected = lines(0..n, |_| 0);
+    let sniffed = lines(0..n, |i| (i % 11) - 5);
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // The collector's readings are in the API; the sniff adds nothing.
+    let api = RecordingApi::start().await;
+    let file = write_capture(dir.path(), "collected.jsonl", &collected);
+    assert_eq!(replay(&api, &file, &[]).0, Some(0));
+    let file = write_capture(dir.path(), "sniffed.jsonl", &sniffed);
+    let (code, stderr) = replay(&api, &file, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("0 measurements delivered, {n} already in the API")),
+        "{stderr}"
+    );
+    once_each(&api, 0..n);
+
+    // Both in one file, one after the other or line by line: once each.
+    let interleaved: Vec<String> = collected
+        .iter()
+        .zip(&sniffed)
+        .flat_map(|(a, b)| [b.clone(), a.clone()])
+        .collect();
+    for (name, both) in [
+        ("after.jsonl", [collected.clone(), sniffed.clone()].concat()),
+        ("interleaved.jsonl", interleaved),
+    ] {
+        let api = RecordingApi::start().await;
+        let file = write_capture(dir.path(), name, &both);
+        let (code, stderr) = replay(&api, &file, &[]);
+        assert_eq!(code, Some(0), "{name}: {stderr}");
+        once_each(&api, 0..n);
+    }
+
+    // 300 ms apart: beyond the tolerance, stored.
+    let api = RecordingApi::start().await;
+    let file = write_capture(dir.path(), "collected.jsonl", &collected);
+    assert_eq!(replay(&api, &file, &[]).0, Some(0));
+    let later = write_capture(dir.path(), "later.jsonl", &lines(0..n, |_| 300));
+    let (code, stderr) = replay(&api, &later, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{n} measurements delivered, 0 already in the API")),
+        "{stderr}"
+    );
+}
+
 /// The `--since` a summary says to resume with.
 fn resume_since(stderr: &str) -> String {
     stderr
