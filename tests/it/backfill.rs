@@ -513,3 +513,37 @@ async fn a_stalled_api_stores_a_batch_at_most_twice() {
         over.len()
     );
 }
+
+/// The resume hint is a `--since` only for a capture in time order: in one
+/// that is not, what was not read may be older than anything read.
+#[test]
+fn a_capture_out_of_time_order_gets_no_since() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let forwards = lines(0..100, |_| 0);
+    let mut backwards = forwards.clone();
+    backwards.reverse();
+    // Nothing listens: the replay gives up after a second, resume hint and all.
+    let url = format!("http://127.0.0.1:{}", support::free_port());
+    for (name, capture, in_order) in [
+        ("forwards.jsonl", forwards, true),
+        ("backwards.jsonl", backwards, false),
+    ] {
+        let file = write_capture(dir.path(), name, &capture);
+        let out = run_pv3(
+            &[
+                "replay",
+                file.to_str().expect("utf-8"),
+                "--api-url",
+                &url,
+                "--give-up",
+                "1",
+            ],
+            &[],
+            None,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.contains("resume with --since"), in_order, "{stderr}");
+        assert_eq!(stderr.contains("not in time order"), !in_order, "{stderr}");
+    }
+}
