@@ -229,13 +229,9 @@ impl Backfill {
                 if held.holds(device, metric, value, at) {
                     in_api += 1;
                     false
-                } else if self.recent.holds(device, metric, value, at)
-                    || kept_seen.holds(device, metric, value, at)
-                {
-                    false
                 } else {
-                    kept_seen.insert(device, metric, value, at);
-                    true
+                    !self.recent.holds(device, metric, value, at)
+                        && kept_seen.insert_new(device, metric, value, at)
                 }
             });
             self.counts.skipped += in_api;

@@ -44,6 +44,29 @@ fn value_key(value: f64) -> u64 {
 impl Seen {
     /// Remembers a reading.
     pub(super) fn insert(&mut self, device: &str, metric: &str, value: f64, at: Timestamp) {
+        self.add_new(device, metric, value, at, false);
+    }
+
+    /// Remembers a reading unless it holds the same one already; true when
+    /// it was new. (One lookup where `holds` and `insert` would take two.)
+    pub(super) fn insert_new(
+        &mut self,
+        device: &str,
+        metric: &str,
+        value: f64,
+        at: Timestamp,
+    ) -> bool {
+        self.add_new(device, metric, value, at, true)
+    }
+
+    fn add_new(
+        &mut self,
+        device: &str,
+        metric: &str,
+        value: f64,
+        at: Timestamp,
+        check: bool,
+    ) -> bool {
         let metrics = match self.devices.get_mut(device) {
             Some(metrics) => metrics,
             None => self.devices.entry(device.to_owned()).or_default(),
@@ -54,6 +77,9 @@ impl Seen {
         };
         let times = values.entry(value_key(value)).or_default();
         let at = at.unix_micros();
+        if check && near(times, at) {
+            return false;
+        }
         // Captures are mostly in time order: a push, rarely an insert.
         if times.last().is_none_or(|&last| last <= at) {
             times.push(at);
@@ -61,25 +87,29 @@ impl Seen {
             let i = times.partition_point(|&t| t <= at);
             times.insert(i, at);
         }
+        true
     }
 
     /// Is there a reading of this device, metric and value less than
     /// [`SAME_READING`] from `at`?
     pub(super) fn holds(&self, device: &str, metric: &str, value: f64, at: Timestamp) -> bool {
-        let Some(times) = self
-            .devices
+        if self.devices.is_empty() {
+            return false;
+        }
+        self.devices
             .get(device)
             .and_then(|m| m.get(metric))
             .and_then(|v| v.get(&value_key(value)))
-        else {
-            return false;
-        };
-        let at = at.unix_micros();
-        let first_after = times.partition_point(|&t| t <= at.saturating_sub(TOLERANCE_US));
-        times
-            .get(first_after)
-            .is_some_and(|&t| t < at.saturating_add(TOLERANCE_US))
+            .is_some_and(|times| near(times, at.unix_micros()))
     }
+}
+
+/// Does `times` (sorted) hold one less than [`SAME_READING`] from `at`?
+fn near(times: &[i64], at: i64) -> bool {
+    let first_after = times.partition_point(|&t| t <= at.saturating_sub(TOLERANCE_US));
+    times
+        .get(first_after)
+        .is_some_and(|&t| t < at.saturating_add(TOLERANCE_US))
 }
 
 #[cfg(test)]
@@ -111,6 +141,18 @@ mod tests {
         assert!(!seen.holds("D", "soc", 97.500_000_000_000_01, at(0)));
         seen.insert("D", "grid_power", -0.0, at(0));
         assert!(seen.holds("D", "grid_power", 0.0, at(0)));
+    }
+
+    #[test]
+    fn insert_new_tells_a_repeat() {
+        let mut seen = Seen::default();
+        assert!(seen.insert_new("D", "soc", 1.0, at(1000)));
+        assert!(!seen.insert_new("D", "soc", 1.0, at(1003)));
+        assert!(!seen.insert_new("D", "soc", 1.0, at(900)));
+        assert!(seen.insert_new("D", "soc", 1.0, at(1300)));
+        assert!(seen.insert_new("D", "soc", 2.0, at(1000)));
+        assert!(seen.holds("D", "soc", 1.0, at(1500)));
+        assert!(!seen.holds("D", "soc", 1.0, at(1600)));
     }
 
     #[test]
