@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::batch::BatchKind;
 use super::queue::Lease;
-use crate::api::{ApiClient, PostError};
+use crate::api::{ApiClient, HistoryError, PostError};
 use crate::backoff::Backoff;
 use crate::ratelimit::{RateLimiter, suppressed_note};
 
@@ -192,15 +192,20 @@ impl Dispatcher {
             let start = items.iter().map(|i| i.millis).min().unwrap_or(0);
             let end = items.iter().map(|i| i.millis).max().unwrap_or(0);
             let ts = |ms: i64| crate::reading::Timestamp::from_unix_micros(ms * 1000);
-            let rows = api
+            let rows = match api
                 .history(&batch.device, &metrics, ts(start), ts(end))
                 .await
-                .map_err(|e| e.to_string());
-            Done::Checked(rows.map(|rows| {
-                rows.into_iter()
-                    .map(|r| (r.metric, r.at.unix_millis()))
-                    .collect()
-            }))
+            {
+                Ok(rows) => rows,
+                // An API without the endpoint can never say: send it again
+                // (at-least-once), rather than hold it back for good.
+                Err(HistoryError::Unsupported(_)) => Vec::new(),
+                Err(HistoryError::Failed(why)) => return Done::Checked(Err(why)),
+            };
+            Done::Checked(Ok(rows
+                .into_iter()
+                .map(|r| (r.metric, r.at.unix_millis()))
+                .collect()))
         });
         self.leases.insert(handle.id(), lease);
     }
