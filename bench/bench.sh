@@ -433,7 +433,9 @@ replay_summary() {
     [[ -n $line ]] || { echo "no summary line in $1" >&2; return 1; }
     # The number in front of $1 in the line (0 if absent).
     _figure() { local v; v=$(grep -oE "[0-9.]+ $1" <<<"$line" | head -n 1 | cut -d' ' -f1 || true); echo "${v:-0}"; }
-    echo "$(_figure 'measurements decoded') $(_figure 'measurements delivered') $(_figure 'already in the API')" \
+    # Skipped: already in the API, or repeated in the capture (issue 19).
+    echo "$(_figure 'measurements decoded') $(_figure 'measurements delivered')" \
+        "$(( $(_figure 'already in the API') + $(_figure 'repeated in the capture') ))" \
         "$(_figure rejected) $(_figure undelivered) $(_figure 'history queries')" \
         "$(grep -oE 'history queries \([0-9.]+ s\)' <<<"$line" | grep -oE '[0-9.]+' || echo 0)"
 }

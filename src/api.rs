@@ -133,7 +133,10 @@ impl ApiClient {
         let mut url = self.base.clone();
         {
             let Ok(mut path) = url.path_segments_mut() else {
-                bail!("API URL {} cannot take a path", self.base);
+                bail!(
+                    "API URL {} cannot take a path",
+                    crate::secret::shown_url(&self.base)
+                );
             };
             path.pop_if_empty();
             path.extend(segments);
@@ -142,17 +145,26 @@ impl ApiClient {
     }
 
     /// `POST /api/devices/{id}/measurements/batch` with a ready JSON array.
-    pub async fn post_measurements(&self, device: &str, body: Bytes) -> Result<(), PostError> {
+    /// `Ok(Some(n))`: the answer's `{"created": n}`; `Ok(None)` when it
+    /// names no count.
+    pub async fn post_measurements(
+        &self,
+        device: &str,
+        body: Bytes,
+    ) -> Result<Option<u64>, PostError> {
         self.post(&["api", "devices", device, "measurements", "batch"], body)
             .await
     }
 
     /// `POST /api/devices/{id}/alarms` with a ready JSON object.
     pub async fn post_alarms(&self, device: &str, body: Bytes) -> Result<(), PostError> {
-        self.post(&["api", "devices", device, "alarms"], body).await
+        self.post(&["api", "devices", device, "alarms"], body)
+            .await
+            .map(|_| ())
     }
 
-    async fn post(&self, segments: &[&str], body: Bytes) -> Result<(), PostError> {
+    /// A POST; `Ok` holds the answer's `created` count, if it has one.
+    async fn post(&self, segments: &[&str], body: Bytes) -> Result<Option<u64>, PostError> {
         let url = self.url(segments).map_err(|e| PostError::Rejected {
             status: 0,
             body: e.to_string(),
@@ -200,16 +212,16 @@ impl ApiClient {
         req.send().await.is_ok_and(|r| r.status().is_success())
     }
 
-    /// `GET /api/devices/{id}/history`: the (metric, timestamp) pairs the API
-    /// holds for `metrics` between `start` and `end` (inclusive), with
-    /// timestamps cut to milliseconds (what pv3 sends).
+    /// `GET /api/devices/{id}/history`: the rows the API holds for
+    /// `metrics` between `start` and `end` (inclusive, at the millisecond
+    /// pv3 writes them with).
     pub async fn history(
         &self,
         device: &str,
         metrics: &[&str],
         start: crate::reading::Timestamp,
         end: crate::reading::Timestamp,
-    ) -> Result<Vec<(String, i64)>, HistoryError> {
+    ) -> Result<Vec<HistoryRow>, HistoryError> {
         let mut url = self
             .url(&["api", "devices", device, "history"])
             .map_err(|e| HistoryError::Failed(e.to_string()))?;
@@ -240,6 +252,7 @@ impl ApiClient {
         #[derive(serde::Deserialize)]
         struct Row {
             metric_name: String,
+            metric_value: Option<f64>,
             timestamp: Option<String>,
         }
         let rows: Vec<Row> = serde_json::from_slice(&bytes)
@@ -247,8 +260,12 @@ impl ApiClient {
         Ok(rows
             .into_iter()
             .filter_map(|r| {
-                let ts = crate::reading::Timestamp::parse_rfc3339(r.timestamp.as_deref()?).ok()?;
-                Some((r.metric_name, ts.unix_millis()))
+                let at = crate::reading::Timestamp::parse_rfc3339(r.timestamp.as_deref()?).ok()?;
+                Some(HistoryRow {
+                    metric: r.metric_name,
+                    value: r.metric_value,
+                    at,
+                })
             })
             .collect())
     }
@@ -293,6 +310,18 @@ fn classify(status: StatusCode, body: String, retry_after: Option<Duration>) -> 
     }
 }
 
+/// A row [`ApiClient::history`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryRow {
+    /// `metric_name`.
+    pub metric: String,
+    /// `metric_value`, parsed as JSON numbers are (what pv3 sent, exactly:
+    /// serde writes the shortest text that reads back to the same f64).
+    pub value: Option<f64>,
+    /// `timestamp`, to the microsecond the API stores.
+    pub at: crate::reading::Timestamp,
+}
+
 /// Why [`ApiClient::history`] has no answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HistoryError {
@@ -307,12 +336,12 @@ pub enum HistoryError {
 
 /// A 2xx is a delivery only when it is the API's own answer, a JSON object
 /// (`{"created": n, ...}` for a batch, `{"alarms_updated": ...}` for
-/// alarms). A captive portal or a misrouted proxy answers 200 with a page:
-/// that is a setting to fix, and the data is kept.
-fn check_answer(status: StatusCode, body: String) -> Result<(), PostError> {
-    let is_object = serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v.is_object());
-    if is_object {
-        return Ok(());
+/// alarms): `Ok` holds its `created`, when it has one. A captive portal or
+/// a misrouted proxy answers 200 with a page: that is a setting to fix, and
+/// the data is kept.
+fn check_answer(status: StatusCode, body: String) -> Result<Option<u64>, PostError> {
+    if let Ok(serde_json::Value::Object(answer)) = serde_json::from_str(&body) {
+        return Ok(answer.get("created").and_then(serde_json::Value::as_u64));
     }
     let mut shown: String = body.chars().take(120).collect();
     if shown.len() < body.len() {

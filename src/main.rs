@@ -11,9 +11,11 @@ use pv3::cmd;
 fn main() -> ExitCode {
     // Bad usage exits here with clap's message and code 2. The matches are
     // kept: install-service asks them which settings were given.
-    let matches = Cli::command().get_matches();
-    let cli =
-        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
+    let matches = Cli::command()
+        .try_get_matches()
+        .unwrap_or_else(|e| usage_error(e));
+    let cli = Cli::from_arg_matches(&matches)
+        .unwrap_or_else(|e| usage_error(e.format(&mut Cli::command())));
     pv3::logging::init(cli.verbosity());
     // The long-running commands (collect, sniff, watch) move a few messages a
     // second: one thread spares the Pi the cross-thread wake-ups (measured:
@@ -43,4 +45,15 @@ fn main() -> ExitCode {
             ExitCode::from(cmd::exit_code(&e))
         }
     }
+}
+
+/// Exits with clap's message and code, except that a URL quoted in it (a
+/// bad `--api-url`) never shows its password.
+fn usage_error(e: clap::Error) -> ! {
+    let text = e.render().to_string();
+    if let std::borrow::Cow::Owned(masked) = pv3::secret::mask_url_passwords(&text) {
+        eprint!("{masked}");
+        std::process::exit(e.exit_code());
+    }
+    e.exit()
 }

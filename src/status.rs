@@ -95,6 +95,10 @@ pub struct Counters {
     pub dropped: u64,
     /// Measurements the API refused (see rejected.jsonl).
     pub rejected: u64,
+    /// Of those delivered, measurements the API's answer said it did not
+    /// create (`{"created": n}` below what was sent).
+    #[serde(default)]
+    pub not_created: u64,
     /// Messages that could not be decoded.
     pub decode_errors: u64,
 }

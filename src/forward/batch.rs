@@ -86,6 +86,16 @@ impl Batch {
         })
     }
 
+    /// A hash of the device and the body: the same batch given back and
+    /// taken again (from memory or the spool) has the same one.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.device.hash(&mut hasher);
+        self.body.hash(&mut hasher);
+        hasher.finish()
+    }
+
     /// The measurements in a measurement batch's body: metric, timestamp in
     /// milliseconds, and the item as sent. `None` for anything else.
     pub fn items(&self) -> Option<Vec<Item<'_>>> {

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::batch::BatchKind;
 use super::queue::Lease;
-use crate::api::{ApiClient, PostError};
+use crate::api::{ApiClient, HistoryError, PostError};
 use crate::backoff::Backoff;
 use crate::ratelimit::{RateLimiter, suppressed_note};
 
@@ -39,8 +39,8 @@ pub const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What a task in flight came back with.
 enum Done {
-    /// A POST's answer.
-    Posted(Result<(), PostError>),
+    /// A POST's answer: the `created` count of a 2xx, when it has one.
+    Posted(Result<Option<u64>, PostError>),
     /// A history check's answer: the (metric, millisecond) pairs held.
     Checked(Result<std::collections::HashSet<(String, i64)>, String>),
 }
@@ -48,8 +48,12 @@ enum Done {
 /// What became of a lease.
 #[derive(Debug)]
 pub enum Verdict {
-    /// The API took it.
-    Delivered,
+    /// The API took it. `created`: how many measurements its answer says
+    /// it created (`{"created": n}`), when it says.
+    Delivered {
+        /// The answer's `created`.
+        created: Option<u64>,
+    },
     /// The API refused it for good: keep it aside, do not resend.
     SetAside {
         /// The HTTP status.
@@ -154,7 +158,10 @@ impl Dispatcher {
         let handle = self.inflight.spawn(async move {
             Done::Posted(match batch.kind {
                 BatchKind::Measurements => api.post_measurements(&batch.device, batch.body).await,
-                BatchKind::Alarms => api.post_alarms(&batch.device, batch.body).await,
+                BatchKind::Alarms => api
+                    .post_alarms(&batch.device, batch.body)
+                    .await
+                    .map(|()| None),
             })
         });
         self.posts += 1;
@@ -162,31 +169,43 @@ impl Dispatcher {
     }
 
     /// After a POST whose fate is unknown (it timed out after sending):
-    /// waits one more `--api-timeout` (the API may still be storing it),
-    /// then asks which of the lease's measurements it holds, so that only
-    /// the rest is sent again. An API slower than twice `--api-timeout` may
-    /// still store a batch twice. The answer comes as
-    /// [`Verdict::Checked`].
-    pub fn check(&mut self, lease: Lease) {
+    /// asks which of the lease's measurements the API holds, so that only
+    /// the rest is sent again; `settle`: first wait one more
+    /// `--api-timeout` (the API may still be storing it). The answer comes
+    /// as [`Verdict::Checked`]; the worker asks again, rather than send,
+    /// until there is one. The POST that timed out may still be stored
+    /// after the answer, so a batch is stored at most twice.
+    pub fn check(&mut self, lease: Lease, settle: bool) {
         let api = self.api.clone();
         let batch = lease.batch.clone();
         let handle = self.inflight.spawn(async move {
             let Some(items) = batch.items() else {
-                return Done::Checked(Err("not a measurement batch".into()));
+                // Not a measurement batch: nothing to ask, send it again.
+                return Done::Checked(Ok(std::collections::HashSet::new()));
             };
-            // The API may still be storing it: give it one more timeout.
-            tokio::time::sleep(api.timeout()).await;
+            if settle {
+                tokio::time::sleep(api.timeout()).await;
+            }
             let mut metrics: Vec<&str> = items.iter().map(|i| i.metric.as_str()).collect();
             metrics.sort_unstable();
             metrics.dedup();
             let start = items.iter().map(|i| i.millis).min().unwrap_or(0);
             let end = items.iter().map(|i| i.millis).max().unwrap_or(0);
             let ts = |ms: i64| crate::reading::Timestamp::from_unix_micros(ms * 1000);
-            let rows = api
+            let rows = match api
                 .history(&batch.device, &metrics, ts(start), ts(end))
                 .await
-                .map_err(|e| e.to_string());
-            Done::Checked(rows.map(|rows| rows.into_iter().collect()))
+            {
+                Ok(rows) => rows,
+                // An API without the endpoint can never say: send it again
+                // (at-least-once), rather than hold it back for good.
+                Err(HistoryError::Unsupported(_)) => Vec::new(),
+                Err(HistoryError::Failed(why)) => return Done::Checked(Err(why)),
+            };
+            Done::Checked(Ok(rows
+                .into_iter()
+                .map(|r| (r.metric, r.at.unix_millis()))
+                .collect()))
         });
         self.leases.insert(handle.id(), lease);
     }
@@ -258,6 +277,17 @@ impl Dispatcher {
         }
     }
 
+    /// A history check failed: wait as after a POST that got no answer.
+    pub fn check_failed(&mut self, why: &str) {
+        self.failed(&PostError::Transient {
+            reason: format!(
+                "a POST timed out and the API's history cannot say whether it was stored ({why}); asking again before sending it again"
+            ),
+            retry_after: None,
+            status: None,
+        });
+    }
+
     /// Stops every POST; returns their leases (not delivered, as far as
     /// anyone knows).
     pub fn abort_all(&mut self) -> Vec<Lease> {
@@ -266,9 +296,9 @@ impl Dispatcher {
         self.leases.drain().map(|(_, lease)| lease).collect()
     }
 
-    fn judge(&mut self, result: Result<(), PostError>) -> Verdict {
+    fn judge(&mut self, result: Result<Option<u64>, PostError>) -> Verdict {
         match result {
-            Ok(()) => {
+            Ok(created) => {
                 if let Some((since, _)) = self.failing.take() {
                     info!(
                         "API is taking data again after {:.0} s",
@@ -278,7 +308,7 @@ impl Dispatcher {
                 self.backoff.reset();
                 self.next_probe = None;
                 self.misconfigured = None;
-                Verdict::Delivered
+                Verdict::Delivered { created }
             }
             Err(PostError::Rejected { status: 413, body }) => Verdict::TooLarge { body },
             Err(err @ PostError::Unknown { .. }) => {

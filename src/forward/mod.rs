@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -113,6 +113,11 @@ pub struct ForwardStats {
     pub queued: AtomicU64,
     /// Measurements the API refused for good (set aside).
     pub rejected: AtomicU64,
+    /// Of those delivered, measurements the API's answer said it did not
+    /// create (`201 {"created": n}` with n below what was sent). Not sent
+    /// again: the API said it took the batch, and a resend could store
+    /// what it did create twice.
+    pub not_created: AtomicU64,
     /// Measurements dropped for lack of room.
     pub dropped: AtomicU64,
     /// POSTs that failed and will be retried.
@@ -155,6 +160,8 @@ pub struct ForwardReport {
     pub alarms_delivered: u64,
     /// Measurements set aside.
     pub rejected: u64,
+    /// Of those delivered, measurements the API said it did not create.
+    pub not_created: u64,
     /// Measurements dropped.
     pub dropped: u64,
     /// Batches not delivered when it stopped (grace period over, gave up,
@@ -185,6 +192,15 @@ impl ForwardReport {
     pub fn is_complete(&self) -> bool {
         self.rejected == 0 && self.dropped == 0 && self.undelivered.is_empty()
     }
+}
+
+/// What goes into the forwarding task.
+enum Input {
+    /// A reading to deliver.
+    Reading(Reading),
+    /// Answer once everything handed over before is settled (delivered,
+    /// set aside or dropped): open batches are sealed at once.
+    Flush(oneshot::Sender<()>),
 }
 
 /// The forwarder no longer takes readings.
@@ -229,7 +245,7 @@ pub enum StorageError {
 
 /// Handle to the forwarding task.
 pub struct Forwarder {
-    tx: Option<mpsc::Sender<Reading>>,
+    tx: Option<mpsc::Sender<Input>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<ForwardReport>,
     stats: Arc<ForwardStats>,
@@ -308,7 +324,7 @@ impl Forwarder {
     /// [`Overflow::Wait`], or a worker busy with a slow disk).
     pub async fn send(&self, reading: Reading) -> Result<(), Stopped> {
         match &self.tx {
-            Some(tx) => tx.send(reading).await.map_err(|_| Stopped),
+            Some(tx) => tx.send(Input::Reading(reading)).await.map_err(|_| Stopped),
             None => Err(Stopped),
         }
     }
@@ -370,17 +386,47 @@ impl Forwarder {
 
 /// See [`Forwarder::sender`].
 #[derive(Clone)]
-pub struct ForwardSender(mpsc::Sender<Reading>);
+pub struct ForwardSender(mpsc::Sender<Input>);
 
 impl ForwardSender {
     /// Queues a reading, blocking the thread while the queue is full.
     /// Must not be called from async code.
     pub fn blocking_send(&self, reading: Reading) -> Result<(), Stopped> {
-        self.0.blocking_send(reading).map_err(|_| Stopped)
+        self.0
+            .blocking_send(Input::Reading(reading))
+            .map_err(|_| Stopped)
     }
 
     /// Queues a reading, waiting while the queue is full.
     pub async fn send(&self, reading: Reading) -> Result<(), Stopped> {
-        self.0.send(reading).await.map_err(|_| Stopped)
+        self.0
+            .send(Input::Reading(reading))
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    /// Waits for room for one reading, without giving it up yet: a wait cut
+    /// short (a signal) leaves the reading with the caller, to be counted.
+    pub async fn reserve(&self) -> Result<Room<'_>, Stopped> {
+        self.0.reserve().await.map(Room).map_err(|_| Stopped)
+    }
+
+    /// Resolves once everything sent before has been delivered, set aside
+    /// or dropped (what the API holds can then be asked for). Open batches
+    /// are sent at once, not after `linger`.
+    pub async fn flush(&self) -> Result<(), Stopped> {
+        let (done, settled) = oneshot::channel();
+        self.0.send(Input::Flush(done)).await.map_err(|_| Stopped)?;
+        settled.await.map_err(|_| Stopped)
+    }
+}
+
+/// Room for one reading in the forwarder (see [`ForwardSender::reserve`]).
+pub struct Room<'a>(mpsc::Permit<'a, Input>);
+
+impl Room<'_> {
+    /// Hands the reading over.
+    pub fn send(self, reading: Reading) {
+        self.0.send(Input::Reading(reading));
     }
 }

@@ -14,10 +14,10 @@ use super::batch::{Batch, Batcher};
 use super::dead_letter::{DeadLetter, DeadLetters};
 use super::dispatch::{Dispatcher, Verdict};
 use super::queue::{Lease, Pushed, Queue};
-use super::{ForwardOptions, ForwardReport, ForwardStats, Overflow};
+use super::{ForwardOptions, ForwardReport, ForwardStats, Input, Overflow};
 use crate::api::ApiClient;
 use crate::ratelimit::{RateLimiter, suppressed_note};
-use crate::reading::{Reading, Timestamp};
+use crate::reading::Timestamp;
 use crate::state_dir::StateLock;
 
 /// How soon to look at the queue again after it could not be read.
@@ -49,6 +49,12 @@ pub(super) struct Worker {
     bisect: Option<usize>,
     /// The queue could not be read (a disk error): look again then.
     retry_take: Option<Instant>,
+    /// Waiting for everything handed over before them to be settled.
+    flushes: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Batches (by [`Batch::fingerprint`]) whose POST timed out and whose
+    /// fate the API's history has not told yet: never POSTed again before
+    /// it has, so a stalled API stores one at most twice.
+    unknown_fate: HashSet<u64>,
     _lock: Option<StateLock>,
 }
 
@@ -75,6 +81,8 @@ impl Worker {
             post_limit: opts.batch_size,
             bisect: None,
             retry_take: None,
+            flushes: Vec::new(),
+            unknown_fate: HashSet::new(),
             _lock: parts.lock,
             opts,
         };
@@ -84,12 +92,13 @@ impl Worker {
 
     pub(super) async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Reading>,
+        mut rx: mpsc::Receiver<Input>,
         mut stop: watch::Receiver<bool>,
     ) -> ForwardReport {
         let mut input_open = true;
         loop {
             self.dispatch().await;
+            self.answer_flushes();
             if !input_open && self.drained() {
                 break;
             }
@@ -103,8 +112,8 @@ impl Worker {
                         self.settle(lease, verdict).await;
                     }
                 }
-                reading = rx.recv(), if input_open && self.has_room() => match reading {
-                    Some(reading) => self.accept(reading, &mut rx).await,
+                input = rx.recv(), if input_open && self.has_room() => match input {
+                    Some(input) => self.accept(input, &mut rx).await,
                     None => {
                         input_open = false;
                         self.seal(true).await;
@@ -121,7 +130,7 @@ impl Worker {
                 break;
             }
         }
-        self.shutdown().await
+        self.shutdown(rx).await
     }
 
     /// Input closed: may it stop? Once memory is empty (whatever is left is
@@ -140,17 +149,37 @@ impl Worker {
                 < self.opts.queue_limit
     }
 
-    /// Takes a reading, and whatever else is waiting, into the batcher.
-    async fn accept(&mut self, reading: Reading, rx: &mut mpsc::Receiver<Reading>) {
+    /// Takes a reading, and whatever else is waiting, into the batcher; a
+    /// flush seals what is open.
+    async fn accept(&mut self, input: Input, rx: &mut mpsc::Receiver<Input>) {
         let mut sealed = Vec::new();
-        self.batcher.add(&reading, &mut sealed);
-        while self.has_room() {
-            match rx.try_recv() {
-                Ok(reading) => self.batcher.add(&reading, &mut sealed),
-                Err(_) => break,
+        let mut next = Some(input);
+        while let Some(input) = next.take() {
+            match input {
+                Input::Reading(reading) => self.batcher.add(&reading, &mut sealed),
+                Input::Flush(done) => {
+                    self.batcher.seal_due(true, &mut sealed);
+                    self.flushes.push(done);
+                }
+            }
+            if self.has_room() {
+                next = rx.try_recv().ok();
             }
         }
         self.push(sealed).await;
+    }
+
+    /// Answers the flushes once nothing is open, queued or in flight.
+    fn answer_flushes(&mut self) {
+        if !self.flushes.is_empty()
+            && self.batcher.held() == 0
+            && self.queue.is_empty()
+            && self.dispatcher.idle()
+        {
+            for done in self.flushes.drain(..) {
+                let _ = done.send(());
+            }
+        }
     }
 
     async fn seal(&mut self, all: bool) {
@@ -207,6 +236,9 @@ impl Worker {
                 .bisect
                 .map_or(self.post_limit, |b| b.min(self.post_limit));
             match self.queue.take(max).await {
+                Ok(Some(lease)) if self.fate_unknown(&lease) => {
+                    self.dispatcher.check(lease, false);
+                }
                 Ok(Some(lease)) => self.dispatcher.send(lease),
                 Ok(None) => break,
                 Err(e) => {
@@ -230,7 +262,7 @@ impl Worker {
     /// Acts on a verdict.
     async fn settle(&mut self, lease: Lease, verdict: Verdict) {
         match verdict {
-            Verdict::Delivered => {
+            Verdict::Delivered { created } => {
                 let now_ms = Timestamp::now().unix_micros() / 1000;
                 ForwardStats::set(
                     &self.stats.last_delivery_ms,
@@ -238,7 +270,10 @@ impl Worker {
                 );
                 let n = lease.batch.count as u64;
                 match lease.batch.kind {
-                    super::BatchKind::Measurements => ForwardStats::add(&self.stats.delivered, n),
+                    super::BatchKind::Measurements => {
+                        ForwardStats::add(&self.stats.delivered, n);
+                        self.created_fewer(&lease.batch, created);
+                    }
                     super::BatchKind::Alarms => {
                         ForwardStats::add(&self.stats.alarms_delivered, 1);
                     }
@@ -255,8 +290,11 @@ impl Worker {
             }
             Verdict::TooLarge { body } => self.too_large(lease, body).await,
             Verdict::Unknown if lease.batch.kind == super::BatchKind::Measurements => {
-                // Ask before sending again: it may be stored already.
-                self.dispatcher.check(lease);
+                // Ask before sending again, now and at every retry until
+                // the API answers: it may be stored already.
+                self.unknown_fate
+                    .extend(lease.parts.iter().map(Batch::fingerprint));
+                self.dispatcher.check(lease, true);
             }
             Verdict::Unknown => {
                 let pushed = self.queue.give_back(lease).await;
@@ -276,19 +314,51 @@ impl Worker {
         self.publish();
     }
 
+    /// A 2xx whose `{"created": k}` is below the `n` measurements sent: the
+    /// API says it stored fewer. Counted and warned about, not sent again
+    /// (it said it took the batch: a resend could store the k twice).
+    fn created_fewer(&mut self, batch: &Batch, created: Option<u64>) {
+        let sent = batch.count as u64;
+        let Some(created) = created.filter(|&k| k < sent) else {
+            return;
+        };
+        ForwardStats::add(&self.stats.not_created, sent - created);
+        if let Some(k) = self.limiter.allow("created fewer") {
+            warn!(
+                "the API answered {{\"created\": {created}}} to a batch of {sent} measurements for device {}: it says it created {created} of {sent}; the rest is counted as not created and not sent again (a resend could store twice what it did create); {} not created so far{}",
+                batch.device,
+                ForwardStats::get(&self.stats.not_created),
+                suppressed_note(k)
+            );
+        }
+    }
+
+    /// Does the lease hold a batch whose last POST timed out, unchecked?
+    fn fate_unknown(&self, lease: &Lease) -> bool {
+        !self.unknown_fate.is_empty()
+            && lease
+                .parts
+                .iter()
+                .any(|p| self.unknown_fate.contains(&p.fingerprint()))
+    }
+
     /// The API said what it holds of a lease whose POST timed out: what it
     /// holds counts as delivered, only the rest goes again. Without an
-    /// answer, all of it goes again (at-least-once).
+    /// answer, it waits (and is spooled, for collect) until the history
+    /// answers: sending it blind could store it once more per retry.
     async fn after_check(&mut self, lease: Lease, held: Result<HashSet<(String, i64)>, String>) {
         let held = match held {
             Ok(held) => held,
             Err(why) => {
-                debug!("cannot ask the API what it holds ({why}): sending the batch again");
+                self.dispatcher.check_failed(&why);
                 let pushed = self.queue.give_back(lease).await;
                 self.count_push(pushed);
                 return;
             }
         };
+        for part in &lease.parts {
+            self.unknown_fate.remove(&part.fingerprint());
+        }
         let Some(items) = lease.batch.items() else {
             let pushed = self.queue.give_back(lease).await;
             self.count_push(pushed);
@@ -421,10 +491,19 @@ impl Worker {
         true
     }
 
-    /// Stops: seals what is open, takes back what is in flight, and closes
-    /// the queue (a durable queue keeps the rest for the next start).
-    async fn shutdown(mut self) -> ForwardReport {
+    /// Stops: takes what was handed over but not yet taken (so it is
+    /// spooled, or reported undelivered, not dropped uncounted), seals what
+    /// is open, takes back what is in flight, and closes the queue (a
+    /// durable queue keeps the rest for the next start).
+    async fn shutdown(mut self, mut rx: mpsc::Receiver<Input>) -> ForwardReport {
         let mut sealed = Vec::new();
+        // Closed first: a sender racing the stop gets its reading back.
+        rx.close();
+        while let Ok(input) = rx.try_recv() {
+            if let Input::Reading(reading) = input {
+                self.batcher.add(&reading, &mut sealed);
+            }
+        }
         self.batcher.seal_due(true, &mut sealed);
         if !sealed.is_empty() {
             let pushed = self.queue.push(sealed).await;
@@ -449,6 +528,7 @@ impl Worker {
             delivered: ForwardStats::get(&s.delivered),
             alarms_delivered: ForwardStats::get(&s.alarms_delivered),
             rejected: ForwardStats::get(&s.rejected),
+            not_created: ForwardStats::get(&s.not_created),
             dropped: ForwardStats::get(&s.dropped),
             undelivered,
             gave_up: self.gave_up,

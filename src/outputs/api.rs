@@ -59,8 +59,12 @@ impl Output for ApiOutput {
     fn finish(self: Box<Self>, received: u64) -> OutputFuture<'static, anyhow::Result<()>> {
         Box::pin(async move {
             let report = self.forwarder.finish(Some(self.grace)).await;
+            let not_created = match report.not_created {
+                0 => String::new(),
+                n => format!(" ({n} of them not created by the API, by its own count)"),
+            };
             info!(
-                "stopped: {received} messages received, {} measurements delivered, {} rejected, {} dropped, {} left in the spool for the next start",
+                "stopped: {received} messages received, {} measurements delivered{not_created}, {} rejected, {} dropped, {} left in the spool for the next start",
                 report.delivered, report.rejected, report.dropped, report.left_in_spool
             );
             if !report.undelivered.is_empty() {

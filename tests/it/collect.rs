@@ -265,6 +265,44 @@ async fn a_one_megabyte_payload_does_not_break_the_link(broker: TestBroker) {
 
 // ----------------------------------------------- in-process broker only --
 
+/// Issue 19: `201 {"created": 0}` was counted as delivered without a word.
+/// Now a warning, and a count in status.json and the stop line; the batch
+/// is not sent again (the API said it took it: a resend could store it
+/// twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_that_says_it_created_fewer_than_it_was_sent_is_warned_and_counted() {
+    let broker = InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    api.create_at_most(Some(0));
+    let mut pv3 = collect(broker.port(), &api).spawn();
+    pv3.subscribed(1).await;
+    support::broker::publish_charges(broker.port(), 0..3).await;
+    let status = pv3
+        .wait_status("3 measurements not created", |s| {
+            support::collect::number(s, "counters.not_created") == Some(3)
+        })
+        .await;
+    assert_eq!(
+        support::collect::number(&status, "counters.delivered"),
+        Some(3),
+        "{status}"
+    );
+    let stderr = pv3.stop_in_place().await;
+    assert!(
+        stderr.contains("created 0 of") && stderr.contains("not sent again"),
+        "a warning: {stderr}"
+    );
+    assert!(
+        stderr.contains("3 of them not created by the API"),
+        "the stop line: {stderr}"
+    );
+    assert_eq!(
+        api.requests_to("POST", "/api/devices").len(),
+        1,
+        "not sent again"
+    );
+}
+
 /// A collector holding three battery power readings (1, 2, 3 W) that only
 /// a stop can flush: its linger is far beyond any test.
 async fn three_readings_queued(

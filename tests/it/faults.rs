@@ -509,3 +509,27 @@ async fn a_post_that_timed_out_is_not_stored_twice() {
         "it did time out"
     );
 }
+
+/// An older backend without the history endpoint (404): a POST that timed
+/// out cannot be checked, so it is sent again (at-least-once, as before),
+/// never held back for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_timed_out_is_sent_again_when_the_api_has_no_history() {
+    let api = RecordingApi::start().await;
+    api.set_post_delay(Duration::from_millis(800));
+    api.fail_reads(Some(404));
+    let client = api_client_with_timeout(&api, Duration::from_millis(500));
+    let forwarder = Forwarder::start(client, options());
+    let stats = forwarder.stats();
+    let mut pipeline = Pipeline::new(5.0, None);
+    send(&forwarder, &mut pipeline, 0..50).await;
+    // The first POSTs time out and are stored late; once the API is quick
+    // again, what timed out goes again.
+    wait_stat(&stats, |s| ForwardStats::get(&s.failed_attempts) >= 1).await;
+    api.set_post_delay(Duration::ZERO);
+    wait_stat(&stats, |s| ForwardStats::get(&s.delivered) == 50).await;
+    let report = forwarder.finish(Some(T)).await;
+    assert!(report.is_complete(), "{report:?}");
+    let seen = tally(&api);
+    assert!((0..50).all(|i| seen.contains_key(&i)), "{seen:?}");
+}

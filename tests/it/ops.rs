@@ -178,6 +178,98 @@ async fn stale_data_is_a_warning_not_a_failure() {
     assert_eq!(status_of(&report, "fresh data"), "pass");
 }
 
+/// The device row says what the API answered: the device's last data and
+/// how much it holds, or that a 200 was not this device at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_row_says_what_the_api_answered() {
+    let api = RecordingApi::start().await;
+    let newest = rfc3339_ago(3);
+    api.seed_measurement(DEVICE, "soc", 97.0, "%", &rfc3339_ago(10));
+    api.seed_measurement(DEVICE, "battery_power", 590.0, "W", &newest);
+    let (code, report, out) = check_json(&api.url(), &[]).await;
+    assert_eq!(code, Some(0), "{}", show(&out));
+    let detail = detail_of(&report, "device known");
+    assert!(detail.contains(&newest), "the last data time: {detail}");
+    assert!(detail.contains("2 measurements"), "{detail}");
+
+    // A 200 that is not this device (another id, or not a device at all).
+    for body in [
+        serde_json::json!({"device_id": "PV999999DEV", "measurement_count": 5}),
+        serde_json::json!({"status": "ok"}),
+        serde_json::json!([1, 2, 3]),
+    ] {
+        api.answer_reads(Some(body.clone()));
+        let (code, report, out) = check_json(&api.url(), &[]).await;
+        assert_eq!(code, Some(1), "{body}: {}", show(&out));
+        assert_eq!(
+            status_of(&report, "device known"),
+            "fail",
+            "{body}: {report:#}"
+        );
+        let detail = detail_of(&report, "device known");
+        assert!(detail.contains("HTTP 200"), "{body}: {detail}");
+        assert!(
+            detail.contains(&format!("not device {DEVICE}")),
+            "{body}: {detail}"
+        );
+    }
+}
+
+/// `check-api --format json` with `--api-timeout 1`.
+async fn check_json_quick(url: &str) -> (Option<i32>, Value, Output) {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let state = empty.path().to_string_lossy().into_owned();
+    let args = [
+        "check-api",
+        "--api-url",
+        url,
+        "--device-id",
+        DEVICE,
+        "--format",
+        "json",
+        "--api-timeout",
+        "1",
+        "--state-dir",
+        &state,
+    ];
+    let out = run_pv3_async(&args, &[]).await;
+    let report: Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(e) => panic!("--format json is not JSON ({e}):\n{}", show(&out)),
+    };
+    no_panic(&out);
+    (out.status.code(), report, out)
+}
+
+/// `/health` answers but reading data fails without an HTTP status (the
+/// connection reset, or no answer in time): the data rows name the
+/// database, not only the transport error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_rows_name_the_database_when_reads_reset_or_stall() {
+    let api = RecordingApi::start().await;
+    api.seed_measurement(DEVICE, "soc", 50.0, "%", &rfc3339_ago(1));
+    for fault in ["reset", "stall"] {
+        match fault {
+            "reset" => api.reset_reads(true),
+            _ => api.set_read_delay(Duration::from_secs(5)),
+        }
+        let (code, report, out) = check_json_quick(&api.url()).await;
+        assert_eq!(code, Some(1), "{fault}: {}", show(&out));
+        assert_eq!(status_of(&report, "health"), "pass", "{fault}: {report:#}");
+        for row in ["device known", "fresh data"] {
+            assert_eq!(status_of(&report, row), "fail", "{fault}: {report:#}");
+            let detail = detail_of(&report, row);
+            assert!(detail.contains("database"), "{fault}, {row}: {detail}");
+            assert!(
+                detail.contains("/health answers"),
+                "{fault}, {row}: {detail}"
+            );
+        }
+        api.reset_reads(false);
+        api.set_read_delay(Duration::ZERO);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_without_data_fails() {
     let api = RecordingApi::start().await;
@@ -440,6 +532,7 @@ async fn a_collectors_status_file_adds_rows() {
     troubled.spool_measurements = 1500;
     troubled.counters.dropped = 7;
     troubled.counters.rejected = 2;
+    troubled.counters.not_created = 4;
     pv3::status::write(dir.path(), &troubled).expect("write status");
     let (code, report, out) = check_json(&api.url(), &["--state-dir", &state]).await;
     assert_eq!(code, Some(0), "{}", show(&out));
@@ -447,7 +540,13 @@ async fn a_collectors_status_file_adds_rows() {
     assert_eq!(status_of(&report, "collector MQTT"), "warn");
     assert_eq!(status_of(&report, "collector delivery"), "warn");
     let delivery = detail_of(&report, "collector delivery");
-    for part in ["3 batches", "1500 measurements", "7 dropped", "2 rejected"] {
+    for part in [
+        "3 batches",
+        "1500 measurements",
+        "7 dropped",
+        "2 rejected",
+        "4 not created",
+    ] {
         assert!(delivery.contains(part), "{part}: {delivery}");
     }
 
@@ -1068,4 +1167,158 @@ async fn check_api_names_the_likely_cause() {
     let detail = detail_of(&report, "device known");
     assert!(detail.contains("base URL"), "{detail}");
     assert!(!detail.contains("collector running"), "{detail}");
+}
+
+// ---- a password in --api-url ----------------------------------------------
+
+/// A password inside `--api-url`, which the recording API ignores.
+const URL_PASSWORD: &str = "hunter2-in-the-url";
+
+fn url_with_password(port: u16) -> String {
+    format!("http://pv3user:{URL_PASSWORD}@127.0.0.1:{port}")
+}
+
+fn assert_no_password(what: &str, text: &str) {
+    assert!(
+        !text.contains(URL_PASSWORD),
+        "{what} shows the password:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collect_never_shows_a_password_in_the_api_url() {
+    let broker = support::broker::InProcessBroker::start().await;
+    let api = RecordingApi::start().await;
+    let mut pv3 = support::collect::CollectRun::new(broker.port())
+        .api_url(url_with_password(api.port()))
+        .global_args(&["-vv"])
+        .spawn();
+    pv3.subscribed(1).await;
+    support::broker::publish_charges(broker.port(), 0..3).await;
+    pv3.delivered(3).await;
+    // The API goes away: the failure is logged, with its URL or not.
+    api.stop().await;
+    support::broker::publish_charges(broker.port(), 3..6).await;
+    assert!(
+        pv3.wait_for_stderr_lines(
+            1,
+            |l| l.contains("API not taking data"),
+            Duration::from_secs(30)
+        )
+        .await,
+        "{}",
+        pv3.stderr()
+    );
+    let status = std::fs::read_to_string(pv3.state_dir().join("status.json")).expect("status");
+    assert!(status.contains("\"delivered\""), "{status}");
+    assert_no_password("status.json", &status);
+    pv3.stop_in_place().await;
+    assert_no_password("collect's log", &pv3.stderr());
+    assert!(
+        pv3.stderr().contains("pv3user:***@127.0.0.1"),
+        "{}",
+        pv3.stderr()
+    );
+    assert_no_password("collect's stdout", &pv3.stdout());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_never_shows_a_password_in_the_api_url() {
+    let api = RecordingApi::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("a.jsonl");
+    let ts = Timestamp::now().to_rfc3339();
+    std::fs::write(
+        &file,
+        format!(
+            "{{\"ts\":\"{ts}\",\"topic\":\"pv/PV3/{DEVICE}/inverter/charge\",\"qos\":0,\"retain\":false,\"payload\":\"{{\\\"power\\\":5}}\"}}\n"
+        ),
+    )
+    .expect("write capture");
+    let file = file.to_str().expect("utf-8");
+    // Delivered, then against a closed port (errors), then an URL clap
+    // refuses.
+    let closed = url_with_password(support::free_port());
+    let bad = format!("http://pv3user:{URL_PASSWORD}@127.0.0.1:notaport");
+    for (url, code) in [(url_with_password(api.port()), 0), (closed, 1), (bad, 2)] {
+        let out = run_pv3_async(
+            &["-vv", "replay", file, "--api-url", &url, "--give-up", "1"],
+            &[],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(code), "{}", show(&out));
+        assert_no_password("replay", &show(&out));
+        if code != 2 {
+            assert!(
+                stderr(&out).contains("pv3user:***@127.0.0.1"),
+                "{}",
+                show(&out)
+            );
+        }
+    }
+    assert_eq!(api.measurements().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_api_never_shows_a_password_in_the_api_url() {
+    let api = RecordingApi::start().await;
+    let empty = tempfile::tempdir().expect("tempdir");
+    let state = empty.path().to_string_lossy().into_owned();
+    let urls = [
+        url_with_password(api.port()),
+        // Ends in /api: the device row names the URL.
+        format!("{}/api", url_with_password(api.port())),
+        url_with_password(support::free_port()),
+    ];
+    for url in &urls {
+        for format in ["table", "json"] {
+            let out = run_pv3_async(
+                &[
+                    "-vv",
+                    "check-api",
+                    "--api-url",
+                    url,
+                    "--state-dir",
+                    &state,
+                    "--format",
+                    format,
+                ],
+                &[],
+            )
+            .await;
+            no_panic(&out);
+            assert_no_password("check-api", &show(&out));
+        }
+    }
+}
+
+#[test]
+fn install_service_writes_a_password_in_the_api_url_but_never_shows_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root_dir = root.path().to_string_lossy().into_owned();
+    let bin = bin_path();
+    let url = url_with_password(8800);
+    for dry_run in [true, false] {
+        let mut args = vec!["--root", &root_dir, "--binary", &bin, "--api-url", &url];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let out = install(&args, &[("MQTT_HOST", "127.0.0.1")]);
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        assert_no_password("install-service", &show(&out));
+        if dry_run {
+            assert!(
+                stdout(&out).contains("API_URL=\"http://pv3user:***@127.0.0.1:8800/\""),
+                "{}",
+                show(&out)
+            );
+        }
+    }
+    let env = root.path().join("etc/pv3/collector.env");
+    let values = source_env(&env);
+    assert_eq!(
+        get(&values, "API_URL"),
+        Some(format!("{url}/").as_str()),
+        "the service gets the URL as given"
+    );
 }

@@ -82,23 +82,28 @@ impl<'a> Checker<'a> {
         if self.args.write {
             next.push(Check::WriteRoundTrip);
         }
+        let mut healthy = false;
         for check in next {
-            results.push(if up {
-                self.one(check).await
+            let result = if up {
+                self.one(check, healthy).await
             } else {
                 CheckResult::new(check, Outcome::Skip, "API not reachable")
-            });
+            };
+            healthy |= check == Check::Health && result.status == Outcome::Pass;
+            results.push(result);
         }
         results
     }
 
-    async fn one(&self, check: Check) -> CheckResult {
+    /// One check; `healthy`: `/health` has answered "healthy", so a data
+    /// request that fails points at the database behind the API.
+    async fn one(&self, check: Check, healthy: bool) -> CheckResult {
         match check {
             Check::ApiReachable => self.reachable().await,
             Check::Health => self.health().await,
             Check::ApiVersion => self.version().await,
-            Check::DeviceKnown => self.device().await,
-            Check::FreshData => self.fresh_data().await,
+            Check::DeviceKnown => self.device(healthy).await,
+            Check::FreshData => self.fresh_data(healthy).await,
             Check::WriteRoundTrip => self.write_probe().await,
             Check::CollectorRunning
             | Check::CollectorMqtt
@@ -284,19 +289,40 @@ impl<'a> Checker<'a> {
         check.timed(elapsed)
     }
 
-    /// `GET /api/devices/{id}`: 404 means nothing was ever stored for it.
-    async fn device(&self) -> CheckResult {
+    /// A data request that got no HTTP answer (reset, timed out): when
+    /// `/health` answers, the API is up and its database is the likely
+    /// cause, so say so.
+    fn data_failure(&self, e: String, healthy: bool) -> String {
+        if !healthy {
+            return e;
+        }
+        let e = if e.starts_with("timed out") {
+            format!(
+                "{e} (no answer within --api-timeout {})",
+                human_secs(self.timeout().as_secs_f64())
+            )
+        } else {
+            e
+        };
+        format!(
+            "{e}: /health answers, so the API is up but cannot read its data: most likely its database (PostgreSQL/TimescaleDB) is down or stalled; see the backend's logs"
+        )
+    }
+
+    /// `GET /api/devices/{id}`: 404 means nothing was ever stored for it;
+    /// a 200 must be this device, and its last data is shown.
+    async fn device(&self, healthy: bool) -> CheckResult {
         const NAME: Check = Check::DeviceKnown;
         let id = self.device_id();
         let (elapsed, answer) = self.get(&["api", "devices", id]).await;
         let check = match answer {
-            Err(e) => CheckResult::new(NAME, Outcome::Fail, e),
+            Err(e) => CheckResult::new(NAME, Outcome::Fail, self.data_failure(e, healthy)),
             Ok(a) if a.status == 404 && self.base_ends_in_api() => CheckResult::new(
                 NAME,
                 Outcome::Fail,
                 format!(
                     "HTTP 404: --api-url {} ends in /api, and pv3 adds /api itself: give the base URL, like http://host:8800",
-                    self.client.base()
+                    crate::secret::shown_url(self.client.base())
                 ),
             ),
             Ok(a) if a.status == 404 => CheckResult::new(
@@ -307,7 +333,7 @@ impl<'a> Checker<'a> {
                 ),
             ),
             Ok(a) if a.status != 200 => CheckResult::new(NAME, Outcome::Fail, http_failure(&a)),
-            Ok(_) => CheckResult::new(NAME, Outcome::Pass, format!("{id} is known to the API")),
+            Ok(a) => known_device(id, &a),
         };
         check.timed(elapsed)
     }
@@ -322,12 +348,12 @@ impl<'a> Checker<'a> {
     }
 
     /// `GET /api/devices/{id}/current`: the newest timestamp and its age.
-    async fn fresh_data(&self) -> CheckResult {
+    async fn fresh_data(&self, healthy: bool) -> CheckResult {
         const NAME: Check = Check::FreshData;
         let id = self.device_id();
         let (elapsed, answer) = self.get(&["api", "devices", id, "current"]).await;
         let check = match answer {
-            Err(e) => CheckResult::new(NAME, Outcome::Fail, e),
+            Err(e) => CheckResult::new(NAME, Outcome::Fail, self.data_failure(e, healthy)),
             Ok(a) if a.status == 404 => CheckResult::new(
                 NAME,
                 Outcome::Fail,
@@ -423,6 +449,49 @@ impl<'a> Checker<'a> {
             .await;
         read_back(answer, value).timed(start.elapsed())
     }
+}
+
+/// A 200 for `GET /api/devices/{id}`: the device, with what the API says
+/// of it (its last data, how many measurements), or a failure naming what
+/// came instead.
+fn known_device(id: &str, a: &Answer) -> CheckResult {
+    const NAME: Check = Check::DeviceKnown;
+    let json = a.json();
+    let device = json.as_ref().and_then(Value::as_object);
+    let named = device
+        .and_then(|d| d.get("device_id"))
+        .and_then(Value::as_str);
+    let Some(device) = device.filter(|_| named == Some(id)) else {
+        let got = match named {
+            Some(other) => format!("device {other}"),
+            None if a.body.is_empty() => "an empty answer".to_owned(),
+            None => a.text(),
+        };
+        return CheckResult::new(
+            NAME,
+            Outcome::Fail,
+            format!("HTTP 200 with {got}, not device {id}: is --api-url the PV3 Monitor API?"),
+        );
+    };
+    let mut seen = Vec::new();
+    if let Some(text) = device.get("last_seen").and_then(Value::as_str) {
+        seen.push(match parse_time(text) {
+            Some(ts) => format!(
+                "last data {text} ({} ago)",
+                human_secs(Timestamp::now().seconds_since(ts).max(0.0))
+            ),
+            None => format!("last data {text}"),
+        });
+    }
+    if let Some(n) = device.get("measurement_count").and_then(Value::as_u64) {
+        seen.push(format!("{n} measurements"));
+    }
+    let detail = if seen.is_empty() {
+        format!("{id} is known to the API (its answer names no last data time)")
+    } else {
+        format!("{id} is known to the API: {}", seen.join(", "))
+    };
+    CheckResult::new(NAME, Outcome::Pass, detail)
 }
 
 /// The `--write` probe read back: the value posted, or why not.

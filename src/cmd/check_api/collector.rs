@@ -220,16 +220,25 @@ fn delivery(dir: &StateDir, s: &Status, now: Timestamp) -> CheckResult {
         None => "nothing delivered yet".to_owned(),
     };
     let c = &s.counters;
-    let detail = format!(
+    let mut detail = format!(
         "{last_delivery}; spool {} batches ({} measurements); {} dropped, {} rejected",
         s.spool_batches, s.spool_measurements, c.dropped, c.rejected
     );
+    if c.not_created > 0 {
+        detail.push_str(&format!(
+            ", {} not created (by the API's own count)",
+            c.not_created
+        ));
+    }
     let mut problems = Vec::new();
     if s.spool_batches > 0 || s.spool_measurements > 0 {
         problems.push("the spool is waiting for the API".to_owned());
     }
     if c.dropped > 0 {
         problems.push("readings were dropped because the queue or spool was full".to_owned());
+    }
+    if c.not_created > 0 {
+        problems.push("the API said it created fewer measurements than it took".to_owned());
     }
     if c.rejected > 0 {
         problems.push(format!(

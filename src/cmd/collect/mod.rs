@@ -184,7 +184,7 @@ async fn open_outputs(args: &CollectArgs) -> Result<Opened> {
         let output = open_api(args, &dir)?;
         health.api = Some(output.stats());
         outputs.push(Box::new(output));
-        destinations.push(args.api.api_url.to_string());
+        destinations.push(crate::secret::shown_url(&args.api.api_url));
     }
     if args.outputs.publish || args.outputs.ha {
         let (output, destination) = open_publish(args)?;

@@ -80,6 +80,7 @@ impl StatusWriter {
                 spooled: get(&stats.spooled),
                 dropped: get(&stats.dropped),
                 rejected: get(&stats.rejected),
+                not_created: get(&stats.not_created),
                 decode_errors: pipeline.counts.errors,
             },
             spool_batches: get(&stats.spool_batches),

@@ -212,12 +212,10 @@ impl Setting {
         if self.kind != Kind::Url {
             return self.value.clone();
         }
+        // Normalised as the env file holds it, then masked as everywhere.
         match Url::parse(&self.value) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("***"));
-                url.to_string()
-            }
-            _ => self.value.clone(),
+            Ok(url) => crate::secret::shown_url(&url),
+            Err(_) => crate::secret::mask_url_passwords(&self.value).into_owned(),
         }
     }
 }

@@ -1,13 +1,27 @@
-//! Replay into the API: a backfill that can run twice.
+//! Replay into the API: a backfill that can run twice, and sends each
+//! reading once.
 //!
 //! The PV3 Monitor backend keeps every row it is sent (no unique key), so a
 //! capture replayed twice would double every chart. Before a window of the
-//! capture is sent (up to [`WINDOW_SPAN`] of capture time or
+//! capture is sent (less than [`WINDOW_SPAN`] of capture time and at most
 //! [`WINDOW_MEASUREMENTS`] measurements, so memory stays flat on a
-//! month-long capture), the API is asked which (metric, timestamp) pairs it
-//! already holds for that window (`GET .../history`), and only the rest is
-//! sent. An API without the history endpoint (404/405) gets everything,
-//! with a warning.
+//! month-long capture, in time order or not), the API is asked what it
+//! already holds for that window, widened by [`SAME_READING`] each side
+//! (`GET .../history`), and only the rest is sent. What counts as the same
+//! reading (device, metric, value, times under [`SAME_READING`] apart) is
+//! in [`super::seen`].
+//!
+//! Within one run, a reading seen before in the capture is sent once. The
+//! window itself and the one before it are compared in memory (the
+//! forwarder may not have delivered them yet). An earlier window the new
+//! one overlaps in time (a capture holding a record twice, days apart in
+//! the file) is covered by the history query, provided what was handed to
+//! the forwarder is stored first: when the new window's time overlaps an
+//! earlier one's (other than the last), the forwarder is flushed (waited
+//! for until it has delivered everything) before the API is asked. A
+//! capture in time order never waits. An API without the history endpoint
+//! (404/405), or `--no-skip-existing`, gets everything but the repeats the
+//! two windows in memory catch, with a warning.
 //!
 //! ```text
 //! reader thread ──windows──▶ this task: ask history, filter ──readings──▶ forwarder
@@ -18,18 +32,20 @@
 //! gives back what it has not delivered. The summary then names the
 //! capture time to resume from, and a re-run sends nothing twice.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::{ApiClient, HistoryError};
 use crate::backoff::Backoff;
 use crate::forward::ForwardSender;
 use crate::reading::{Reading, Timestamp};
 
-/// Capture time one history query covers, at most.
+use super::seen::{SAME_READING, Seen};
+
+/// Capture time one window spans, less than (and so one history query).
 pub(super) const WINDOW_SPAN: Duration = Duration::from_secs(300);
 /// Measurements one window holds, at most.
 pub(super) const WINDOW_MEASUREMENTS: usize = 20_000;
@@ -39,17 +55,32 @@ pub(super) const WINDOW_MEASUREMENTS: usize = 20_000;
 pub(super) struct Window {
     pub(super) readings: Vec<Reading>,
     measurements: usize,
-    first: Option<Timestamp>,
+    /// The earliest and latest capture times in it.
+    span: Option<(Timestamp, Timestamp)>,
 }
 
 impl Window {
-    /// Adds a reading; true when the window is full and should be sent.
-    pub(super) fn add(&mut self, reading: Reading) -> bool {
-        let first = *self.first.get_or_insert(reading.timestamp);
+    /// Would a reading at `ts` keep the window under [`WINDOW_SPAN`]? (A
+    /// capture that jumps back in time starts a new window.)
+    pub(super) fn fits(&self, ts: Timestamp) -> bool {
+        self.span
+            .is_none_or(|(lo, hi)| hi.max(ts).seconds_since(lo.min(ts)) < WINDOW_SPAN.as_secs_f64())
+    }
+
+    /// Adds a reading (see [`Self::fits`] first).
+    pub(super) fn add(&mut self, reading: Reading) {
+        let ts = reading.timestamp;
+        self.span = Some(
+            self.span
+                .map_or((ts, ts), |(lo, hi)| (lo.min(ts), hi.max(ts))),
+        );
         self.measurements += reading.measurements.len();
-        let span = reading.timestamp.seconds_since(first);
         self.readings.push(reading);
-        self.measurements >= WINDOW_MEASUREMENTS || span >= WINDOW_SPAN.as_secs_f64()
+    }
+
+    /// Full: to be sent.
+    pub(super) fn full(&self) -> bool {
+        self.measurements >= WINDOW_MEASUREMENTS
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -58,7 +89,7 @@ impl Window {
 
     /// The earliest capture time in it.
     pub(super) fn earliest(&self) -> Option<Timestamp> {
-        self.readings.iter().map(|r| r.timestamp).min()
+        self.span.map(|(lo, _)| lo)
     }
 
     pub(super) fn measurements(&self) -> usize {
@@ -71,6 +102,12 @@ impl Window {
 pub(super) struct BackfillCounts {
     /// Measurements not sent because the API already held them.
     pub(super) skipped: u64,
+    /// Measurements not sent because the capture held them before (the
+    /// same reading; see [`super::seen`]).
+    pub(super) repeated: u64,
+    /// Times the forwarder was waited for, so that the API could be asked
+    /// about a window overlapping an earlier one.
+    pub(super) flushes: u64,
     /// History queries made, and the time they took.
     pub(super) queries: u64,
     pub(super) query_time: Duration,
@@ -101,6 +138,13 @@ pub(super) struct Backfill {
     pub(super) retry_max: Duration,
     pub(super) stop: watch::Receiver<bool>,
     pub(super) counts: BackfillCounts,
+    /// What the last window handed over (it may not be stored yet).
+    pub(super) recent: Seen,
+    /// The capture time the last window spans.
+    pub(super) last_span: Option<(Timestamp, Timestamp)>,
+    /// The capture time the windows before it span, since the forwarder
+    /// was last flushed: what may not be stored yet.
+    pub(super) older_span: Option<(Timestamp, Timestamp)>,
 }
 
 impl Backfill {
@@ -132,7 +176,7 @@ impl Backfill {
     /// One window: ask, filter, hand over. The readings not handed over
     /// when it stops are counted.
     async fn forward(&mut self, window: Window, forwarder: &ForwardSender) -> Result<(), Stop> {
-        let readings = match self.filter(window).await {
+        let readings = match self.filter(window, forwarder).await {
             Ok(readings) => readings,
             Err((stop, readings)) => {
                 self.not_handed(&readings);
@@ -142,57 +186,110 @@ impl Backfill {
         let mut readings = readings.into_iter();
         while let Some(reading) = readings.next() {
             let stopped = self.stopped();
-            let sent = tokio::select! {
-                sent = forwarder.send(reading) => sent.map_err(|_| Stop::Forwarder),
+            // Room first, the reading after: a stop while waiting leaves
+            // the reading here, counted with the rest (and in the resume
+            // hint), not dropped with the wait.
+            let room = tokio::select! {
+                biased;
                 () = stopped => Err(Stop::Signal),
+                room = forwarder.reserve() => room.map_err(|_| Stop::Forwarder),
             };
-            if let Err(stop) = sent {
-                let rest: Vec<Reading> = readings.collect();
-                self.not_handed(&rest);
-                return Err(stop);
+            match room {
+                Ok(permit) => permit.send(reading),
+                Err(stop) => {
+                    let rest: Vec<Reading> = std::iter::once(reading).chain(readings).collect();
+                    self.not_handed(&rest);
+                    return Err(stop);
+                }
             }
         }
         Ok(())
     }
 
-    /// The window without what the API already holds. On a stop, the whole
-    /// window comes back with the reason.
-    async fn filter(&mut self, window: Window) -> Result<Vec<Reading>, (Stop, Vec<Reading>)> {
-        if !self.skip_existing || window.is_empty() {
-            return Ok(window.readings);
-        }
-        // device → metric → milliseconds held: looked up without allocating.
-        let mut present: HashMap<String, HashMap<String, HashSet<i64>>> = HashMap::new();
-        for (device, (metrics, start, end)) in spans(&window.readings) {
-            let metrics: Vec<&str> = metrics.iter().map(String::as_str).collect();
-            match self.history(&device, &metrics, start, end).await {
-                Ok(Some(rows)) => {
-                    let held = present.entry(device).or_default();
-                    for (metric, ms) in rows {
-                        held.entry(metric).or_default().insert(ms);
-                    }
-                }
-                Ok(None) => return Ok(window.readings), // no history endpoint
-                Err(stop) => return Err((stop, window.readings)),
-            }
-        }
+    /// The window without what the API already holds and what the capture
+    /// held before. On a stop, the whole window comes back with the reason.
+    async fn filter(
+        &mut self,
+        window: Window,
+        forwarder: &ForwardSender,
+    ) -> Result<Vec<Reading>, (Stop, Vec<Reading>)> {
+        let span = window.span;
+        let held = match self.held(span, &window.readings, forwarder).await {
+            Ok(held) => held,
+            Err(stop) => return Err((stop, window.readings)),
+        };
+        let mut kept_seen = Seen::default();
         let mut kept = Vec::with_capacity(window.readings.len());
         for mut reading in window.readings {
-            let ms = reading.timestamp.unix_millis();
-            let before = reading.measurements.len();
-            if let Some(held) = present.get(&*reading.origin.device_id) {
-                reading.measurements.retain(|m| {
-                    !held
-                        .get(m.metric.as_ref())
-                        .is_some_and(|times| times.contains(&ms))
-                });
-            }
-            self.counts.skipped += (before - reading.measurements.len()) as u64;
+            let (at, before) = (reading.timestamp, reading.measurements.len());
+            let device = &*reading.origin.device_id;
+            let mut in_api = 0;
+            reading.measurements.retain(|m| {
+                let (metric, value) = (m.metric.as_ref(), m.value);
+                if held.holds(device, metric, value, at) {
+                    in_api += 1;
+                    false
+                } else {
+                    !self.recent.holds(device, metric, value, at)
+                        && kept_seen.insert_new(device, metric, value, at)
+                }
+            });
+            self.counts.skipped += in_api;
+            self.counts.repeated += (before - reading.measurements.len()) as u64 - in_api;
             if !reading.measurements.is_empty() || reading.alarms.is_some() {
                 kept.push(reading);
             }
         }
+        // This window is the last one now; the one before joins the older.
+        self.older_span = union(self.older_span, self.last_span);
+        self.last_span = span;
+        self.recent = kept_seen;
         Ok(kept)
+    }
+
+    /// What the API holds over the window's time, widened by
+    /// [`SAME_READING`] each side. When that time overlaps a window handed
+    /// over before the last one, the forwarder is flushed first, so that
+    /// what it held is stored, and seen, too.
+    async fn held(
+        &mut self,
+        span: Option<(Timestamp, Timestamp)>,
+        readings: &[Reading],
+        forwarder: &ForwardSender,
+    ) -> Result<Seen, Stop> {
+        let mut held = Seen::default();
+        let Some((lo, hi)) = span.filter(|_| self.skip_existing) else {
+            return Ok(held);
+        };
+        let (lo, hi) = (widen(lo, -1), widen(hi, 1));
+        if self.older_span.is_some_and(|(a, b)| a <= hi && lo <= b) {
+            debug!(
+                "this window overlaps an earlier one: waiting until the forwarder has delivered it"
+            );
+            let stopped = self.stopped();
+            tokio::select! {
+                biased;
+                () = stopped => return Err(Stop::Signal),
+                flushed = forwarder.flush() => flushed.map_err(|_| Stop::Forwarder)?,
+            }
+            self.counts.flushes += 1;
+            self.older_span = None;
+        }
+        for (device, (metrics, start, end)) in spans(readings) {
+            let metrics: Vec<&str> = metrics.iter().map(String::as_str).collect();
+            let (start, end) = (widen(start, -1), widen(end, 1));
+            match self.history(&device, &metrics, start, end).await? {
+                Some(rows) => {
+                    for row in rows {
+                        if let Some(value) = row.value {
+                            held.insert(&device, &row.metric, value, row.at);
+                        }
+                    }
+                }
+                None => break, // no history endpoint: skipping is off
+            }
+        }
+        Ok(held)
     }
 
     /// `Ok(None)`: the API has no history endpoint (skipping is off from
@@ -203,7 +300,7 @@ impl Backfill {
         metrics: &[&str],
         start: Timestamp,
         end: Timestamp,
-    ) -> Result<Option<Vec<(String, i64)>>, Stop> {
+    ) -> Result<Option<Vec<crate::api::HistoryRow>>, Stop> {
         let mut backoff = Backoff::new(Duration::from_millis(500), self.retry_max);
         let first_try = Instant::now();
         loop {
@@ -255,6 +352,23 @@ impl Backfill {
             let earliest = self.counts.earliest_not_handed.get_or_insert(r.timestamp);
             *earliest = (*earliest).min(r.timestamp);
         }
+    }
+}
+
+/// `ts` moved by [`SAME_READING`] (`sign` -1: earlier, 1: later).
+fn widen(ts: Timestamp, sign: i64) -> Timestamp {
+    let by = SAME_READING.as_micros() as i64;
+    Timestamp::from_unix_micros(ts.unix_micros().saturating_add(sign * by))
+}
+
+/// The span covering both.
+fn union(
+    a: Option<(Timestamp, Timestamp)>,
+    b: Option<(Timestamp, Timestamp)>,
+) -> Option<(Timestamp, Timestamp)> {
+    match (a, b) {
+        (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
+        (a, b) => a.or(b),
     }
 }
 

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::capture::{CaptureReader, LineError, Record};
 use crate::cli::{ReplayArgs, Speed};
 use crate::energy::{Energy, InTimeOrder};
-use crate::forward::{ForwardOptions, ForwardReport, Forwarder, Overflow};
+use crate::forward::ForwardReport;
 use crate::mqtt::Publisher;
 use crate::output::{Format, Printer, is_broken_pipe};
 use crate::pipeline::{DecodeCounts, Pipeline};
@@ -28,8 +28,10 @@ use crate::reading::Timestamp;
 use crate::topic;
 
 mod backfill;
+mod into_api;
+mod seen;
 
-use backfill::{Backfill, BackfillCounts, Stop, Window};
+use backfill::BackfillCounts;
 
 /// Bad lines reported one by one; past this only counted (and summed up).
 const BAD_LINES_SHOWN: u64 = 20;
@@ -42,6 +44,11 @@ struct SourceCounts {
     filtered_out: u64,
     /// The capture time of the last record handed on.
     last: Option<Timestamp>,
+    /// The latest capture time handed on.
+    latest: Option<Timestamp>,
+    /// A record handed on was older than one before it: what was not read
+    /// may be older than anything read, and no `--since` is safe.
+    out_of_order: bool,
 }
 
 /// Filtered, paced records from a capture.
@@ -92,7 +99,10 @@ impl Source {
                 continue;
             }
             self.pace(record.ts);
-            self.counts.last = Some(record.ts);
+            let c = &mut self.counts;
+            c.out_of_order |= c.latest.is_some_and(|t| record.ts < t);
+            c.latest = c.latest.max(Some(record.ts));
+            c.last = Some(record.ts);
             return Ok(Some(record));
         }
     }
@@ -177,7 +187,7 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
     } else if args.to_mqtt {
         to_mqtt(source, &args).await
     } else {
-        to_api(source, &args, signal).await
+        into_api::to_api(source, &args, signal).await
     };
     if let Some(bar) = progress {
         bar.finish_and_clear();
@@ -244,9 +254,21 @@ impl std::fmt::Display for Summary {
         if let (Some(r), Some(b)) = (&self.delivery, &self.backfill) {
             write!(
                 f,
-                "; {} measurements delivered, {} already in the API (skipped), {} rejected, {} undelivered; {} alarm updates",
-                r.delivered, b.counts.skipped, r.rejected, b.not_sent, r.alarms_delivered,
+                "; {} measurements delivered, {} already in the API (skipped), {} repeated in the capture (skipped), {} rejected, {} undelivered; {} alarm updates",
+                r.delivered,
+                b.counts.skipped,
+                b.counts.repeated,
+                r.rejected,
+                b.not_sent,
+                r.alarms_delivered,
             )?;
+            if r.not_created > 0 {
+                write!(
+                    f,
+                    "; the API said it created {} fewer than it was sent",
+                    r.not_created
+                )?;
+            }
             if b.counts.queries > 0 {
                 write!(
                     f,
@@ -255,11 +277,25 @@ impl std::fmt::Display for Summary {
                     b.counts.query_time.as_secs_f64()
                 )?;
             }
+            if b.counts.flushes > 0 {
+                write!(
+                    f,
+                    "; {} waits for what was sent to be stored, before asking about a part the capture held twice",
+                    b.counts.flushes
+                )?;
+            }
             if !b.read_to_end {
                 write!(f, "; the capture was not read to its end")?;
             }
-            if let Some(ts) = b.resume {
-                write!(f, "; resume with --since {}", ts.to_rfc3339())?;
+            match b.resume {
+                Some(ts) if !s.out_of_order => {
+                    write!(f, "; resume with --since {}", ts.to_rfc3339())?;
+                }
+                Some(_) => write!(
+                    f,
+                    "; the capture is not in time order, so no --since can resume it: run the same command again (what the API holds is skipped)"
+                )?,
+                None => {}
             }
         }
         if let Some(n) = self.published {
@@ -348,154 +384,6 @@ async fn dry_run(mut source: Source, format: Format, args: &ReplayArgs) -> Resul
         })
     });
     handle.await.context("replay thread failed")?
-}
-
-async fn to_api(
-    mut source: Source,
-    args: &ReplayArgs,
-    signal: watch::Receiver<bool>,
-) -> Result<Summary> {
-    let api = super::api_client(&args.api)?;
-    let forwarder = Forwarder::start(api.clone(), replay_options(args));
-    let Some(sender) = forwarder.sender() else {
-        bail!("the forwarder did not start");
-    };
-    info!("replaying into {}", args.api.api_url);
-    let mut pipeline = new_pipeline(args);
-    let (windows_tx, windows) = mpsc::channel::<Window>(1);
-    let reader = tokio::task::spawn_blocking(move || -> Result<ReadOutcome> {
-        let mut window = Window::default();
-        let mut lost = Window::default();
-        let mut eof = true;
-        while let Some(record) = source.next()? {
-            if let Some(reading) = decode_record(&mut pipeline, &record)
-                && window.add(reading)
-                && let Err(refused) = windows_tx.blocking_send(std::mem::take(&mut window))
-            {
-                lost = refused.0; // the backfill stopped
-                eof = false;
-                break;
-            }
-        }
-        if eof
-            && !window.is_empty()
-            && let Err(refused) = windows_tx.blocking_send(window)
-        {
-            lost = refused.0;
-        }
-        let eof = eof && !source.stop.load(Ordering::Relaxed);
-        Ok(ReadOutcome {
-            source: source.counts,
-            decode: pipeline.counts,
-            lost,
-            eof,
-        })
-    });
-    let mut backfill = Backfill {
-        api,
-        skip_existing: !args.no_skip_existing,
-        give_up: args.give_up,
-        retry_max: args.delivery.retry_max,
-        stop: signal.clone(),
-        counts: BackfillCounts::default(),
-    };
-    let stopped = backfill.run(windows, sender).await;
-    let mut signal = signal;
-    let report = forwarder
-        .finish_until(async move {
-            let _ = signal.wait_for(|s| *s).await;
-        })
-        .await;
-    let read = reader.await.context("replay thread failed")??;
-    Ok(summarise(read, report, backfill.counts, stopped))
-}
-
-/// What the reader thread read.
-struct ReadOutcome {
-    source: SourceCounts,
-    decode: DecodeCounts,
-    /// Decoded but never handed over (the backfill had stopped).
-    lost: Window,
-    /// Read to the end of the capture.
-    eof: bool,
-}
-
-fn replay_options(args: &ReplayArgs) -> ForwardOptions {
-    let batch_size = args.batch_size as usize;
-    let concurrency = args.concurrency as usize;
-    ForwardOptions {
-        batch_size,
-        linger: Duration::from_millis(250),
-        concurrency,
-        // Enough to keep every POST slot busy with full batches.
-        queue_limit: batch_size * (concurrency + 2),
-        overflow: Overflow::Wait,
-        retry_initial: Duration::from_millis(500),
-        retry_max: args.delivery.retry_max,
-        send_alarms: args.alarms,
-        give_up: Some(args.give_up),
-        // A wrong --api-url will not fix itself while a person waits.
-        fail_fast: true,
-    }
-}
-
-/// Accounts for every measurement decoded: delivered, already there,
-/// rejected, or not sent (and from when to resume).
-fn summarise(
-    read: ReadOutcome,
-    report: ForwardReport,
-    mut counts: BackfillCounts,
-    stopped: Option<Stop>,
-) -> Summary {
-    counts.not_handed += read.lost.measurements() as u64;
-    let done = report.delivered + report.rejected + counts.skipped;
-    let not_sent = read.decode.measurements.saturating_sub(done);
-    let resume = [
-        counts.earliest_not_handed,
-        read.lost.earliest(),
-        earliest_in(&report.undelivered),
-    ]
-    .into_iter()
-    .flatten()
-    .min();
-    let stopped = stopped.map(|s| match s {
-        Stop::Signal => "interrupted".to_string(),
-        Stop::Forwarder => report
-            .gave_up_because
-            .clone()
-            .unwrap_or_else(|| "the forwarder stopped".into()),
-        Stop::History(why) => why,
-    });
-    Summary {
-        source: read.source.clone(),
-        decode: Some(read.decode),
-        backfill: Some(Backfilled {
-            counts,
-            not_sent,
-            read_to_end: read.eof,
-            // Nothing pending but not read to the end: from the last record
-            // read (what was sent again is skipped as already there).
-            resume: resume.or(if read.eof { None } else { read.source.last }),
-            stopped,
-        }),
-        delivery: Some(report),
-        published: None,
-        energy: None,
-    }
-}
-
-/// The earliest measurement timestamp in batches' bodies.
-fn earliest_in(batches: &[crate::forward::Batch]) -> Option<Timestamp> {
-    #[derive(serde::Deserialize)]
-    struct Item {
-        timestamp: Option<String>,
-    }
-    batches
-        .iter()
-        .filter_map(|b| serde_json::from_slice::<Vec<Item>>(&b.body).ok())
-        .flatten()
-        .filter_map(|i| Timestamp::parse_rfc3339(i.timestamp.as_deref()?).ok())
-        .min()
 }
 
 async fn to_mqtt(mut source: Source, args: &ReplayArgs) -> Result<Summary> {

@@ -73,8 +73,22 @@ struct Faults {
     /// Every `GET /api/...` gets this status (the backend's database is
     /// down: `/` and `/health` still answer).
     fail_reads: Option<u16>,
+    /// Every `GET /api/...` gets its connection reset, unanswered.
+    reset_reads: bool,
+    /// Delay before each `GET /api/...` is answered (a stalled database).
+    read_delay: Duration,
+    /// Every `GET /api/...` gets `200` with this body (not the API's own).
+    read_answer: Option<Value>,
     /// Delay applied to POSTs only (a database slow to write).
     post_delay: Duration,
+    /// Armed: the next POST starts a stall of this long.
+    stall_next_post: Option<Duration>,
+    /// Every request arriving before this waits until then (a stalled
+    /// database: all of it answers at once when it is back).
+    stalled_until: Option<tokio::time::Instant>,
+    /// A batch POST stores at most this many of its measurements and
+    /// answers `201 {"created": <that many>}`.
+    created_at_most: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +108,8 @@ struct Data {
     seeded: Vec<Value>,
     alarms: Vec<(String, Value)>,
     faults: Faults,
+    /// Requests read but not yet answered (waiting out a delay).
+    in_progress: usize,
 }
 
 struct Store {
@@ -283,6 +299,38 @@ impl RecordingApi {
         lock(&self.store.data).faults.fail_reads = status;
     }
 
+    /// The next POST to arrive starts a stall of `length`: every request
+    /// arriving until it ends (that POST included: /health, history,
+    /// POSTs) is answered, and a POST stored, only when it ends, whether
+    /// its client still waits or not.
+    pub fn stall_next_post(&self, length: Duration) {
+        lock(&self.store.data).faults.stall_next_post = Some(length);
+    }
+
+    /// Every `GET /api/...` has its connection reset (RST) without an
+    /// answer, as a backend whose database connection dies mid-request.
+    pub fn reset_reads(&self, on: bool) {
+        lock(&self.store.data).faults.reset_reads = on;
+    }
+
+    /// Delay before each `GET /api/...` is answered (`/`, `/health` and
+    /// POSTs are not delayed): a database that stalls reads.
+    pub fn set_read_delay(&self, delay: Duration) {
+        lock(&self.store.data).faults.read_delay = delay;
+    }
+
+    /// Every `GET /api/...` gets `200` with `body` (`None`: back to
+    /// normal), as from something that is not PV3 Monitor.
+    pub fn answer_reads(&self, body: Option<Value>) {
+        lock(&self.store.data).faults.read_answer = body;
+    }
+
+    /// Each batch POST stores at most `n` of its measurements (the first)
+    /// and says so: `201 {"created": n}` (`None`: back to normal).
+    pub fn create_at_most(&self, n: Option<usize>) {
+        lock(&self.store.data).faults.created_at_most = n;
+    }
+
     /// Every POST gets `200 OK` with an HTML page until turned off.
     pub fn answer_html(&self, on: bool) {
         lock(&self.store.data).faults.html = on;
@@ -399,6 +447,19 @@ impl RecordingApi {
                     got.len()
                 );
             }
+        }
+    }
+
+    /// Waits until no request is waiting out a delay (each has been
+    /// answered, and a POST stored, whether its client still waited or
+    /// not); panics after `timeout`.
+    pub async fn wait_idle(&self, timeout: Duration) {
+        if self
+            .wait_until(timeout, |d| (d.in_progress == 0).then_some(()))
+            .await
+            .is_err()
+        {
+            panic!("RecordingApi: requests still waiting after {timeout:?}");
         }
     }
 
@@ -593,21 +654,44 @@ async fn serve_conn(mut stream: TcpStream, store: Arc<Store>) {
         };
         let Some(body) = body else { return };
 
-        let delay = {
-            let d = lock(&store.data);
-            d.faults.delay
-                + if method == "POST" {
-                    d.faults.post_delay
-                } else {
-                    Duration::ZERO
-                }
+        let api_read = method == "GET" && path.starts_with("/api/");
+        let (delay, reset) = {
+            let mut d = lock(&store.data);
+            d.in_progress += 1;
+            let now = tokio::time::Instant::now();
+            if method == "POST"
+                && let Some(length) = d.faults.stall_next_post.take()
+            {
+                d.faults.stalled_until = Some(now + length);
+            }
+            let stall = d
+                .faults
+                .stalled_until
+                .map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
+            let extra = match method.as_str() {
+                "POST" => d.faults.post_delay,
+                _ if api_read => d.faults.read_delay,
+                _ => Duration::ZERO,
+            };
+            (
+                d.faults.delay + extra + stall,
+                api_read && d.faults.reset_reads,
+            )
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        if reset {
+            lock(&store.data).in_progress -= 1;
+            store.changes.send_modify(|v| *v = v.wrapping_add(1));
+            // RST, not FIN: the client sees "connection reset".
+            let _ = stream.set_zero_linger();
+            return;
+        }
 
         let resp = {
             let mut data = lock(&store.data);
+            data.in_progress -= 1;
             let resp = respond(&mut data, &method, &path, &body);
             data.requests.push(Request {
                 method,
@@ -716,6 +800,12 @@ fn respond(data: &mut Data, method: &str, target: &str, body: &[u8]) -> Response
     {
         return detail(status, "Internal Server Error");
     }
+    if method == "GET"
+        && segs.first() == Some(&"api")
+        && let Some(body) = &data.faults.read_answer
+    {
+        return ok(200, body.clone());
+    }
     if method == "POST" {
         let injected = if data.faults.fail_next > 0 {
             data.faults.fail_next -= 1;
@@ -754,8 +844,10 @@ fn respond(data: &mut Data, method: &str, target: &str, body: &[u8]) -> Response
             let device = percent_decode(id);
             match validate_batch(body) {
                 Ok(items) => {
-                    let n = items.len();
-                    for mut item in items {
+                    let n = items
+                        .len()
+                        .min(data.faults.created_at_most.unwrap_or(usize::MAX));
+                    for mut item in items.into_iter().take(n) {
                         if let Value::Object(obj) = &mut item {
                             obj.insert("device_id".into(), Value::String(device.clone()));
                         }
