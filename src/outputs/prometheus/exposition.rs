@@ -272,7 +272,7 @@ fn per_output(
 /// The API output's counters (see [`ForwardStats`]).
 pub(super) fn render_api(x: &mut Exposition, api: &ForwardStats, now_ms: i64) {
     let get = |c: &std::sync::atomic::AtomicU64| ForwardStats::get(c) as f64;
-    let families: [(&str, &str, &str, f64); 9] = [
+    let families: [(&str, &str, &str, f64); 10] = [
         (
             "pv3_api_measurements_delivered_total",
             "counter",
@@ -302,6 +302,12 @@ pub(super) fn render_api(x: &mut Exposition, api: &ForwardStats, now_ms: i64) {
             "counter",
             "Measurements PV3 Monitor refused for good (set aside in rejected.jsonl)",
             get(&api.rejected),
+        ),
+        (
+            "pv3_api_measurements_not_created_total",
+            "counter",
+            "Measurements in POSTs PV3 Monitor answered 201 to but said it did not create",
+            get(&api.not_created),
         ),
         (
             "pv3_api_failed_attempts_total",

@@ -101,6 +101,7 @@ const RESERVED: &[&str] = &[
     "pv3_api_measurements_spooled_total",
     "pv3_api_measurements_dropped_total",
     "pv3_api_measurements_rejected_total",
+    "pv3_api_measurements_not_created_total",
     "pv3_api_failed_attempts_total",
     "pv3_api_measurements_queued",
     "pv3_api_spool_measurements",
