@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::census::{self, Census, Reach};
-use crate::cmd::check_api::human_secs;
+use crate::human::human_secs;
 use crate::mqtt::{self, MqttSettings};
 use crate::topic::ANY_DEVICE;
 
@@ -33,7 +33,7 @@ const LOOK: Duration = Duration::from_secs(10);
 
 /// [`AFTER`], or `PV3_DEVICE_HINT_AFTER_MS` (tests).
 fn after() -> Duration {
-    crate::cmd::interval_from_env("PV3_DEVICE_HINT_AFTER_MS", AFTER)
+    crate::knobs::interval_from_env("PV3_DEVICE_HINT_AFTER_MS", AFTER)
 }
 
 /// What the hint task and collect share.

@@ -34,6 +34,10 @@ pub mod device_hint;
 pub mod energy;
 // Batching, queueing, retry and delivery to the API.
 pub mod forward;
+// Numbers as people read them (durations).
+pub mod human;
+// The undocumented knobs tests shorten intervals with.
+pub mod knobs;
 // Logging set-up.
 pub mod logging;
 // Per-metric metadata for the outputs: Home Assistant classes, Prometheus names.

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-pub use crate::outputs::OutputReport;
 use crate::state_dir::STATUS_FILE as FILE_NAME;
 
 /// What `status.json` holds: who wrote it, the broker connection, the last
@@ -132,6 +131,21 @@ pub fn read(dir: &Path) -> Result<Option<Status>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
     }
+}
+
+/// One output as `status.json` shows it (check-api reads it back).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputReport {
+    /// `mqtt` or `prometheus`.
+    pub name: String,
+    /// Connected (MQTT) or listening (Prometheus).
+    pub connected: bool,
+    /// Messages published (MQTT) or scrapes answered (Prometheus).
+    pub published: u64,
+    /// Values replaced or given up before they went out.
+    pub dropped: u64,
+    /// The last publish or scrape, RFC 3339.
+    pub last_at: Option<String>,
 }
 
 #[cfg(test)]

@@ -8,7 +8,11 @@
 //! is ever held in memory.
 
 use std::borrow::Cow;
-use std::io::{self, BufRead, Read};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -345,6 +349,29 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
         .rposition(|c| !c.is_ascii_whitespace())
         .map_or(start, |i| i + 1);
     &b[start..end]
+}
+
+/// The input, its size when known (for the progress bar) and its name.
+pub fn open_input(path: &Path) -> Result<(Box<dyn BufRead + Send>, Option<u64>, String)> {
+    if path == Path::new("-") {
+        return Ok((
+            Box::new(BufReader::with_capacity(256 * 1024, io::stdin())),
+            None,
+            "stdin".into(),
+        ));
+    }
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.is_dir() {
+        bail!("{} is a directory, not a capture file", path.display());
+    }
+    Ok((
+        Box::new(BufReader::with_capacity(256 * 1024, file)),
+        Some(meta.len()),
+        path.display().to_string(),
+    ))
 }
 
 #[cfg(test)]

@@ -15,9 +15,9 @@ use tabled::settings::Style;
 use tabled::{Table, Tabled};
 use tracing::info;
 
-use super::check_api::human_secs;
 use crate::census::{self, Census, DeviceTally, Reach};
 use crate::cli::{DevicesArgs, DevicesFormat};
+use crate::human::human_secs;
 use crate::reading::Timestamp;
 use crate::topic;
 

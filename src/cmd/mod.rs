@@ -52,18 +52,6 @@ pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     }
 }
 
-/// `default`, or the milliseconds in the environment variable `var`: the
-/// undocumented knobs with which tests shorten collect's intervals
-/// (`PV3_STATUS_INTERVAL_MS`, `PV3_DEVICE_HINT_AFTER_MS`,
-/// `PV3_PUBLISH_HEARTBEAT_MS`, `PV3_ENERGY_SAVE_MS`).
-pub(crate) fn interval_from_env(var: &str, default: Duration) -> Duration {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&ms| ms > 0)
-        .map_or(default, Duration::from_millis)
-}
-
 /// MQTT settings from the shared flags; `command` names the client id.
 pub(crate) fn mqtt_settings(args: &MqttArgs, command: &str) -> MqttSettings {
     // A CA file only makes sense with TLS: giving one asks for it.

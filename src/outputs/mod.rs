@@ -30,7 +30,7 @@ use std::sync::Arc;
 pub use api::ApiOutput;
 pub use prometheus::PrometheusOutput;
 pub use publish::{PublishOptions, PublishOutput};
-pub use stats::{Health, OutputReport, OutputStats};
+pub use stats::{Health, OutputStats};
 pub use stdout::StdoutOutput;
 
 use crate::reading::Reading;

@@ -4,10 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use serde::{Deserialize, Serialize};
-
 use crate::forward::ForwardStats;
 use crate::reading::Timestamp;
+use crate::status::OutputReport;
 
 /// One output's counters (MQTT publishing, Prometheus). Updated by the
 /// output's own task, read by anyone.
@@ -69,21 +68,6 @@ impl OutputStats {
             }),
         }
     }
-}
-
-/// One output as `status.json` shows it (check-api reads it back).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutputReport {
-    /// `mqtt` or `prometheus`.
-    pub name: String,
-    /// Connected (MQTT) or listening (Prometheus).
-    pub connected: bool,
-    /// Messages published (MQTT) or scrapes answered (Prometheus).
-    pub published: u64,
-    /// Values replaced or given up before they went out.
-    pub dropped: u64,
-    /// The last publish or scrape, RFC 3339.
-    pub last_at: Option<String>,
 }
 
 /// What collect knows about its input and the API, for `/metrics`.

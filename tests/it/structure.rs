@@ -1,6 +1,8 @@
-//! The shape rules of issue 9, kept by a test rather than by a reviewer's
-//! memory: no file under `src/` over 600 lines, and no two modules that
-//! depend on each other, directly or round a longer loop.
+//! The shape rules of issues 9 and 21, kept by a test rather than by a
+//! reviewer's memory: no file under `src/` over 600 lines; no two modules
+//! that depend on each other, directly or round a longer loop, file by file
+//! and layer by layer (top-level modules); and no command that imports
+//! another command's module.
 //!
 //! A module's dependencies are the `crate::…` and `super::…` paths in its
 //! code (comments left out: a doc link is not a dependency), each taken to
@@ -122,15 +124,9 @@ fn no_source_file_is_over_600_lines() {
     );
 }
 
-#[test]
-fn no_modules_depend_on_each_other() {
-    let deps = dependencies();
-    assert!(
-        deps.get("forward::spool_queue")
-            .is_some_and(|d| d.contains("spool")),
-        "the dependency scan finds nothing: {deps:?}"
-    );
-    // Depth-first search; a grey module met again closes a loop.
+/// The loops in `deps`, each as `a → b → a`; depth-first, a module met
+/// again while still on the path closes a loop.
+fn loops(deps: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
     fn visit<'d>(
         m: &'d str,
         deps: &'d BTreeMap<String, BTreeSet<String>>,
@@ -153,14 +149,132 @@ fn no_modules_depend_on_each_other() {
         stack.pop();
         state.insert(m, false);
     }
-    let (mut state, mut stack, mut loops) = (BTreeMap::new(), Vec::new(), Vec::new());
+    let (mut state, mut stack, mut found) = (BTreeMap::new(), Vec::new(), Vec::new());
     for m in deps.keys() {
         if !state.contains_key(m.as_str()) {
-            visit(m, &deps, &mut state, &mut stack, &mut loops);
+            visit(m, deps, &mut state, &mut stack, &mut found);
         }
     }
+    found
+}
+
+/// `deps` between top-level modules (`cmd::collect` counts as `cmd`): a
+/// loop there is a loop between layers, even when no two files close it
+/// (`device_hint` → `cmd::check_api`, `cmd::collect` → `device_hint`). The
+/// crate root (lib.rs, main.rs) declares everything and is left out.
+fn top_level(deps: &BTreeMap<String, BTreeSet<String>>) -> BTreeMap<String, BTreeSet<String>> {
+    let top = |m: &str| m.split("::").next().unwrap_or_default().to_string();
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (from, targets) in deps {
+        let from = top(from);
+        if from.is_empty() {
+            continue;
+        }
+        for to in targets.iter().map(|t| top(t)) {
+            if to != from && !to.is_empty() {
+                out.entry(from.clone()).or_default().insert(to);
+            }
+        }
+    }
+    out
+}
+
+/// Every import of one command's module by another's (`cmd::watch` →
+/// `cmd::replay`): what two commands share moves down into a leaf module,
+/// or up into `cmd` itself.
+fn cross_command(deps: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let command = |m: &str| {
+        let mut parts = m.split("::");
+        (parts.next() == Some("cmd"))
+            .then(|| parts.next())
+            .flatten()
+            .map(str::to_owned)
+    };
+    let mut found = Vec::new();
+    for (from, targets) in deps {
+        let Some(a) = command(from) else { continue };
+        for to in targets {
+            if let Some(b) = command(to)
+                && a != b
+            {
+                found.push(format!("{from} → {to}"));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_modules_depend_on_each_other() {
+    let deps = dependencies();
     assert!(
-        loops.is_empty(),
-        "modules that depend on each other: {loops:?}"
+        deps.get("forward::spool_queue")
+            .is_some_and(|d| d.contains("spool")),
+        "the dependency scan finds nothing: {deps:?}"
     );
+    let found = loops(&deps);
+    assert!(
+        found.is_empty(),
+        "modules that depend on each other: {found:?}"
+    );
+    let found = loops(&top_level(&deps));
+    assert!(
+        found.is_empty(),
+        "top-level modules that depend on each other: {found:?}"
+    );
+}
+
+#[test]
+fn no_command_imports_another() {
+    let deps = dependencies();
+    assert!(
+        deps.get("cmd::collect").is_some_and(|d| !d.is_empty()),
+        "the dependency scan finds nothing: {deps:?}"
+    );
+    let found = cross_command(&deps);
+    assert!(
+        found.is_empty(),
+        "commands that import another command's module (move what they share down): {found:?}"
+    );
+}
+
+/// A dependency map from `(module, [targets])` pairs.
+fn planted(edges: &[(&str, &[&str])]) -> BTreeMap<String, BTreeSet<String>> {
+    edges
+        .iter()
+        .map(|(m, ts)| (m.to_string(), ts.iter().map(|t| t.to_string()).collect()))
+        .collect()
+}
+
+#[test]
+fn a_planted_loop_between_layers_is_found() {
+    // The loop issue 21 found: no two files close it, the layers do.
+    let deps = planted(&[
+        ("device_hint", &["cmd::check_api", "census"]),
+        ("cmd::collect", &["device_hint", "forward"]),
+        ("cmd::check_api", &["api"]),
+        ("forward", &["spool"]),
+    ]);
+    assert!(loops(&deps).is_empty(), "{:?}", loops(&deps));
+    assert_eq!(
+        loops(&top_level(&deps)),
+        ["cmd → device_hint → cmd"],
+        "{deps:?}"
+    );
+    // A direct loop between two files is found file by file, too.
+    let direct = planted(&[
+        ("spool", &["forward::batch"]),
+        ("forward::batch", &["spool"]),
+    ]);
+    assert_eq!(loops(&direct), ["forward::batch → spool → forward::batch"]);
+}
+
+#[test]
+fn a_planted_import_of_one_command_by_another_is_found() {
+    let deps = planted(&[
+        ("cmd::watch::once", &["cmd::replay", "cmd", "capture"]),
+        ("cmd::collect", &["cmd::collect::status", "cmd"]),
+        ("cmd", &["cmd::watch", "cmd::collect"]),
+    ]);
+    assert_eq!(cross_command(&deps), ["cmd::watch::once → cmd::replay"]);
 }

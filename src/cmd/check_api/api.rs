@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{
-    BODY_LIMIT, Check, CheckResult, Outcome, PROBE_METRIC, human_secs, parse_time, shorten,
-};
+use super::{BODY_LIMIT, Check, CheckResult, Outcome, PROBE_METRIC, parse_time, shorten};
 use crate::api::{ApiClient, PostError, describe_error};
 use crate::cli::CheckApiArgs;
+use crate::human::human_secs;
 use crate::reading::Timestamp;
 
 /// A finished HTTP exchange.

@@ -5,7 +5,8 @@ use std::io::ErrorKind;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Check, CheckResult, Outcome, human_secs, parse_time};
+use super::{Check, CheckResult, Outcome, parse_time};
+use crate::human::human_secs;
 use crate::reading::Timestamp;
 use crate::state_dir::{SERVICE_DIR, STATUS_FILE, StateDir};
 use crate::status::{self, Status};

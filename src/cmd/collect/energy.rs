@@ -226,5 +226,5 @@ pub(super) const ENERGY_LOOK_EVERY: Duration = Duration::from_secs(5);
 /// The energy counters' save interval: [`ENERGY_SAVE_EVERY`], or
 /// `PV3_ENERGY_SAVE_MS` (undocumented, for tests).
 pub(super) fn energy_save_every() -> Duration {
-    crate::cmd::interval_from_env("PV3_ENERGY_SAVE_MS", ENERGY_SAVE_EVERY)
+    crate::knobs::interval_from_env("PV3_ENERGY_SAVE_MS", ENERGY_SAVE_EVERY)
 }

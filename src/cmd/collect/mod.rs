@@ -39,7 +39,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// `status.json`'s interval: [`STATUS_EVERY`], or `PV3_STATUS_INTERVAL_MS`
 /// (undocumented: the integration tests wait on the file, not on logs).
 fn status_every() -> Duration {
-    super::interval_from_env("PV3_STATUS_INTERVAL_MS", STATUS_EVERY)
+    crate::knobs::interval_from_env("PV3_STATUS_INTERVAL_MS", STATUS_EVERY)
 }
 
 /// `pv3 collect`: runs until SIGINT or SIGTERM. Bad settings come back as a
@@ -258,7 +258,7 @@ fn open_publish(args: &CollectArgs) -> Result<(PublishOutput, String)> {
 /// The flat topics' heartbeat: [`HEARTBEAT`], or `PV3_PUBLISH_HEARTBEAT_MS`
 /// (undocumented: tests see a heartbeat without waiting five minutes).
 fn publish_heartbeat() -> Duration {
-    super::interval_from_env("PV3_PUBLISH_HEARTBEAT_MS", HEARTBEAT)
+    crate::knobs::interval_from_env("PV3_PUBLISH_HEARTBEAT_MS", HEARTBEAT)
 }
 
 /// The running collector: messages in, readings out, a status kept.

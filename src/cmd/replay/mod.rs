@@ -5,9 +5,7 @@
 //! queue pushes back on the reader ([`Overflow::Wait`]) instead of growing.
 //! Measurements carry their capture time, never "now".
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal};
-use std::path::Path;
+use std::io::{self, BufRead, BufWriter, IsTerminal};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -145,7 +143,7 @@ impl Source {
 
 /// Runs `pv3 replay`.
 pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
-    let (input, size, name) = open_input(&args.file)?;
+    let (input, size, name) = crate::capture::open_input(&args.file)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (signal_tx, signal) = watch::channel(false);
     {
@@ -437,29 +435,6 @@ async fn to_mqtt(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
         published: Some(published),
         energy: None,
     })
-}
-
-/// The input, its size when known (for the progress bar) and its name.
-pub(super) fn open_input(path: &Path) -> Result<(Box<dyn BufRead + Send>, Option<u64>, String)> {
-    if path == Path::new("-") {
-        return Ok((
-            Box::new(BufReader::with_capacity(256 * 1024, io::stdin())),
-            None,
-            "stdin".into(),
-        ));
-    }
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.is_dir() {
-        bail!("{} is a directory, not a capture file", path.display());
-    }
-    Ok((
-        Box::new(BufReader::with_capacity(256 * 1024, file)),
-        Some(meta.len()),
-        path.display().to_string(),
-    ))
 }
 
 fn progress_bar(size: Option<u64>) -> ProgressBar {

@@ -95,7 +95,7 @@ pub(super) async fn from_capture(
     only: Option<String>,
     format: SnapshotFormat,
 ) -> Result<()> {
-    let (input, _, _) = super::super::replay::open_input(path)?;
+    let (input, _, _) = crate::capture::open_input(path)?;
     let name = super::capture_name(path);
     let filter = only.clone();
     let task = tokio::task::spawn_blocking(move || -> Result<(Feed, Option<Timestamp>)> {

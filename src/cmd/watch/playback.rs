@@ -111,7 +111,7 @@ pub(super) async fn play(path: &Path, only: Option<String>, speed: Speed) -> Res
              (pv3 sniff | pv3 watch -) or name the file"
         );
     }
-    let (input, _, _) = super::super::replay::open_input(path)?;
+    let (input, _, _) = crate::capture::open_input(path)?;
     let name = capture_name(path);
     let speed_text = match speed {
         Speed::Max => "at max speed".to_string(),
