@@ -274,18 +274,18 @@ pub struct CollectArgs {
     pub stale_after: Duration,
 
     /// Measurements per POST
-    #[arg(long, default_value = "1000", value_name = "N",
+    #[arg(long, default_value_t = crate::forward::BATCH_SIZE, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
 
     /// Send a batch after this long even if not full, in milliseconds
-    #[arg(long, default_value = "250", value_name = "MS",
+    #[arg(long, default_value_t = crate::forward::LINGER_MS, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub linger_ms: u64,
 
     /// Measurements held in memory while the API is unreachable or slow;
     /// past it they all go to the on-disk spool (see --spool-max-mb)
-    #[arg(long, default_value = "100000", value_name = "N",
+    #[arg(long, default_value_t = crate::forward::QUEUE_MAX, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub queue_max: u64,
 
@@ -414,7 +414,7 @@ pub struct ReplayArgs {
     pub device_id: Option<String>,
 
     /// Measurements per POST
-    #[arg(long, default_value = "1000", value_name = "N",
+    #[arg(long, default_value_t = crate::forward::BATCH_SIZE, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
 

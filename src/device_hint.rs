@@ -236,7 +236,7 @@ mod tests {
             ca_file: None,
             client_id: "pv3-test".into(),
             keep_alive: Duration::from_secs(30),
-            reconnect_initial: Duration::from_millis(500),
+            reconnect_initial: crate::mqtt::RECONNECT_INITIAL,
             reconnect_max: Duration::from_secs(30),
             stale_after: None,
         };

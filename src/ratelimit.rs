@@ -6,6 +6,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// How often a warning may repeat: once a minute, everywhere in pv3.
+pub const WINDOW: Duration = Duration::from_secs(60);
+
 /// Keys beyond this are forgotten wholesale (hostile topics could otherwise
 /// grow the map without bound).
 const MAX_KEYS: usize = 1024;

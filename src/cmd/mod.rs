@@ -68,7 +68,7 @@ pub(crate) fn mqtt_settings(args: &MqttArgs, command: &str) -> MqttSettings {
             .clone()
             .unwrap_or_else(|| mqtt::default_client_id(command)),
         keep_alive: Duration::from_secs(30),
-        reconnect_initial: Duration::from_millis(500),
+        reconnect_initial: mqtt::RECONNECT_INITIAL,
         reconnect_max: args.mqtt_reconnect_max,
         stale_after: None,
     }

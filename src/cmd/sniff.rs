@@ -50,7 +50,7 @@ impl Default for Summary {
         Summary {
             rows: BTreeMap::new(),
             total: 0,
-            warnings: RateLimiter::new(Duration::from_secs(60)),
+            warnings: RateLimiter::new(crate::ratelimit::WINDOW),
         }
     }
 }

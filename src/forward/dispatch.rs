@@ -121,7 +121,7 @@ impl Dispatcher {
             failing: None,
             probe: JoinSet::new(),
             next_probe: None,
-            limiter: RateLimiter::new(Duration::from_secs(60)),
+            limiter: RateLimiter::new(crate::ratelimit::WINDOW),
             posts: 0,
             failures: 0,
             misconfigured: None,

@@ -56,8 +56,20 @@ pub enum Overflow {
     Wait,
 }
 
-/// How the forwarder batches and retries.
-#[derive(Debug, Clone)]
+/// Measurements per POST: `--batch-size`'s default.
+pub const BATCH_SIZE: u32 = 1000;
+/// How long a batch may wait to fill: `--linger-ms`'s default, in ms.
+pub const LINGER_MS: u64 = 250;
+/// Measurements held in memory: `--queue-max`'s default.
+pub const QUEUE_MAX: u64 = 100_000;
+/// The first wait after a failed POST (it doubles up to `--retry-max`).
+pub const RETRY_INITIAL: Duration = Duration::from_millis(500);
+/// `--retry-max`'s default.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// How the forwarder batches and retries. [`Default`] is what
+/// `pv3 collect` runs with when no flag says otherwise.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ForwardOptions {
     /// Measurements per POST (live and drained alike).
     pub batch_size: usize,
@@ -87,13 +99,13 @@ pub struct ForwardOptions {
 impl Default for ForwardOptions {
     fn default() -> Self {
         ForwardOptions {
-            batch_size: 500,
-            linger: Duration::from_millis(250),
+            batch_size: BATCH_SIZE as usize,
+            linger: Duration::from_millis(LINGER_MS),
             concurrency: 1,
-            queue_limit: 100_000,
+            queue_limit: QUEUE_MAX as usize,
             overflow: Overflow::DropOldest,
-            retry_initial: Duration::from_millis(500),
-            retry_max: Duration::from_secs(60),
+            retry_initial: RETRY_INITIAL,
+            retry_max: RETRY_MAX,
             send_alarms: true,
             give_up: None,
             fail_fast: false,

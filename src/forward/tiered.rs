@@ -50,7 +50,7 @@ impl Tiered {
             spooling,
             limit,
             max_age: SPOOL_AFTER,
-            limiter: RateLimiter::new(std::time::Duration::from_secs(60)),
+            limiter: RateLimiter::new(crate::ratelimit::WINDOW),
             disk_failed_at: None,
             carry: Pushed::default(),
         }

@@ -75,7 +75,7 @@ impl Worker {
             queue: parts.queue,
             dead_letters: parts.dead_letters,
             stats,
-            limiter: RateLimiter::new(Duration::from_secs(60)),
+            limiter: RateLimiter::new(crate::ratelimit::WINDOW),
             gave_up: false,
             gave_up_because: None,
             post_limit: opts.batch_size,

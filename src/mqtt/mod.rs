@@ -30,6 +30,9 @@ use crate::backoff::Backoff;
 use crate::reading::Timestamp;
 use crate::secret::Secret;
 
+/// The first wait before a reconnect (it doubles up to `--mqtt-reconnect-max`).
+pub const RECONNECT_INITIAL: Duration = Duration::from_millis(500);
+
 /// Largest packet accepted from the broker. rumqttc's default (10 KiB)
 /// drops the connection on a larger payload; P3 payloads are small, but a
 /// broker shared with other devices may carry big ones.

@@ -97,7 +97,7 @@ impl EnergyKeeper {
             last_write,
             every,
             told: 0,
-            warnings: RateLimiter::new(Duration::from_secs(60)),
+            warnings: RateLimiter::new(crate::ratelimit::WINDOW),
         }
     }
 

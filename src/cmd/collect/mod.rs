@@ -92,7 +92,7 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         health: opened.health,
         status,
         hint,
-        warnings: RateLimiter::new(Duration::from_secs(60)),
+        warnings: RateLimiter::new(crate::ratelimit::WINDOW),
         last_message: None,
         _lock: opened.lock,
     };
@@ -441,7 +441,7 @@ fn forward_options(args: &CollectArgs) -> ForwardOptions {
         concurrency: 1,
         queue_limit: usize::try_from(args.queue_max).unwrap_or(usize::MAX),
         overflow: Overflow::DropOldest,
-        retry_initial: Duration::from_millis(500),
+        retry_initial: crate::forward::RETRY_INITIAL,
         retry_max: args.delivery.retry_max,
         send_alarms: true,
         give_up: None,
@@ -469,5 +469,25 @@ fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
         && let Err(e) = sd_notify::notify(state)
     {
         warn!("cannot notify systemd: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn the_forwarders_defaults_are_collects() {
+        let Ok(Cli {
+            command: Command::Collect(args),
+            ..
+        }) = Cli::try_parse_from(["pv3", "collect"])
+        else {
+            panic!("`pv3 collect` parses");
+        };
+        assert_eq!(forward_options(&args), ForwardOptions::default());
     }
 }

@@ -301,7 +301,7 @@ impl Backfill {
         start: Timestamp,
         end: Timestamp,
     ) -> Result<Option<Vec<crate::api::HistoryRow>>, Stop> {
-        let mut backoff = Backoff::new(Duration::from_millis(500), self.retry_max);
+        let mut backoff = Backoff::new(crate::forward::RETRY_INITIAL, self.retry_max);
         let first_try = Instant::now();
         loop {
             let asked = Instant::now();

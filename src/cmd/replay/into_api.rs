@@ -116,7 +116,7 @@ fn replay_options(args: &ReplayArgs) -> ForwardOptions {
         // Enough to keep every POST slot busy with full batches.
         queue_limit: batch_size * (concurrency + 2),
         overflow: Overflow::Wait,
-        retry_initial: Duration::from_millis(500),
+        retry_initial: crate::forward::RETRY_INITIAL,
         retry_max: args.delivery.retry_max,
         send_alarms: args.alarms,
         give_up: Some(args.give_up),

@@ -16,7 +16,6 @@ mod terminal;
 
 use std::io::{self, IsTerminal};
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Result;
 use tracing::warn;
@@ -73,7 +72,7 @@ impl Feed {
             state: WatchState::new(),
             pipeline: Pipeline::new(SOC_THRESHOLD, None),
             only,
-            warnings: RateLimiter::new(Duration::from_secs(60)),
+            warnings: RateLimiter::new(crate::ratelimit::WINDOW),
         }
     }
 

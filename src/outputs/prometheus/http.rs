@@ -2,7 +2,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,7 +22,7 @@ pub(super) async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
-    let mut warnings = RateLimiter::new(Duration::from_secs(60));
+    let mut warnings = RateLimiter::new(crate::ratelimit::WINDOW);
     loop {
         // Finished connections are reaped here, so the set holds at most
         // the live ones.
