@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use crate::decode::metric;
 use crate::decode::{self, Outcome};
 use crate::mqtt::{self, Message, MqttSettings};
 use crate::reading::Timestamp;
@@ -103,9 +104,9 @@ impl Census {
         if let Ok(Outcome::Decoded { decoded, .. }) = decode::decode(topic, payload) {
             for m in &decoded.measurements {
                 let slot = match &*m.metric {
-                    "soc" => &mut device.headline.soc,
-                    "battery_power" => &mut device.headline.battery_power,
-                    "grid_power" => &mut device.headline.grid_power,
+                    metric::SOC => &mut device.headline.soc,
+                    metric::BATTERY_POWER => &mut device.headline.battery_power,
+                    metric::GRID_POWER => &mut device.headline.grid_power,
                     _ => continue,
                 };
                 *slot = Some(m.value);

@@ -5,6 +5,7 @@
 //! Derived from the metric's name and the unit the decoder gives it, so a
 //! new metric in the decoder gets sensible metadata without an edit here.
 
+use crate::decode::metric;
 use crate::energy::Counter;
 
 /// Home Assistant's `device_class`, `state_class`, unit and category for a
@@ -36,20 +37,20 @@ pub struct MetricInfo {
 /// Metrics shown as diagnostic in Home Assistant: controller internals and
 /// the safety check's raw fields.
 fn is_diagnostic(metric: &str) -> bool {
-    metric.starts_with("safetycheck_")
+    metric.starts_with(metric::SAFETYCHECK_PREFIX)
         || matches!(
             metric,
-            "alarm_count"
-                | "ffr_controller_state"
-                | "soc_raw"
-                | "charge_voltage_limit"
-                | "discharge_voltage_limit"
-                | "charge_current_limit"
-                | "discharge_current_limit"
-                | "max_charge_power"
-                | "max_discharge_power"
-                | "bms_temp_avg"
-                | "bms_temp_max"
+            metric::ALARM_COUNT
+                | metric::FFR_CONTROLLER_STATE
+                | metric::SOC_RAW
+                | metric::CHARGE_VOLTAGE_LIMIT
+                | metric::DISCHARGE_VOLTAGE_LIMIT
+                | metric::CHARGE_CURRENT_LIMIT
+                | metric::DISCHARGE_CURRENT_LIMIT
+                | metric::MAX_CHARGE_POWER
+                | metric::MAX_DISCHARGE_POWER
+                | metric::BMS_TEMP_AVG
+                | metric::BMS_TEMP_MAX
         )
 }
 
@@ -58,8 +59,11 @@ fn is_diagnostic(metric: &str) -> bool {
 fn is_code(metric: &str) -> bool {
     matches!(
         metric,
-        "schedule_event" | "eps_mode" | "eps_schedule_event" | "ffr_controller_state"
-    ) || metric.starts_with("safetycheck_")
+        metric::SCHEDULE_EVENT
+            | metric::EPS_MODE
+            | metric::EPS_SCHEDULE_EVENT
+            | metric::FFR_CONTROLLER_STATE
+    ) || metric.starts_with(metric::SAFETYCHECK_PREFIX)
 }
 
 /// The metadata of `metric`, whose decoded unit is `unit`.
@@ -99,7 +103,7 @@ pub fn info(metric: &str, unit: &str) -> MetricInfo {
         "A" => gauge("A", Some("current"), "amperes", 0.01),
         "Hz" => gauge("Hz", Some("frequency"), "hertz", 0.01),
         "C" => gauge("°C", Some("temperature"), "celsius", 0.1),
-        "%" if metric == "soc" || metric.starts_with("soc_") => {
+        "%" if metric == metric::SOC || metric.starts_with(metric::SOC_MODULE_PREFIX) => {
             gauge("%", Some("battery"), "percent", 0.1)
         }
         "%" => gauge("%", None, "percent", 0.1),
@@ -124,7 +128,7 @@ pub fn info(metric: &str, unit: &str) -> MetricInfo {
 /// reserves for other types (`_count` belongs to histograms and summaries;
 /// `promtool check metrics` rejects it on a gauge), with the name
 /// Prometheus sees instead.
-const PROMETHEUS_RENAMES: &[(&str, &str)] = &[("alarm_count", "alarms_active")];
+const PROMETHEUS_RENAMES: &[(&str, &str)] = &[(metric::ALARM_COUNT, "alarms_active")];
 
 /// The Prometheus metric name of `metric`: `pv3_` + the name in snake case
 /// (ASCII lower case; anything outside `[a-z0-9_]` becomes `_`; the renames

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 
+use crate::decode::metric;
 use crate::reading::{Measurement, Timestamp};
 
 /// Readings this far apart (seconds) are never compared: the older value says
@@ -66,9 +67,9 @@ impl SocFilter {
             return;
         }
         let mut raw = Vec::new();
-        for m in measurements.iter_mut().filter(|m| m.metric == "soc") {
+        for m in measurements.iter_mut().filter(|m| m.metric == metric::SOC) {
             if let Some(substituted) = self.judge(device, at, m.value) {
-                raw.push(Measurement::new("soc_raw", m.value, m.unit));
+                raw.push(Measurement::new(metric::SOC_RAW, m.value, m.unit));
                 m.value = substituted;
             }
         }

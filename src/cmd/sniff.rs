@@ -119,8 +119,7 @@ impl Summary {
             errors: c.errors,
             note: if c.unknown {
                 "not covered by the decoder"
-            } else if decode::KNOWN_SUFFIXES.contains(&topic.as_str()) || topic == "(other topics)"
-            {
+            } else if decode::is_decoded(topic) || topic == "(other topics)" {
                 ""
             } else {
                 "not a P3 topic"

@@ -1,34 +1,35 @@
 //! `pylontech/info`: battery health from the Pylontech BMS.
 
 use super::json::Json;
+use super::metric;
 use super::{Decoded, Reason, Row, expect_list, row};
 
 pub(super) fn pylontech_info(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
     out.items(expect_list(json)?, |item| {
         let measurement = item.measurement?;
         Some(match (measurement, item.kind) {
-            ("StateOfHealth", Some("Avg")) => row("soh", 1.0, "%"),
-            ("StateOfHealth", Some("Min")) => row("soh_min", 1.0, "%"),
-            ("CycleNumber", Some("Avg")) => row("cycle_count_avg", 1.0, "cycles"),
-            ("CycleNumber", Some("Max")) => row("cycle_count_max", 1.0, "cycles"),
-            ("CellTemperature", Some("Avg")) => row("cell_temp_avg", 1000.0, "C"),
-            ("CellTemperature", Some("Max")) => row("cell_temp_max", 1000.0, "C"),
-            ("CellTemperature", Some("Min")) => row("cell_temp_min", 1000.0, "C"),
-            ("BMSTemperature", Some("Avg")) => row("bms_temp_avg", 1000.0, "C"),
-            ("BMSTemperature", Some("Max")) => row("bms_temp_max", 1000.0, "C"),
+            ("StateOfHealth", Some("Avg")) => row(metric::SOH, 1.0, "%"),
+            ("StateOfHealth", Some("Min")) => row(metric::SOH_MIN, 1.0, "%"),
+            ("CycleNumber", Some("Avg")) => row(metric::CYCLE_COUNT_AVG, 1.0, "cycles"),
+            ("CycleNumber", Some("Max")) => row(metric::CYCLE_COUNT_MAX, 1.0, "cycles"),
+            ("CellTemperature", Some("Avg")) => row(metric::CELL_TEMP_AVG, 1000.0, "C"),
+            ("CellTemperature", Some("Max")) => row(metric::CELL_TEMP_MAX, 1000.0, "C"),
+            ("CellTemperature", Some("Min")) => row(metric::CELL_TEMP_MIN, 1000.0, "C"),
+            ("BMSTemperature", Some("Avg")) => row(metric::BMS_TEMP_AVG, 1000.0, "C"),
+            ("BMSTemperature", Some("Max")) => row(metric::BMS_TEMP_MAX, 1000.0, "C"),
             // Already in millivolts.
-            ("CellVoltage", Some("Max")) => row("cell_voltage_max", 1.0, "mV"),
-            ("CellVoltage", Some("Min")) => row("cell_voltage_min", 1.0, "mV"),
-            ("ModuleVoltage", Some("Avg")) => row("module_voltage_avg", 1000.0, "V"),
+            ("CellVoltage", Some("Max")) => row(metric::CELL_VOLTAGE_MAX, 1.0, "mV"),
+            ("CellVoltage", Some("Min")) => row(metric::CELL_VOLTAGE_MIN, 1.0, "mV"),
+            ("ModuleVoltage", Some("Avg")) => row(metric::MODULE_VOLTAGE_AVG, 1000.0, "V"),
             // Signed: negative while discharging.
-            ("Current", Some("Total")) => row("battery_current_total", 1000.0, "A"),
-            ("ChargeVoltageLimit", _) => row("charge_voltage_limit", 1000.0, "V"),
-            ("DischargeVoltageLimit", _) => row("discharge_voltage_limit", 1000.0, "V"),
-            ("ChargeCurrentLimit", _) => row("charge_current_limit", 1000.0, "A"),
+            ("Current", Some("Total")) => row(metric::BATTERY_CURRENT_TOTAL, 1000.0, "A"),
+            ("ChargeVoltageLimit", _) => row(metric::CHARGE_VOLTAGE_LIMIT, 1000.0, "V"),
+            ("DischargeVoltageLimit", _) => row(metric::DISCHARGE_VOLTAGE_LIMIT, 1000.0, "V"),
+            ("ChargeCurrentLimit", _) => row(metric::CHARGE_CURRENT_LIMIT, 1000.0, "A"),
             // Published negative; the dashboard wants the magnitude.
             ("DischargeCurrentLimit", _) => Row {
                 absolute: true,
-                ..row("discharge_current_limit", 1000.0, "A")
+                ..row(metric::DISCHARGE_CURRENT_LIMIT, 1000.0, "A")
             },
             _ => return None,
         })

@@ -1,6 +1,7 @@
 //! `ffr/measurements` (the CT clamps) and `ffrcontroller/state`.
 
 use super::json::Json;
+use super::metric;
 use super::{Decoded, Reason, expect_list, expect_object, row};
 
 pub(super) fn measurements(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
@@ -10,9 +11,9 @@ pub(super) fn measurements(json: &Json<'_>, out: &mut Decoded) -> Result<(), Rea
         }
         // The controller's labels are swapped relative to what they measure.
         Some(match item.channel? {
-            "LOCAL" => row("house_power", 1000.0, "W"),
-            "HOUSE" => row("grid_power", 1000.0, "W"),
-            "AUX1" => row("aux_power", 1000.0, "W"),
+            "LOCAL" => row(metric::HOUSE_POWER, 1000.0, "W"),
+            "HOUSE" => row(metric::GRID_POWER, 1000.0, "W"),
+            "AUX1" => row(metric::AUX_POWER, 1000.0, "W"),
             _ => return None,
         })
     });
@@ -23,7 +24,7 @@ pub(super) fn controller_state(json: &Json<'_>, out: &mut Decoded) -> Result<(),
     out.field(
         expect_object(json)?,
         "State",
-        "ffr_controller_state",
+        metric::FFR_CONTROLLER_STATE,
         1.0,
         "",
     );

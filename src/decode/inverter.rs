@@ -1,6 +1,7 @@
 //! `inverter/measurements`, `inverter/alarms`, `inverter/charge`.
 
 use super::json::Json;
+use super::metric;
 use super::{Decoded, Reason, expect_list, expect_object, row};
 use crate::reading::AlarmStates;
 
@@ -10,17 +11,19 @@ pub(super) fn measurements(json: &Json<'_>, out: &mut Decoded) -> Result<(), Rea
             return None;
         };
         Some(match (channel, measurement, item.kind) {
-            ("BATTERY", "Voltage", _) => row("battery_voltage", 1000.0, "V"),
-            ("BATTERY", "ChargeCurrent", _) => row("battery_current", 1000.0, "A"),
-            ("BATTERY", "Capacity", _) => row("battery_capacity", 1.0, "%"),
-            ("GRID", "Voltage", Some("Ac")) => row("grid_voltage", 1000.0, "V"),
-            ("GRID", "Frequency", _) => row("grid_frequency", 1000.0, "Hz"),
+            ("BATTERY", "Voltage", _) => row(metric::BATTERY_VOLTAGE, 1000.0, "V"),
+            ("BATTERY", "ChargeCurrent", _) => row(metric::BATTERY_CURRENT, 1000.0, "A"),
+            ("BATTERY", "Capacity", _) => row(metric::BATTERY_CAPACITY, 1.0, "%"),
+            ("GRID", "Voltage", Some("Ac")) => row(metric::GRID_VOLTAGE, 1000.0, "V"),
+            ("GRID", "Frequency", _) => row(metric::GRID_FREQUENCY, 1000.0, "Hz"),
             // Not `grid_power`: that name belongs to the CT clamp.
-            ("GRID", "Power", Some("Active")) => row("grid_power_inverter", 1000.0, "W"),
-            ("OUTPUT", "Voltage", _) => row("output_voltage", 1000.0, "V"),
-            ("OUTPUT", "Frequency", _) => row("output_frequency", 1000.0, "Hz"),
-            ("OUTPUT", "Power", Some("Active")) => row("output_active_power", 1000.0, "W"),
-            ("OUTPUT", "Power", Some("Apparent")) => row("output_apparent_power", 1000.0, "VA"),
+            ("GRID", "Power", Some("Active")) => row(metric::GRID_POWER_INVERTER, 1000.0, "W"),
+            ("OUTPUT", "Voltage", _) => row(metric::OUTPUT_VOLTAGE, 1000.0, "V"),
+            ("OUTPUT", "Frequency", _) => row(metric::OUTPUT_FREQUENCY, 1000.0, "Hz"),
+            ("OUTPUT", "Power", Some("Active")) => row(metric::OUTPUT_ACTIVE_POWER, 1000.0, "W"),
+            ("OUTPUT", "Power", Some("Apparent")) => {
+                row(metric::OUTPUT_APPARENT_POWER, 1000.0, "VA")
+            }
             _ => return None,
         })
     });
@@ -30,9 +33,9 @@ pub(super) fn measurements(json: &Json<'_>, out: &mut Decoded) -> Result<(), Rea
 /// Keys of `inverter/alarms` that carry a temperature, and the metric names
 /// the dashboard reads them under.
 const TEMPERATURES: &[(&str, &str)] = &[
-    ("inverter_temperature", "inverter_temp"),
-    ("boost_temperature", "boost_temp"),
-    ("inner_temperature", "inner_temp"),
+    ("inverter_temperature", metric::INVERTER_TEMP),
+    ("boost_temperature", metric::BOOST_TEMP),
+    ("inner_temperature", metric::INNER_TEMP),
 ];
 
 pub(super) fn alarms(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
@@ -58,7 +61,7 @@ pub(super) fn alarms(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
     }
     if !flags.is_empty() {
         let active = flags.values().filter(|on| **on).count();
-        out.push("alarm_count", active as f64, "");
+        out.push(metric::ALARM_COUNT, active as f64, "");
         out.alarms = Some(flags);
     }
     Ok(())
@@ -77,6 +80,12 @@ fn flag_value(value: &Json<'_>) -> Option<bool> {
 }
 
 pub(super) fn charge(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
-    out.field(expect_object(json)?, "power", "battery_power", 1.0, "W");
+    out.field(
+        expect_object(json)?,
+        "power",
+        metric::BATTERY_POWER,
+        1.0,
+        "W",
+    );
     Ok(())
 }

@@ -14,6 +14,7 @@ mod bms;
 mod ffr;
 mod inverter;
 mod json;
+pub mod metric;
 mod soc;
 mod status;
 
@@ -34,23 +35,83 @@ pub const MAX_METRIC_NAME: usize = 100;
 /// JSON numbers (two 15.6 MB arrays took collect from 7 to 268 MB).
 pub const MAX_PAYLOAD: usize = 256 * 1024;
 
-/// Every suffix the decoder understands. Anything else on a P3 topic decodes
-/// to nothing and is counted as unknown.
-pub const KNOWN_SUFFIXES: &[&str] = &[
-    "bms/soc",
-    "inverter/measurements",
-    "inverter/alarms",
-    "inverter/charge",
-    "pylontech/info",
-    "ffr/measurements",
-    "schedule/event",
-    "m4/maxpower",
-    "eps/status",
-    "eps_schedule/event",
-    "ffrcontroller/state",
-    "safetycheck/state",
-    "safetycheck/measurements",
+/// How one family's payload becomes readings.
+type FamilyDecoder = fn(&Json<'_>, &mut Decoded) -> Result<(), Reason>;
+
+/// One topic family a P3 publishes: its suffix after `pv/PV3/<device>/`,
+/// the decoder for its payload, and the short name `pv3 watch` shows.
+#[derive(Debug)]
+pub struct Family {
+    /// `bms/soc`, `inverter/charge`, ...
+    pub suffix: &'static str,
+    /// What `pv3 watch` calls it where room is short.
+    pub short_name: &'static str,
+    /// `None`: published, captured, but its format is unknown; it decodes
+    /// to nothing and is counted as unknown (`m4/pylontech_alerts`).
+    decoder: Option<FamilyDecoder>,
+}
+
+impl Family {
+    /// Whether the decoder reads this family's payload.
+    pub fn is_decoded(&self) -> bool {
+        self.decoder.is_some()
+    }
+}
+
+const fn family(suffix: &'static str, short_name: &'static str, decoder: FamilyDecoder) -> Family {
+    Family {
+        suffix,
+        short_name,
+        decoder: Some(decoder),
+    }
+}
+
+/// Every topic family, in the order views list them: the one table the
+/// router, `sniff`'s summary and `pv3 watch` read. A new family is a row
+/// here and a function in its file.
+pub const FAMILIES: &[Family] = &[
+    family("bms/soc", "soc", soc::decode),
+    family("inverter/measurements", "inverter", inverter::measurements),
+    family("inverter/alarms", "alarms", inverter::alarms),
+    family("inverter/charge", "charge", inverter::charge),
+    family("pylontech/info", "pylontech", bms::pylontech_info),
+    family("ffr/measurements", "ct clamps", ffr::measurements),
+    family("schedule/event", "schedule", status::schedule_event),
+    family("m4/maxpower", "maxpower", status::max_power),
+    family("eps/status", "eps", status::eps_status),
+    family(
+        "eps_schedule/event",
+        "eps sched",
+        status::eps_schedule_event,
+    ),
+    family("ffrcontroller/state", "ffr ctrl", ffr::controller_state),
+    family("safetycheck/state", "safety", status::safetycheck_state),
+    family(
+        "safetycheck/measurements",
+        "safety meas",
+        status::safetycheck_measurements,
+    ),
+    Family {
+        suffix: "m4/pylontech_alerts",
+        short_name: "pyl alerts",
+        decoder: None,
+    },
 ];
+
+/// The family published under `suffix`, if the P3 has one.
+pub fn family_of(suffix: &str) -> Option<&'static Family> {
+    FAMILIES.iter().find(|f| f.suffix == suffix)
+}
+
+/// Whether the decoder reads payloads under `suffix`.
+pub fn is_decoded(suffix: &str) -> bool {
+    family_of(suffix).is_some_and(Family::is_decoded)
+}
+
+/// The suffixes the decoder reads, in [`FAMILIES`]' order.
+pub fn decoded_suffixes() -> impl Iterator<Item = &'static str> {
+    FAMILIES.iter().filter(|f| f.is_decoded()).map(|f| f.suffix)
+}
 
 /// What one message decoded to.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -171,7 +232,7 @@ pub enum Outcome<'t> {
     Decoded {
         /// The topic's device id.
         device: &'t str,
-        /// The topic's suffix, one of [`KNOWN_SUFFIXES`].
+        /// The topic's suffix, a decoded family of [`FAMILIES`].
         suffix: &'t str,
         /// The readings.
         decoded: Decoded,
@@ -214,21 +275,8 @@ pub fn decode<'t>(topic: &'t str, payload: &[u8]) -> Result<Outcome<'t>, DecodeE
     let Some(P3Topic { device, suffix }) = P3Topic::parse(topic) else {
         return Ok(Outcome::Foreign);
     };
-    let family: fn(&Json<'_>, &mut Decoded) -> Result<(), Reason> = match suffix {
-        "bms/soc" => soc::decode,
-        "inverter/measurements" => inverter::measurements,
-        "inverter/alarms" => inverter::alarms,
-        "inverter/charge" => inverter::charge,
-        "pylontech/info" => bms::pylontech_info,
-        "ffr/measurements" => ffr::measurements,
-        "ffrcontroller/state" => ffr::controller_state,
-        "schedule/event" => status::schedule_event,
-        "m4/maxpower" => status::max_power,
-        "eps/status" => status::eps_status,
-        "eps_schedule/event" => status::eps_schedule_event,
-        "safetycheck/state" => status::safetycheck_state,
-        "safetycheck/measurements" => status::safetycheck_measurements,
-        _ => return Ok(Outcome::Unknown { device, suffix }),
+    let Some(decoder) = family_of(suffix).and_then(|f| f.decoder) else {
+        return Ok(Outcome::Unknown { device, suffix });
     };
     let error = |reason| DecodeError {
         topic: topic.to_owned(),
@@ -239,7 +287,7 @@ pub fn decode<'t>(topic: &'t str, payload: &[u8]) -> Result<Outcome<'t>, DecodeE
     }
     let json = Json::parse(payload).map_err(|e| error(Reason::InvalidJson(e.to_string())))?;
     let mut decoded = Decoded::default();
-    family(&json, &mut decoded).map_err(error)?;
+    decoder(&json, &mut decoded).map_err(error)?;
     Ok(Outcome::Decoded {
         device,
         suffix,

@@ -1,13 +1,14 @@
 //! `bms/soc`: state of charge, in three published shapes.
 
 use super::json::Json;
+use super::metric;
 use super::{Decoded, Reason, expect_object};
 
 pub(super) fn decode(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
     if let Json::List(items) = json {
         // Aggregate list: only StateOfCharge items count.
         out.items(items, |item| match item.measurement {
-            Some("StateOfCharge") => Some(super::row("soc", 100.0, "%")),
+            Some("StateOfCharge") => Some(super::row(metric::SOC, 100.0, "%")),
             _ => None,
         });
         return Ok(());
@@ -21,7 +22,11 @@ pub(super) fn decode(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
         };
         if let Some(v) = obj.get("StateOfCharge") {
             match v.as_number() {
-                Some(n) => out.push(format!("soc_module_{module}"), n / 100.0, "%"),
+                Some(n) => out.push(
+                    format!("{}{module}", metric::SOC_MODULE_PREFIX),
+                    n / 100.0,
+                    "%",
+                ),
                 None => out.skipped += 1,
             }
         }
@@ -31,7 +36,7 @@ pub(super) fn decode(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
     let usable = obj.get("usable_soc").and_then(Json::as_number);
     let plain = obj.get("StateOfCharge").and_then(Json::as_number);
     match usable.or(plain) {
-        Some(n) => out.push("soc", n / 100.0, "%"),
+        Some(n) => out.push(metric::SOC, n / 100.0, "%"),
         None if obj.get("usable_soc").is_some() || obj.get("StateOfCharge").is_some() => {
             out.skipped += 1
         }

@@ -1,38 +1,39 @@
 //! Small status topics: schedule, power limits, EPS, safety check.
 
 use super::json::Json;
+use super::metric;
 use super::{Decoded, MAX_METRIC_NAME, Reason, expect_list, expect_object, object_or_first, row};
 
 pub(super) fn schedule_event(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
     // `time` is the controller's zone-less local time: never a timestamp.
     let obj = expect_object(json)?;
-    out.field(obj, "event", "schedule_event", 1.0, "");
-    out.field(obj, "setpoint", "schedule_setpoint", 1.0, "W");
+    out.field(obj, "event", metric::SCHEDULE_EVENT, 1.0, "");
+    out.field(obj, "setpoint", metric::SCHEDULE_SETPOINT, 1.0, "W");
     Ok(())
 }
 
 pub(super) fn max_power(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
     if let Some(obj) = object_or_first(json)? {
-        out.field(obj, "ChgPower", "max_charge_power", 1.0, "W");
-        out.field(obj, "DchgPower", "max_discharge_power", 1.0, "W");
+        out.field(obj, "ChgPower", metric::MAX_CHARGE_POWER, 1.0, "W");
+        out.field(obj, "DchgPower", metric::MAX_DISCHARGE_POWER, 1.0, "W");
     }
     Ok(())
 }
 
 pub(super) fn eps_status(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
     if let Some(obj) = object_or_first(json)? {
-        out.field(obj, "Reserve", "eps_reserve", 1.0, "%");
-        out.field(obj, "Mode", "eps_mode", 1.0, "");
+        out.field(obj, "Reserve", metric::EPS_RESERVE, 1.0, "%");
+        out.field(obj, "Mode", metric::EPS_MODE, 1.0, "");
     }
     Ok(())
 }
 
 pub(super) fn eps_schedule_event(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
     if let Some(obj) = object_or_first(json)? {
-        out.field(obj, "reserved_soc", "eps_schedule_reserve", 1.0, "%");
+        out.field(obj, "reserved_soc", metric::EPS_SCHEDULE_RESERVE, 1.0, "%");
         if let Some(event) = obj.get("event") {
             let on = event.as_str().is_some_and(|s| s.eq_ignore_ascii_case("on"));
-            out.push("eps_schedule_event", if on { 1.0 } else { 0.0 }, "");
+            out.push(metric::EPS_SCHEDULE_EVENT, if on { 1.0 } else { 0.0 }, "");
         }
     }
     Ok(())
@@ -47,13 +48,13 @@ pub(super) fn safetycheck_state(json: &Json<'_>, out: &mut Decoded) -> Result<()
         let Some(n) = value.as_number() else {
             continue; // other fields are ignored, not skipped
         };
-        let metric = format!("safetycheck_{key}");
-        if metric.len() > MAX_METRIC_NAME {
+        let name = format!("{}{key}", metric::SAFETYCHECK_PREFIX);
+        if name.len() > MAX_METRIC_NAME {
             // The API would refuse the whole batch for one long name.
             out.skipped += 1;
             continue;
         }
-        out.push(metric, n, "");
+        out.push(name, n, "");
     }
     Ok(())
 }
@@ -61,9 +62,9 @@ pub(super) fn safetycheck_state(json: &Json<'_>, out: &mut Decoded) -> Result<()
 pub(super) fn safetycheck_measurements(json: &Json<'_>, out: &mut Decoded) -> Result<(), Reason> {
     out.items(expect_list(json)?, |item| {
         Some(match (item.measurement?, item.kind) {
-            ("PowerRating", Some("Battery")) => row("safetycheck_power_rating", 1000.0, "W"),
-            ("ChgPower", Some("Max")) => row("safetycheck_max_charge_power", 1000.0, "W"),
-            ("DchgPower", Some("Max")) => row("safetycheck_max_discharge_power", 1000.0, "W"),
+            ("PowerRating", Some("Battery")) => row(metric::SAFETYCHECK_POWER_RATING, 1000.0, "W"),
+            ("ChgPower", Some("Max")) => row(metric::SAFETYCHECK_MAX_CHARGE_POWER, 1000.0, "W"),
+            ("DchgPower", Some("Max")) => row(metric::SAFETYCHECK_MAX_DISCHARGE_POWER, 1000.0, "W"),
             _ => return None,
         })
     });

@@ -36,6 +36,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::decode::metric;
 use crate::reading::{Measurement, Origin, Reading, Timestamp};
 
 mod file;
@@ -85,11 +86,11 @@ impl Counter {
     /// The metric name the counter is published under.
     pub const fn metric(self) -> &'static str {
         match self {
-            Counter::GridImport => "grid_import_energy",
-            Counter::GridExport => "grid_export_energy",
-            Counter::BatteryDischarge => "battery_discharge_energy",
-            Counter::BatteryCharge => "battery_charge_energy",
-            Counter::House => "house_energy",
+            Counter::GridImport => metric::GRID_IMPORT_ENERGY,
+            Counter::GridExport => metric::GRID_EXPORT_ENERGY,
+            Counter::BatteryDischarge => metric::BATTERY_DISCHARGE_ENERGY,
+            Counter::BatteryCharge => metric::BATTERY_CHARGE_ENERGY,
+            Counter::House => metric::HOUSE_ENERGY,
         }
     }
 
@@ -109,13 +110,17 @@ pub const ENERGY_UNIT: &str = "kWh";
 /// The power sources the counters integrate: (metric, counter fed by the
 /// positive part, counter fed by the negative part).
 const SOURCES: [(&str, Counter, Option<Counter>); 3] = [
-    ("grid_power", Counter::GridImport, Some(Counter::GridExport)),
     (
-        "battery_power",
+        metric::GRID_POWER,
+        Counter::GridImport,
+        Some(Counter::GridExport),
+    ),
+    (
+        metric::BATTERY_POWER,
         Counter::BatteryDischarge,
         Some(Counter::BatteryCharge),
     ),
-    ("house_power", Counter::House, None),
+    (metric::HOUSE_POWER, Counter::House, None),
 ];
 
 /// One device's five totals, in kWh.

@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use pv3::decode::{self, KNOWN_SUFFIXES, Outcome};
+use pv3::decode::{self, Outcome};
 use pv3::reading::{Measurement, Timestamp};
 use pv3::soc_filter::SocFilter;
 
@@ -483,9 +483,8 @@ fn every_example_matches_the_decoder() {
 fn every_known_suffix_has_an_example() {
     let doc = topics_md();
     let documented: BTreeSet<&str> = doc.examples.iter().map(|e| e.suffix.as_str()).collect();
-    let missing: Vec<&&str> = KNOWN_SUFFIXES
-        .iter()
-        .filter(|s| !documented.contains(**s))
+    let missing: Vec<&str> = decode::decoded_suffixes()
+        .filter(|s| !documented.contains(*s))
         .collect();
     assert!(
         missing.is_empty(),
@@ -493,7 +492,7 @@ fn every_known_suffix_has_an_example() {
     );
     let unknown: Vec<&&str> = documented
         .iter()
-        .filter(|s| !KNOWN_SUFFIXES.contains(s))
+        .filter(|s| !decode::is_decoded(s))
         .collect();
     assert!(
         unknown.is_empty(),

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::capture::CaptureReader;
 use crate::cli::{SnapshotFormat, WatchArgs};
-use crate::decode::KNOWN_SUFFIXES;
+use crate::decode;
 use crate::mqtt;
 use crate::output::is_broken_pipe;
 use crate::reading::Timestamp;
@@ -82,7 +82,7 @@ fn settled(state: &WatchState) -> bool {
         let Some(device) = state.device(id) else {
             return false;
         };
-        if !KNOWN_SUFFIXES.iter().all(|s| device.has_family(s)) {
+        if !decode::decoded_suffixes().all(|s| device.has_family(s)) {
             return false;
         }
     }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::decode::DecodeError;
+use crate::decode::metric;
 use crate::energy::{ENERGY_UNIT, Energy, Totals};
 use crate::pipeline::Pipeline;
 use crate::reading::{AlarmStates, Reading, Timestamp};
@@ -265,10 +266,10 @@ impl DeviceView {
         let value = |metric: &str| self.value(metric).unwrap_or(f64::NAN);
         let point = Sample {
             at,
-            grid: value("grid_power"),
-            house: value("house_power"),
-            battery: value("battery_power"),
-            soc: value("soc"),
+            grid: value(metric::GRID_POWER),
+            house: value(metric::HOUSE_POWER),
+            battery: value(metric::BATTERY_POWER),
+            soc: value(metric::SOC),
         };
         while self.history.len() >= HISTORY_POINTS
             || self
@@ -336,12 +337,8 @@ impl WatchState {
                 .or_insert_with(|| DeviceView::new(reading.timestamp)),
         };
         device.record(reading);
-        let powers = reading
-            .measurements
-            .iter()
-            .any(|m| matches!(&*m.metric, "grid_power" | "battery_power" | "house_power"));
-        self.energy.observe(reading);
-        if powers {
+        // The counters say whether the reading carried a power they take.
+        if self.energy.observe(reading) {
             device.energy_at = Some(reading.timestamp);
         }
     }

@@ -24,6 +24,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph};
 
+use crate::decode::metric;
 use crate::reading::Timestamp;
 
 use super::state::{DeviceView, WatchState};
@@ -263,7 +264,7 @@ fn draw_header(frame: &mut Frame<'_>, area: Rect, view: &View<'_>) {
 fn draw_band(frame: &mut Frame<'_>, area: Rect, view: &View<'_>, device: Option<&DeviceView>) {
     let theme = view.theme;
     let Some((states, _)) = device.and_then(DeviceView::alarms) else {
-        let text = if device.is_some_and(|d| d.value("alarm_count").is_some()) {
+        let text = if device.is_some_and(|d| d.value(metric::ALARM_COUNT).is_some()) {
             " no alarm flags reported"
         } else {
             " alarms: not reported yet"

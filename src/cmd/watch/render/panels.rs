@@ -7,7 +7,8 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph};
 
-use crate::decode::KNOWN_SUFFIXES;
+use crate::decode::FAMILIES;
+use crate::decode::metric;
 use crate::energy::Counter;
 
 use super::super::state::{DeviceView, Family};
@@ -120,9 +121,9 @@ impl Panels<'_, '_> {
 
     pub(super) fn power_rows(&self) -> Vec<Row> {
         let theme = self.theme();
-        let grid = self.value("grid_power");
-        let house = self.value("house_power");
-        let battery = self.value("battery_power");
+        let grid = self.value(metric::GRID_POWER);
+        let house = self.value(metric::HOUSE_POWER);
+        let battery = self.value(metric::BATTERY_POWER);
         let mut rows = Vec::new();
         rows.push(match grid {
             Some(w) if w < 0.0 => Row::styled("Grid export", watts(-w), theme.fg(Color::Green)),
@@ -151,13 +152,16 @@ impl Panels<'_, '_> {
             }
             _ => Row::new("Balance", NONE),
         });
-        if let Some(w) = self.value("grid_power_inverter") {
+        if let Some(w) = self.value(metric::GRID_POWER_INVERTER) {
             rows.push(Row::new("Inverter grid", watts(w)).extra());
         }
-        if let Some(w) = self.value("aux_power") {
+        if let Some(w) = self.value(metric::AUX_POWER) {
             rows.push(Row::new("AUX1", watts(w)).extra());
         }
-        if let (Some(v), Some(a)) = (self.value("battery_voltage"), self.value("battery_current")) {
+        if let (Some(v), Some(a)) = (
+            self.value(metric::BATTERY_VOLTAGE),
+            self.value(metric::BATTERY_CURRENT),
+        ) {
             rows.push(Row::new("Battery DC", format!("{} V {} A", num(v, 1), num(a, 1))).extra());
         }
         rows
@@ -166,7 +170,7 @@ impl Panels<'_, '_> {
     /// The state of charge as a bar, red under 20 % and yellow under 50 %.
     fn soc_row(&self) -> Row {
         let theme = self.theme();
-        let Some(soc) = self.value("soc") else {
+        let Some(soc) = self.value(metric::SOC) else {
             return Row::new("SOC", NONE);
         };
         let color = if soc < 20.0 {
@@ -210,7 +214,7 @@ impl Panels<'_, '_> {
         let mut rows = vec![self.soc_row(), self.modules_row()];
         rows.push(Row::new(
             "Health",
-            match (self.value("soh"), self.value("soh_min")) {
+            match (self.value(metric::SOH), self.value(metric::SOH_MIN)) {
                 (Some(avg), Some(min)) => format!("{} % (min {})", num(avg, 0), num(min, 0)),
                 (Some(avg), None) => format!("{} %", num(avg, 0)),
                 _ => NONE.into(),
@@ -218,7 +222,10 @@ impl Panels<'_, '_> {
         ));
         rows.push(Row::new(
             "Cycles",
-            match (self.value("cycle_count_avg"), self.value("cycle_count_max")) {
+            match (
+                self.value(metric::CYCLE_COUNT_AVG),
+                self.value(metric::CYCLE_COUNT_MAX),
+            ) {
                 (Some(avg), Some(max)) => format!("{} (max {})", num(avg, 0), num(max, 0)),
                 (Some(avg), None) => num(avg, 0),
                 _ => NONE.into(),
@@ -227,8 +234,8 @@ impl Panels<'_, '_> {
         rows.push(Row::new(
             "Cell spread",
             match (
-                self.value("cell_voltage_min"),
-                self.value("cell_voltage_max"),
+                self.value(metric::CELL_VOLTAGE_MIN),
+                self.value(metric::CELL_VOLTAGE_MAX),
             ) {
                 (Some(min), Some(max)) => {
                     format!("{} mV ({}–{})", num(max - min, 0), num(min, 0), num(max, 0))
@@ -239,9 +246,9 @@ impl Panels<'_, '_> {
         rows.push(Row::new(
             "Cell temp",
             match (
-                self.value("cell_temp_min"),
-                self.value("cell_temp_avg"),
-                self.value("cell_temp_max"),
+                self.value(metric::CELL_TEMP_MIN),
+                self.value(metric::CELL_TEMP_AVG),
+                self.value(metric::CELL_TEMP_MAX),
             ) {
                 (Some(min), _, Some(max)) => format!("{}–{} °C", num(min, 1), num(max, 1)),
                 (_, Some(avg), _) => format!("{} °C", num(avg, 1)),
@@ -250,18 +257,21 @@ impl Panels<'_, '_> {
         ));
         rows.push(Row::new(
             "BMS temp",
-            match (self.value("bms_temp_avg"), self.value("bms_temp_max")) {
+            match (
+                self.value(metric::BMS_TEMP_AVG),
+                self.value(metric::BMS_TEMP_MAX),
+            ) {
                 (Some(avg), Some(max)) => format!("{} (max {}) °C", num(avg, 1), num(max, 1)),
                 (Some(avg), None) => format!("{} °C", num(avg, 1)),
                 _ => NONE.into(),
             },
         ));
-        if let Some(v) = self.value("battery_capacity") {
+        if let Some(v) = self.value(metric::BATTERY_CAPACITY) {
             rows.push(Row::new("Usable capacity", format!("{} %", num(v, 0))).extra());
         }
         if let (Some(v), Some(a)) = (
-            self.value("module_voltage_avg"),
-            self.value("battery_current_total"),
+            self.value(metric::MODULE_VOLTAGE_AVG),
+            self.value(metric::BATTERY_CURRENT_TOTAL),
         ) {
             rows.push(Row::new("BMS DC", format!("{} V {} A", num(v, 2), num(a, 2))).extra());
         }
@@ -270,7 +280,10 @@ impl Panels<'_, '_> {
 
     /// Emergency power: its mode and reserve, and its schedule when set.
     fn eps_rows(&self) -> Vec<Row> {
-        let mode = match (self.value("eps_mode"), self.value("eps_reserve")) {
+        let mode = match (
+            self.value(metric::EPS_MODE),
+            self.value(metric::EPS_RESERVE),
+        ) {
             (Some(mode), reserve) => {
                 let state = if mode == 1.0 { "on" } else { "off" };
                 match reserve {
@@ -282,9 +295,9 @@ impl Panels<'_, '_> {
             _ => NONE.into(),
         };
         let mut rows = vec![Row::new("EPS", mode)];
-        if let Some(on) = self.value("eps_schedule_event") {
+        if let Some(on) = self.value(metric::EPS_SCHEDULE_EVENT) {
             let reserve = self
-                .value("eps_schedule_reserve")
+                .value(metric::EPS_SCHEDULE_RESERVE)
                 .map(|r| format!(", {} %", num(r, 0)))
                 .unwrap_or_default();
             let state = if on == 1.0 { "on" } else { "off" };
@@ -300,24 +313,30 @@ impl Panels<'_, '_> {
             _ => NONE.into(),
         };
         let mut rows = vec![
-            Row::new("Grid", v_hz("grid_voltage", "grid_frequency")),
-            Row::new("Output", v_hz("output_voltage", "output_frequency")),
+            Row::new("Grid", v_hz(metric::GRID_VOLTAGE, metric::GRID_FREQUENCY)),
+            Row::new(
+                "Output",
+                v_hz(metric::OUTPUT_VOLTAGE, metric::OUTPUT_FREQUENCY),
+            ),
         ];
-        if let Some(w) = self.value("output_active_power") {
+        if let Some(w) = self.value(metric::OUTPUT_ACTIVE_POWER) {
             let va = self
-                .value("output_apparent_power")
+                .value(metric::OUTPUT_APPARENT_POWER)
                 .map(|va| format!(" {} VA", num(va, 0)))
                 .unwrap_or_default();
             rows.push(Row::new("Output power", format!("{}{va}", watts(w))).extra());
         }
         rows.push(Row::new(
             "Inverter temp",
-            self.value("inverter_temp")
+            self.value(metric::INVERTER_TEMP)
                 .map_or(NONE.into(), |t| format!("{} °C", num(t, 1))),
         ));
         rows.push(Row::new(
             "Boost/inner",
-            match (self.value("boost_temp"), self.value("inner_temp")) {
+            match (
+                self.value(metric::BOOST_TEMP),
+                self.value(metric::INNER_TEMP),
+            ) {
                 (Some(b), Some(i)) => format!("{}/{} °C", num(b, 1), num(i, 1)),
                 (Some(b), None) => format!("{} °C", num(b, 1)),
                 (None, Some(i)) => format!("–/{} °C", num(i, 1)),
@@ -326,10 +345,10 @@ impl Panels<'_, '_> {
         ));
         rows.push(Row::new(
             "Schedule",
-            match self.value("schedule_event") {
+            match self.value(metric::SCHEDULE_EVENT) {
                 Some(code) => {
                     let setpoint = self
-                        .value("schedule_setpoint")
+                        .value(metric::SCHEDULE_SETPOINT)
                         .map(|w| format!(" {} W", num(w, 0)))
                         .unwrap_or_default();
                     format!("{}{setpoint}", schedule_name(code))
@@ -341,8 +360,8 @@ impl Panels<'_, '_> {
         rows.push(Row::new(
             "Max chg/dis",
             match (
-                self.value("max_charge_power"),
-                self.value("max_discharge_power"),
+                self.value(metric::MAX_CHARGE_POWER),
+                self.value(metric::MAX_DISCHARGE_POWER),
             ) {
                 (Some(c), Some(d)) => format!("{}/{} W", num(c.abs(), 0), num(d.abs(), 0)),
                 (Some(c), None) => format!("{}/– W", num(c.abs(), 0)),
@@ -350,7 +369,7 @@ impl Panels<'_, '_> {
                 _ => NONE.into(),
             },
         ));
-        if let Some(state) = self.value("ffr_controller_state") {
+        if let Some(state) = self.value(metric::FFR_CONTROLLER_STATE) {
             rows.push(Row::new("FFR controller", num(state, 0)).extra());
         }
         rows
@@ -411,10 +430,10 @@ impl Panels<'_, '_> {
         let mut families: Vec<(&str, &Family)> = device.families().collect();
         families.sort_by_key(|(name, _)| {
             (
-                KNOWN_SUFFIXES
+                FAMILIES
                     .iter()
-                    .position(|k| k == name)
-                    .unwrap_or(KNOWN_SUFFIXES.len()),
+                    .position(|f| f.suffix == *name)
+                    .unwrap_or(FAMILIES.len()),
                 *name,
             )
         });

@@ -69,23 +69,7 @@ pub(super) fn clip(text: &str, width: usize) -> String {
 
 /// The compact layout's names of the P3's topic families.
 pub(super) fn short_name(suffix: &str) -> &str {
-    match suffix {
-        "bms/soc" => "soc",
-        "inverter/measurements" => "inverter",
-        "inverter/alarms" => "alarms",
-        "inverter/charge" => "charge",
-        "pylontech/info" => "pylontech",
-        "ffr/measurements" => "ct clamps",
-        "schedule/event" => "schedule",
-        "m4/maxpower" => "maxpower",
-        "eps/status" => "eps",
-        "eps_schedule/event" => "eps sched",
-        "ffrcontroller/state" => "ffr ctrl",
-        "safetycheck/state" => "safety",
-        "safetycheck/measurements" => "safety meas",
-        "m4/pylontech_alerts" => "pyl alerts",
-        other => other,
-    }
+    crate::decode::family_of(suffix).map_or(suffix, |f| f.short_name)
 }
 
 #[cfg(test)]
