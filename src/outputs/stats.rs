@@ -1,10 +1,13 @@
 //! Live counters of the outputs beside the API, and what collect knows of
 //! its input, shared with `status.json` and Prometheus's `/metrics`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::time::Instant;
 
 use crate::forward::ForwardStats;
+use crate::pipeline::DecodeCounts;
 use crate::reading::Timestamp;
 use crate::status::OutputReport;
 
@@ -70,17 +73,51 @@ impl OutputStats {
     }
 }
 
-/// What collect knows about its input and the API, for `/metrics`.
+/// What collect knows about its input and its outputs: the one copy of
+/// its counters that `status.json`, `/metrics`, the progress line and the
+/// stop line all read.
 #[derive(Debug, Default)]
 pub struct Health {
-    /// Messages received from the P3's broker.
-    pub received: AtomicU64,
-    /// Messages that could not be decoded.
-    pub decode_errors: AtomicU64,
-    /// Unix milliseconds of the last P3 message (0: none yet).
-    pub last_message_ms: AtomicU64,
+    input: Mutex<Input>,
     /// The API output's counters, when it is on.
     pub api: Option<Arc<ForwardStats>>,
     /// The other outputs' counters.
     pub outputs: Vec<Arc<OutputStats>>,
+}
+
+/// collect's input: what the pipeline counted, and the last message.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Input {
+    /// The pipeline's counts, as of the last message.
+    pub counts: DecodeCounts,
+    /// When the last message was received (wall clock, for reports).
+    pub last_message: Option<Timestamp>,
+    /// The same moment on the monotonic clock (ages that a clock step,
+    /// such as a Pi's first NTP sync, must not upset: the watchdog).
+    pub last_heard: Option<Instant>,
+}
+
+impl Health {
+    /// The API's and the other outputs' counters, nothing heard yet.
+    pub fn new(api: Option<Arc<ForwardStats>>, outputs: Vec<Arc<OutputStats>>) -> Health {
+        Health {
+            input: Mutex::default(),
+            api,
+            outputs,
+        }
+    }
+
+    /// One message taken: the pipeline's counts after it, and its time.
+    pub fn heard(&self, counts: DecodeCounts, at: Timestamp) {
+        *self.input.lock().unwrap_or_else(PoisonError::into_inner) = Input {
+            counts,
+            last_message: Some(at),
+            last_heard: Some(Instant::now()),
+        };
+    }
+
+    /// A snapshot of the input's counters and last message.
+    pub fn input(&self) -> Input {
+        *self.input.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }

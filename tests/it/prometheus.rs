@@ -19,7 +19,7 @@ use pv3::capture::CaptureReader;
 use pv3::energy::Energy;
 use pv3::forward::ForwardStats;
 use pv3::outputs::{Health, Output, OutputStats, PrometheusOutput};
-use pv3::pipeline::Pipeline;
+use pv3::pipeline::{DecodeCounts, Pipeline};
 use pv3::reading::{AlarmStates, Measurement, Origin, Reading, Timestamp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -123,10 +123,15 @@ async fn fed_output(health: Arc<Health>) -> (PrometheusOutput, Fed) {
     let mut fed = Fed::default();
     feed_sample(&mut out, None, usize::MAX, &mut fed).await;
     feed_sample(&mut out, Some(SECOND), SECOND_RECORDS, &mut fed).await;
-    health.received.store(fed.messages, Ordering::Relaxed);
-    health
-        .decode_errors
-        .store(fed.decode_errors, Ordering::Relaxed);
+    // What collect would have counted: every message, some not decoded,
+    // received when the test said (or now).
+    let counts = DecodeCounts {
+        decoded: fed.messages - fed.decode_errors,
+        errors: fed.decode_errors,
+        ..DecodeCounts::default()
+    };
+    let last = health.input().last_message.unwrap_or_else(Timestamp::now);
+    health.heard(counts, last);
     (out, fed)
 }
 
@@ -366,16 +371,12 @@ async fn metrics_parse_follow_the_naming_guide_and_equal_the_decoded_values() {
     mqtt.set_connected(true);
     mqtt.published(42);
     mqtt.dropped(1);
-    let health = Arc::new(Health {
-        api: Some(api),
-        outputs: vec![mqtt],
-        ..Health::default()
-    });
+    let health = Arc::new(Health::new(Some(api), vec![mqtt]));
     // Ten seconds ago: the age can only be at least that.
-    let ten_seconds_ago = Timestamp::now().unix_millis() - 10_000;
-    health.last_message_ms.store(
-        u64::try_from(ten_seconds_ago).expect("after 1970"),
-        Ordering::Relaxed,
+    let ten_seconds_ago = Timestamp::now().unix_micros() - 10_000_000;
+    health.heard(
+        DecodeCounts::default(),
+        Timestamp::from_unix_micros(ten_seconds_ago),
     );
     let (out, fed) = fed_output(health).await;
 
@@ -555,10 +556,10 @@ async fn outputs_are_listed_once_each_whoever_listed_them() {
     let other = PrometheusOutput::bind(loopback(), Arc::new(Health::default()))
         .await
         .expect("bind");
-    let health = Arc::new(Health {
-        outputs: vec![other.stats(), OutputStats::new("mqtt")],
-        ..Health::default()
-    });
+    let health = Arc::new(Health::new(
+        None,
+        vec![other.stats(), OutputStats::new("mqtt")],
+    ));
     let out = PrometheusOutput::bind(loopback(), health)
         .await
         .expect("bind");
@@ -734,11 +735,8 @@ async fn finish_stops_listening() {
 async fn the_docs_list_every_family() {
     let api = Arc::new(ForwardStats::default());
     api.last_delivery_ms.store(1, Ordering::Relaxed);
-    let health = Arc::new(Health {
-        api: Some(api),
-        ..Health::default()
-    });
-    health.last_message_ms.store(1, Ordering::Relaxed);
+    let health = Arc::new(Health::new(Some(api), Vec::new()));
+    health.heard(DecodeCounts::default(), Timestamp::from_unix_micros(1000));
     let (out, _) = fed_output(health).await;
     // Once scraped, so that the age of the last scrape is there too.
     scrape(out.local_addr()).await;

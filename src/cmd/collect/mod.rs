@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -93,7 +92,6 @@ pub async fn run(args: CollectArgs) -> Result<()> {
         status,
         hint,
         warnings: RateLimiter::new(crate::ratelimit::WINDOW),
-        last_message: None,
         _lock: opened.lock,
     };
     collector.serve(subscription, &args).await;
@@ -269,7 +267,6 @@ struct Collector {
     health: Arc<Health>,
     status: StatusWriter,
     warnings: RateLimiter,
-    last_message: Option<tokio::time::Instant>,
     _lock: Option<StateLock>,
     /// Says so when nothing arrives for the device (a wrong --device-id).
     hint: DeviceHint,
@@ -308,24 +305,25 @@ impl Collector {
                 }
                 Ok(()) = subscribed.changed() => {
                     if *subscribed.borrow_and_update() {
-                        self.status.subscriptions += 1;
-                        self.status.write(&self.pipeline, self.hint.text());
+                        self.status.subscribed();
+                        self.status.write(self.hint.text());
                         notify_systemd(&[sd_notify::NotifyState::Ready]);
                     }
                 }
                 _ = watchdog_timer.tick(), if watchdog_every.is_some() => {
                     // Only while data flows: a silent P3 gets us restarted.
-                    if self.last_message.is_some_and(|t| t.elapsed() < args.stale_after) {
+                    let last = self.health.input().last_heard;
+                    if last.is_some_and(|t| t.elapsed() < args.stale_after) {
                         notify_systemd(&[sd_notify::NotifyState::Watchdog]);
                     }
                 }
-                _ = status_timer.tick() => self.status.write(&self.pipeline, self.hint.text()),
+                _ = status_timer.tick() => self.status.write(self.hint.text()),
                 _ = energy_timer.tick(), if self.energy.is_some() => {
                     if let Some(keeper) = &mut self.energy {
                         keeper.save_when_due();
                     }
                 }
-                _ = stats_timer.tick() => log_progress(&self.pipeline, &self.outputs),
+                _ = stats_timer.tick() => log_progress(&self.health, &self.outputs),
             }
         }
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
@@ -337,18 +335,13 @@ impl Collector {
     /// stop.
     async fn handle(&mut self, msg: &Message) -> bool {
         trace!("received {} ({} bytes)", msg.topic, msg.payload.len());
-        self.last_message = Some(tokio::time::Instant::now());
-        self.status.last_message = Some(msg.received);
-        let h = &self.health;
-        h.received.fetch_add(1, Ordering::Relaxed);
-        let millis = u64::try_from(msg.received.unix_millis()).unwrap_or(0);
-        h.last_message_ms.store(millis, Ordering::Relaxed);
         self.hint.heard();
         let other_before = self.pipeline.counts.other_device;
-        let reading = match self
+        let processed = self
             .pipeline
-            .process(&msg.topic, &msg.payload, msg.received)
-        {
+            .process(&msg.topic, &msg.payload, msg.received);
+        self.health.heard(self.pipeline.counts, msg.received);
+        let reading = match processed {
             Ok(Some(reading)) => Arc::new(reading),
             Ok(None) => {
                 if self.pipeline.counts.other_device > other_before
@@ -363,7 +356,6 @@ impl Collector {
                 return true;
             }
             Err(e) => {
-                self.health.decode_errors.fetch_add(1, Ordering::Relaxed);
                 let key = crate::topic::P3Topic::parse(&msg.topic).map_or("", |t| t.suffix);
                 if let Some(n) = self.warnings.allow(key) {
                     warn!("skipped a message: {e}{}", suppressed_note(n));
@@ -416,7 +408,7 @@ impl Collector {
     /// the last status.
     async fn finish(mut self) -> Result<()> {
         self.save_energy().await;
-        let received = self.pipeline.counts.messages();
+        let received = self.health.input().counts.messages();
         let mut result = Ok(());
         for output in std::mem::take(&mut self.outputs) {
             let name = output.name();
@@ -425,11 +417,11 @@ impl Collector {
                 result = Err(e);
             }
         }
-        if self.status.base.no_api {
+        if self.status.no_api() {
             info!("stopped: {received} messages received");
         }
-        self.status.connected.store(false, Ordering::Relaxed);
-        self.status.write(&self.pipeline, self.hint.text());
+        self.status.disconnected();
+        self.status.write_now(self.hint.text()).await;
         result
     }
 }
@@ -449,8 +441,8 @@ fn forward_options(args: &CollectArgs) -> ForwardOptions {
     }
 }
 
-fn log_progress(pipeline: &Pipeline, outputs: &[Box<dyn Output>]) {
-    let c = &pipeline.counts;
+fn log_progress(health: &Health, outputs: &[Box<dyn Output>]) {
+    let c = health.input().counts;
     let said: Vec<String> = outputs
         .iter()
         .filter_map(|o| o.progress().map(|p| format!("{}: {p}", o.name())))

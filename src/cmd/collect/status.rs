@@ -4,26 +4,30 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::forward::ForwardStats;
 use crate::outputs::{Health, OutputStats};
-use crate::pipeline::Pipeline;
 use crate::reading::Timestamp;
 use crate::status::{self, Counters, Status};
 
-/// Keeps `status.json` current (API mode only: a dry run has no state).
+/// Keeps `status.json` current (not in a dry run: it has no state). What
+/// it writes comes from [`Health`], the counters every report reads; the
+/// write itself (a file and a rename) runs off the runtime's thread.
 pub(super) struct StatusWriter {
     dir: Option<PathBuf>,
-    pub(super) base: Status,
-    pub(super) connected: Arc<AtomicBool>,
-    /// The API's counters.
+    /// What never changes while the collector runs.
+    base: Status,
+    /// The MQTT link's state, kept by the subscription.
+    connected: Arc<AtomicBool>,
     health: Arc<Health>,
-    /// The other outputs' counters.
+    /// The outputs' counters (the API's are in `health`).
     outputs: Vec<Arc<OutputStats>>,
-    pub(super) last_message: Option<Timestamp>,
-    pub(super) subscriptions: u64,
-    failed_once: bool,
+    subscriptions: u64,
+    writing: Option<JoinHandle<()>>,
+    /// A write failed already: a read-only state directory is said once.
+    failed_once: Arc<AtomicBool>,
 }
 
 impl StatusWriter {
@@ -52,36 +56,50 @@ impl StatusWriter {
             connected,
             health,
             outputs,
-            last_message: None,
             subscriptions: 0,
-            failed_once: false,
+            writing: None,
+            failed_once: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    pub(super) fn write(&mut self, pipeline: &Pipeline, device_hint: Option<String>) {
-        let Some(dir) = self.dir.clone() else {
-            return;
-        };
+    /// The broker confirmed a subscription (one per connection).
+    pub(super) fn subscribed(&mut self) {
+        self.subscriptions += 1;
+    }
+
+    /// `--no-api`: nothing goes to the API.
+    pub(super) fn no_api(&self) -> bool {
+        self.base.no_api
+    }
+
+    /// The MQTT link is down for good (the stop).
+    pub(super) fn disconnected(&self) {
+        self.connected.store(false, Ordering::Relaxed);
+    }
+
+    /// What `status.json` says now.
+    fn status(&self, device_hint: Option<String>) -> Status {
         let stats = self.health.api.clone().unwrap_or_default();
         let get = ForwardStats::get;
+        let input = self.health.input();
         let last_delivery = get(&stats.last_delivery_ms);
-        let status = Status {
+        Status {
             updated_at: Timestamp::now().to_rfc3339(),
             broker_connected: self.connected.load(Ordering::Relaxed),
             subscriptions: self.subscriptions,
-            last_message_at: self.last_message.map(Timestamp::to_rfc3339),
+            last_message_at: input.last_message.map(Timestamp::to_rfc3339),
             last_delivery_at: (last_delivery > 0).then(|| {
                 Timestamp::from_unix_micros(i64::try_from(last_delivery).unwrap_or(0) * 1000)
                     .to_rfc3339()
             }),
             counters: Counters {
-                received: pipeline.counts.messages(),
+                received: input.counts.messages(),
                 delivered: get(&stats.delivered),
                 spooled: get(&stats.spooled),
                 dropped: get(&stats.dropped),
                 rejected: get(&stats.rejected),
                 not_created: get(&stats.not_created),
-                decode_errors: pipeline.counts.errors,
+                decode_errors: input.counts.errors,
             },
             spool_batches: get(&stats.spool_batches),
             spool_measurements: get(&stats.spool_measurements),
@@ -89,13 +107,37 @@ impl StatusWriter {
             outputs: self.outputs.iter().map(|o| o.report()).collect(),
             device_hint,
             ..self.base.clone()
+        }
+    }
+
+    /// Writes the file in the background, unless the last write is still
+    /// under way (a slow SD card: the next tick writes again).
+    pub(super) fn write(&mut self, device_hint: Option<String>) {
+        let Some(dir) = self.dir.clone() else {
+            return;
         };
-        if let Err(e) = status::write(&dir, &status) {
-            // Once: a read-only state dir should not flood the journal.
-            if !self.failed_once {
+        if self.writing.as_ref().is_some_and(|w| !w.is_finished()) {
+            return;
+        }
+        let status = self.status(device_hint);
+        let failed_once = self.failed_once.clone();
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = status::write(&dir, &status)
+                && !failed_once.swap(true, Ordering::Relaxed)
+            {
                 warn!("{e:#}");
-                self.failed_once = true;
             }
+        }));
+    }
+
+    /// Writes the file and waits for it: the last status, at the stop.
+    pub(super) async fn write_now(&mut self, device_hint: Option<String>) {
+        if let Some(running) = self.writing.take() {
+            let _ = running.await;
+        }
+        self.write(device_hint);
+        if let Some(running) = self.writing.take() {
+            let _ = running.await;
         }
     }
 }

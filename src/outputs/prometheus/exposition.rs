@@ -150,7 +150,7 @@ pub(super) fn render_health(
     own: &Arc<OutputStats>,
     now_ms: i64,
 ) {
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
+    let input = health.input();
     x.header(
         "pv3_build_info",
         "gauge",
@@ -165,15 +165,18 @@ pub(super) fn render_health(
         "pv3_messages_received_total",
         "counter",
         "Messages received from the P3's MQTT broker",
-        get(&health.received),
+        input.counts.messages() as f64,
     );
     x.single(
         "pv3_decode_errors_total",
         "counter",
         "Messages whose payload could not be decoded",
-        get(&health.decode_errors),
+        input.counts.errors as f64,
     );
-    if let Some(age) = age_seconds(now_ms, health.last_message_ms.load(Ordering::Relaxed)) {
+    let last_ms = input
+        .last_message
+        .map_or(0, |t| u64::try_from(t.unix_millis()).unwrap_or(0));
+    if let Some(age) = age_seconds(now_ms, last_ms) {
         x.single(
             "pv3_last_message_age_seconds",
             "gauge",

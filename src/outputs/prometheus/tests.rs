@@ -145,11 +145,11 @@ fn alarms_replace_the_devices_previous_flags() {
 
 #[test]
 fn every_name_written_for_pv3_itself_is_reserved() {
-    let health = Health {
-        api: Some(Arc::new(ForwardStats::default())),
-        ..Health::default()
-    };
-    health.last_message_ms.store(1, Ordering::Relaxed);
+    let health = Health::new(Some(Arc::new(ForwardStats::default())), Vec::new());
+    health.heard(
+        crate::pipeline::DecodeCounts::default(),
+        crate::reading::Timestamp::from_unix_micros(1000),
+    );
     if let Some(api) = &health.api {
         api.last_delivery_ms.store(1, Ordering::Relaxed);
     }
