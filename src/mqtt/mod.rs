@@ -1,14 +1,7 @@
-//! The MQTT side: connection options, the event loop, backoff and
-//! resubscription, and a publishing connection for replay.
-//!
-//! rumqttc reconnects when its event loop is polled again after an error;
-//! this module adds what a service needs around that: a jittered,
-//! exponential delay between attempts (never a hot loop while the broker is
-//! down), a fresh SUBSCRIBE after every CONNACK (a clean session forgets
-//! them), clear log lines, and a queue of received messages stamped with
-//! their receive time, bounded by count and by bytes. The poll task never
-//! awaits a client call (rumqttc's request channel is drained by that same
-//! task: awaiting it there can deadlock); it only uses `try_*` calls.
+//! The MQTT side: connection settings and options, the one connection
+//! driver ([`driver`]: the event loop, reconnects with backoff,
+//! resubscription, a clean disconnect), subscriptions with their bounded
+//! receive queue, and the publishing connection of `replay --to-mqtt`.
 //! Topic names and filters are [`crate::topic`]'s business.
 
 use std::path::PathBuf;
@@ -16,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
+    AsyncClient, ConnectionError, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
     SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -38,11 +31,11 @@ pub const RECONNECT_INITIAL: Duration = Duration::from_millis(500);
 /// broker shared with other devices may carry big ones.
 pub(crate) const MAX_PACKET_SIZE: usize = 16 * 1024 * 1024;
 
-mod link;
+mod driver;
 mod publisher;
 mod queue;
 
-use link::{Link, poll_loop};
+pub(crate) use driver::{Connection, Event as ConnectionEvent, Plan, Role};
 pub(crate) use publisher::Publisher;
 use queue::{QUEUE_BYTES, QUEUE_MESSAGES, QueueTx, Queued, queue};
 
@@ -115,14 +108,11 @@ impl Message {
 /// reconnects until [`Subscription::close`].
 pub struct Subscription {
     rx: mpsc::Receiver<Queued>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-    connected: Arc<AtomicBool>,
-    subscribed: watch::Receiver<bool>,
+    connection: Connection,
 }
 
 impl Subscription {
-    /// The next message; `None` once the event loop has stopped.
+    /// The next message; `None` once the connection has stopped.
     pub async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await.map(|queued| queued.message)
     }
@@ -134,24 +124,18 @@ impl Subscription {
 
     /// Becomes `true` at the first SUBACK (systemd's READY=1).
     pub(crate) fn subscribed(&self) -> watch::Receiver<bool> {
-        self.subscribed.clone()
+        self.connection.subscribed()
     }
 
     /// A flag that is `true` while the broker link is up, for status
     /// reporting.
     pub(crate) fn connected_flag(&self) -> Arc<AtomicBool> {
-        self.connected.clone()
+        self.connection.connected_flag()
     }
 
-    /// Disconnects politely (bounded wait) and stops the event loop.
-    pub(crate) async fn close(mut self) {
-        let _ = self.stop.send(true);
-        if tokio::time::timeout(Duration::from_secs(2), &mut self.task)
-            .await
-            .is_err()
-        {
-            self.task.abort();
-        }
+    /// Disconnects politely (bounded wait) and stops the connection.
+    pub(crate) async fn close(self) {
+        self.connection.close(Duration::from_secs(2)).await;
     }
 }
 
@@ -182,61 +166,12 @@ pub(crate) fn client_options(settings: &MqttSettings) -> Result<MqttOptions> {
 /// `filters` after every connect. Fails only on settings that can never
 /// work (a bad CA file).
 pub fn subscribe(settings: &MqttSettings, filters: Vec<String>) -> Result<Subscription> {
-    let options = client_options(settings)?;
-    let (tx, rx) = queue(QUEUE_MESSAGES, QUEUE_BYTES);
-    let (stop, stop_rx) = watch::channel(false);
-    let (subscribed_tx, subscribed) = watch::channel(false);
-    let connected = Arc::new(AtomicBool::new(false));
-    let link = Link {
-        endpoint: settings.endpoint(),
-        address: (settings.host.clone(), settings.port),
-        filters,
-        backoff: Backoff::new(settings.reconnect_initial, settings.reconnect_max),
-        failures: 0,
-        up_since: None,
-        told_too_large: false,
-        connected: connected.clone(),
-        subscribed: subscribed_tx,
-    };
-    let task = tokio::spawn(poll_loop(options, link, settings.stale_after, tx, stop_rx));
+    let (sink, rx) = queue(QUEUE_MESSAGES, QUEUE_BYTES);
+    let plan = Plan::subscriber(filters, sink, settings.stale_after);
     Ok(Subscription {
         rx,
-        stop,
-        task,
-        connected,
-        subscribed,
+        connection: Connection::open(settings, plan)?,
     })
-}
-
-/// Asks for a polite DISCONNECT and lets the event loop send it, briefly.
-async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop, connected: &AtomicBool) {
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
-    connected.store(false, Ordering::Relaxed);
-}
-
-/// One line for a connection error, with the hint an owner needs.
-fn describe(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(code) => format!(
-            "connection refused by the broker ({code:?}): check --mqtt-username/--mqtt-password"
-        ),
-        ConnectionError::Io(io) => format!("{io}"),
-        other => {
-            let text = other.to_string();
-            if text.contains("NotValidForName") {
-                format!(
-                    "{text}: the certificate is not for this host name; use the name it was issued for in --mqtt-host"
-                )
-            } else if text.contains("certificate") {
-                format!(
-                    "{text}: pass the CA that signed the broker's certificate with --mqtt-ca FILE"
-                )
-            } else {
-                text
-            }
-        }
-    }
 }
 
 #[cfg(test)]

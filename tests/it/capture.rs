@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use pv3::reading::Timestamp;
 use rumqttc::QoS;
 use serde_json::Value;
 
@@ -580,6 +581,72 @@ async fn replay_exits_1_when_the_api_never_takes_the_data() {
     assert_eq!(
         stderr.lines().last().map(|l| l.starts_with("pv3: error:")),
         Some(true)
+    );
+}
+
+/// Issue 21: `replay --to-mqtt` used to exit at the first broker drop
+/// ("cannot publish: Failed to send mqtt requests to eventloop"). Now it
+/// reconnects like collect and delivers every message: the broker is
+/// stopped mid-replay and started again on the same port, and the two
+/// brokers together received every record (at least once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_to_mqtt_survives_a_broker_restart_and_delivers_every_message() {
+    let first = InProcessBroker::start().await;
+    let port = first.port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = dir.path().join("numbered.jsonl");
+    let records = 300;
+    // 20 ms apart: six seconds of capture, three at --speed 2.
+    let lines: Vec<String> = (0..records)
+        .map(|n| {
+            let ts = Timestamp::from_unix_micros(1_800_000_000_000_000 + n * 20_000);
+            serde_json::json!({
+                "ts": ts.to_rfc3339(),
+                "topic": format!("pv/PV3/{DEVICE}/inverter/charge"),
+                "payload": format!("{{\"power\":{n}}}"),
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&capture, lines.join("\n")).expect("write the capture");
+    let port_text = port.to_string();
+    let mut replay = Pv3Process::spawn(
+        &[
+            "replay",
+            capture.to_str().expect("utf-8"),
+            "--to-mqtt",
+            "--mqtt-host",
+            "127.0.0.1",
+            "--mqtt-port",
+            &port_text,
+            "--mqtt-reconnect-max",
+            "0.5",
+            "--speed",
+            "2",
+        ],
+        &[],
+    );
+    assert!(first.wait_for_received(100, T).await, "{}", replay.stderr());
+    first.stop().await;
+    let second = InProcessBroker::start_on(port).await;
+    let status = replay.wait_exit(T).await.expect("replay ends");
+    assert!(status.success(), "{}", replay.stderr());
+    let mut seen = std::collections::BTreeSet::new();
+    for m in first.messages().into_iter().chain(second.messages()) {
+        let text = String::from_utf8_lossy(&m.payload).into_owned();
+        let v: Value = serde_json::from_str(&text).expect("a JSON payload");
+        seen.insert(v["power"].as_i64().expect("power"));
+    }
+    let missing: Vec<i64> = (0..records).filter(|n| !seen.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "never delivered: {missing:?}\n{}",
+        replay.stderr()
+    );
+    assert!(
+        replay.stderr().contains("reconnecting in"),
+        "the broker went away: {}",
+        replay.stderr()
     );
 }
 

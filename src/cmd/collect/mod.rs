@@ -306,7 +306,9 @@ impl Collector {
                 Ok(()) = subscribed.changed() => {
                     if *subscribed.borrow_and_update() {
                         self.status.subscribed();
-                        self.status.write(self.hint.text());
+                        // On disk before READY: whoever waits for READY
+                        // finds the subscription in status.json.
+                        self.status.write_now(self.hint.text()).await;
                         notify_systemd(&[sd_notify::NotifyState::Ready]);
                     }
                 }

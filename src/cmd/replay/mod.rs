@@ -183,7 +183,7 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<()> {
     let outcome = if let Some(format) = dry_run_format {
         dry_run(source, format, &args).await
     } else if args.to_mqtt {
-        to_mqtt(source, &args).await
+        to_mqtt(source, &args, signal.clone()).await
     } else {
         into_api::to_api(source, &args, signal).await
     };
@@ -384,7 +384,13 @@ async fn dry_run(mut source: Source, format: Format, args: &ReplayArgs) -> Resul
     handle.await.context("replay thread failed")?
 }
 
-async fn to_mqtt(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
+/// `--to-mqtt`: the raw messages to a broker, reconnecting like collect
+/// and confirmed one by one ([`Publisher`]), so a broker restart loses none.
+async fn to_mqtt(
+    mut source: Source,
+    args: &ReplayArgs,
+    mut signal: watch::Receiver<bool>,
+) -> Result<Summary> {
     let settings = super::mqtt_settings(&args.mqtt, "replay");
     let mut publisher = Publisher::connect(&settings).map_err(super::ConfigError)?;
     let (tx, mut rx) = mpsc::channel::<Record>(1024);
@@ -397,34 +403,31 @@ async fn to_mqtt(mut source: Source, args: &ReplayArgs) -> Result<Summary> {
         }
         Ok(source.counts)
     });
-    let mut published = 0u64;
-    let mut failure = None;
+    let mut interrupted = false;
     loop {
+        let record = tokio::select! {
+            record = rx.recv() => record,
+            _ = signal.wait_for(|s| *s) => None,
+        };
+        let Some(record) = record else { break };
+        let topic = match &device {
+            Some(device) => topic::with_device(&record.topic, device).into_owned(),
+            None => record.topic,
+        };
         tokio::select! {
-            record = rx.recv() => {
-                let Some(record) = record else { break };
-                let topic = match &device {
-                    Some(device) => topic::with_device(&record.topic, device).into_owned(),
-                    None => record.topic,
-                };
-                if let Err(e) = publisher.publish(topic, record.qos, record.retain, record.payload).await {
-                    failure = Some(format!("{e:#}"));
-                    break;
-                }
-                published += 1;
-            }
-            reason = publisher.failed() => {
-                failure = Some(reason);
-                break;
-            }
+            () = publisher.publish(topic, record.retain, record.payload) => {}
+            _ = signal.wait_for(|s| *s) => break,
         }
     }
-    drop(rx);
-    if failure.is_none() {
-        failure = publisher.finish(Duration::from_secs(30)).await.err();
+    if *signal.borrow() {
+        interrupted = true;
     }
+    drop(rx);
+    // After a Ctrl-C, what is in flight gets a moment, not half a minute.
+    let wait = if interrupted { 2 } else { 30 };
+    let (published, unconfirmed) = publisher.finish(Duration::from_secs(wait)).await;
     let counts = reader.await.context("replay thread failed")??;
-    if let Some(reason) = failure {
+    if let Some(reason) = unconfirmed {
         bail!("{reason} (after {published} messages)");
     }
     Ok(Summary {

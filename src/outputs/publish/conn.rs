@@ -1,21 +1,15 @@
 //! The output's connection: the task's loop, what is sent, and what happens
 //! when the broker drops it.
 //!
-//! - **One poll, never cancelled.** rumqttc's `EventLoop::poll` connects
-//!   when it has no connection, and a connect cut short starts again from
-//!   scratch. The loop used to poll inside a `select!` with a 250 ms tick:
-//!   against a broker that accepts TCP but never sends CONNACK, every tick
-//!   abandoned the attempt (and left a socket open on the broker) before
-//!   rumqttc's handshake timeout could fire, so nothing was ever said. Now
-//!   one poll future owns the event loop until it completes.
-//! - **Backoff like the source link.** A connection must stay up
-//!   [`HEALTHY_AFTER`] before the reconnect delay starts again from its first
-//!   step: a broker that drops pv3 right after each connect gets ever longer
-//!   waits, not a reconnect a second.
+//! The connection itself (polling, reconnects with backoff, the log, the
+//! last will, resubscribing to Home Assistant's birth topic) is the one
+//! driver's, [`crate::mqtt::Connection`]; this task reacts to its events.
+//!
 //! - **A message the broker refuses.** With MQTT 3.1.1 a broker refuses a
 //!   PUBLISH by closing the connection (Mosquitto: a topic with a control
 //!   character, a packet over its `max_packet_size`). After a connection
-//!   lost within [`HEALTHY_AFTER`] of its CONNACK, the next one is
+//!   lost within 30 s of its CONNACK (the driver's `HEALTHY_AFTER`), the
+//!   next one is
 //!   *careful*: one message at a time, QoS 1,
 //!   the next only once the broker has acknowledged the last; so when it
 //!   drops pv3 again, the message it was reading is known. A message that
@@ -23,41 +17,21 @@
 //!   named in a warning) and not sent again until pv3 restarts. Once
 //!   everything due has been acknowledged, publishing is quick again.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, NetworkOptions, Outgoing, Packet, QoS,
-};
+use rumqttc::{AsyncClient, QoS};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
 
 use super::{Inbox, OutputStats, Publisher};
-use crate::backoff::Backoff;
-
-/// How long a connection must stay up before the reconnect backoff starts
-/// again from its first step (as the source link, `mqtt::link`).
-pub(super) const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+use crate::mqtt::{Connection, ConnectionEvent};
 
 /// How many times a message may kill the connection before it is dropped.
 pub(super) const KILLS: u8 = 2;
 
-/// How long the TCP connect, TLS and MQTT handshake may take together
-/// (rumqttc's connection timeout, set explicitly so the warning can say it).
-const HANDSHAKE_SECS: u64 = 5;
-
 /// How often due values are looked for between readings.
 const TICK: Duration = Duration::from_millis(250);
-
-/// rumqttc's network options for the output: the handshake timeout.
-pub(super) fn network_options() -> NetworkOptions {
-    let mut options = NetworkOptions::new();
-    options.set_connection_timeout(HANDSHAKE_SECS);
-    options
-}
 
 /// What a queued message is, to find it again when it kills the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,126 +108,34 @@ impl Out {
     }
 }
 
-/// One connection's life across reconnects: the backoff and the log.
-struct Link {
-    endpoint: String,
-    backoff: Backoff,
-    /// Failures since the link was last healthy: the first is a warning.
-    failures: u32,
-    /// When the current connection was acknowledged.
-    up_since: Option<Instant>,
-}
-
-impl Link {
-    fn connected(&mut self) {
-        self.up_since = Some(Instant::now());
-        if self.failures > 0 {
-            info!(
-                "output broker {}: connected after {} failed attempts",
-                self.endpoint, self.failures
-            );
-        } else {
-            info!("output broker {}: connected", self.endpoint);
-        }
-    }
-
-    /// Whether the connection (if there is one) is younger than
-    /// [`HEALTHY_AFTER`].
-    fn young(&self) -> bool {
-        self.up_since.is_some_and(|t| t.elapsed() < HEALTHY_AFTER)
-    }
-
-    /// A failed attempt or a lost connection: says so (loudly the first
-    /// time) and returns the wait before the next attempt.
-    fn failed(&mut self, e: &ConnectionError) -> Duration {
-        let was_up = self.up_since.take();
-        if was_up.is_some_and(|t| t.elapsed() >= HEALTHY_AFTER) {
-            self.backoff.reset();
-            self.failures = 0;
-        }
-        let delay = self.backoff.next_delay();
-        let what = match e {
-            ConnectionError::NetworkTimeout if was_up.is_none() => format!(
-                "no CONNACK within {HANDSHAKE_SECS} s: it did not answer the MQTT handshake \
-                 (is this an MQTT port? TLS needs --out-mqtt-tls)"
-            ),
-            e => e.to_string(),
-        };
-        if self.failures == 0 {
-            warn!(
-                "output broker {}: {what}; reconnecting in {:.1} s (and on, with backoff)",
-                self.endpoint,
-                delay.as_secs_f64()
-            );
-        }
-        debug!(
-            "output broker {}: {what}; retry in {:.1} s",
-            self.endpoint,
-            delay.as_secs_f64()
-        );
-        self.failures = self.failures.saturating_add(1);
-        delay
-    }
-}
-
-/// The event loop and what its poll gave.
-type Polled = (EventLoop, Result<Event, ConnectionError>);
-
-/// A poll that owns the event loop, so that nothing cancels it.
-type Polling = Pin<Box<dyn Future<Output = Polled> + Send>>;
-
-fn poll(mut eventloop: EventLoop) -> Polling {
-    Box::pin(async move {
-        let event = eventloop.poll().await;
-        (eventloop, event)
-    })
-}
-
-/// The task: the event loop, the inbox and the clock, until stopped.
+/// The task: the connection's events, the inbox and the clock, until
+/// stopped.
 pub(super) async fn run(
     mut p: Publisher,
-    eventloop: EventLoop,
+    mut connection: Connection,
     inbox: Arc<Inbox>,
     mut stop: watch::Receiver<bool>,
-    backoff: Backoff,
 ) {
-    let mut link = Link {
-        endpoint: p.endpoint.clone(),
-        backoff,
-        failures: 0,
-        up_since: None,
-    };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut polling = poll(eventloop);
     loop {
         tokio::select! {
             _ = stop.changed() => {
                 p.take(&inbox);
                 p.flush(Instant::now());
-                goodbye(&mut p, polling).await;
+                goodbye(&mut p, connection).await;
                 return;
             }
-            (eventloop, event) = &mut polling => {
-                match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        link.connected();
-                        p.on_connect();
-                    }
-                    Ok(Event::Incoming(Packet::Publish(m))) => p.on_message(&m.topic, &m.payload),
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => p.on_sent(pkid),
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => p.on_puback(ack.pkid),
-                    Ok(_) => {}
-                    Err(e) => {
-                        p.connection_lost(link.young());
-                        let delay = link.failed(&e);
-                        if wait(delay, &mut p, &inbox, &mut stop).await {
-                            return;
-                        }
-                    }
-                }
-                polling = poll(eventloop);
-            }
+            event = connection.next() => match event {
+                Some(ConnectionEvent::Connected) => p.on_connect(),
+                Some(ConnectionEvent::Message(m)) => p.on_message(&m.topic, &m.payload),
+                Some(ConnectionEvent::Sent(pkid)) => p.on_sent(pkid),
+                Some(ConnectionEvent::Acked(pkid)) => p.on_puback(pkid),
+                Some(ConnectionEvent::Lost { young, .. }) => p.connection_lost(young),
+                Some(ConnectionEvent::Subscribed) => {}
+                // The driver only stops when told to.
+                None => return,
+            },
             _ = inbox.notify.notified() => {
                 p.take(&inbox);
                 p.flush(Instant::now());
@@ -263,57 +145,28 @@ pub(super) async fn run(
     }
 }
 
-/// Waits `delay` before the next connection attempt, still taking readings
-/// in (so that the newest values go out after the reconnect); true when
-/// stopped meanwhile.
-async fn wait(
-    delay: Duration,
-    p: &mut Publisher,
-    inbox: &Inbox,
-    stop: &mut watch::Receiver<bool>,
-) -> bool {
-    let until = Instant::now() + delay;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => return false,
-            _ = stop.changed() => return true,
-            _ = inbox.notify.notified() => p.take(inbox),
-        }
-    }
-}
-
 /// A clean stop: every device `offline` (retained), then DISCONNECT (so
 /// the broker does not send the will as well), briefly awaited.
-async fn goodbye(p: &mut Publisher, mut polling: Polling) {
-    if !p.out.connected {
-        return;
-    }
-    let client = &p.out.client;
-    let offline = |topic: String| {
-        if client
-            .try_publish(topic, QoS::AtLeastOnce, true, "offline")
-            .is_ok()
-        {
-            p.out.stats.published(1);
-        }
-    };
-    for (id, device) in &p.devices {
-        if !device.status.refused {
-            offline(p.names.device_status(id));
-        }
-    }
-    if p.names.instance_will {
-        offline(p.names.will_topic.clone());
-    }
-    let _ = client.try_disconnect();
-    let drain = async {
-        loop {
-            match polling.await {
-                (_, Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) => return,
-                (eventloop, Ok(_)) => polling = poll(eventloop),
+async fn goodbye(p: &mut Publisher, connection: Connection) {
+    if p.out.connected {
+        let client = &p.out.client;
+        let offline = |topic: String| {
+            if client
+                .try_publish(topic, QoS::AtLeastOnce, true, "offline")
+                .is_ok()
+            {
+                p.out.stats.published(1);
+            }
+        };
+        for (id, device) in &p.devices {
+            if !device.status.refused {
+                offline(p.names.device_status(id));
             }
         }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        if p.names.instance_will {
+            offline(p.names.will_topic.clone());
+        }
+    }
+    connection.close(Duration::from_secs(2)).await;
     p.out.stats.set_connected(false);
 }

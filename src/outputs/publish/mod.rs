@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use rumqttc::{AsyncClient, LastWill, QoS};
+use rumqttc::{LastWill, QoS};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -50,9 +50,8 @@ use conn::{KILLS, Out, Sent, Strikes, Which};
 pub use remove::remove;
 
 use super::{Closed, Output, OutputFuture, OutputStats};
-use crate::backoff::Backoff;
 use crate::metric_info;
-use crate::mqtt::MqttSettings;
+use crate::mqtt::{Connection, MqttSettings, Plan, Role};
 use crate::reading::Reading;
 use discovery::{Key, Names, payload};
 use rate::{Rate, Slot};
@@ -134,20 +133,19 @@ impl PublishOutput {
     /// on settings that can never work (a CA file that cannot be read).
     pub fn start(options: PublishOptions) -> Result<PublishOutput> {
         let names = options.names();
-        let mut mqtt = crate::mqtt::client_options(&options.settings)?;
-        mqtt.set_last_will(LastWill::new(
-            names.will_topic.clone(),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
-        let (client, mut eventloop) = AsyncClient::new(mqtt, REQUESTS);
-        eventloop.set_network_options(conn::network_options());
+        let will = LastWill::new(names.will_topic.clone(), "offline", QoS::AtLeastOnce, true);
+        // Home Assistant's birth message: announce everything again.
+        let birth = options.ha_prefix.is_some().then(|| names.birth_topic());
+        let plan = Plan::publisher(Role::Output)
+            .will(will)
+            .subscribing(birth.into_iter().collect())
+            .requests(REQUESTS);
+        let connection = Connection::open(&options.settings, plan)?;
         let stats = OutputStats::new("mqtt");
         let heartbeat = options.heartbeat.max(options.interval);
         let publisher = Publisher {
             out: Out {
-                client,
+                client: connection.client().clone(),
                 stats: stats.clone(),
                 connected: false,
                 careful: false,
@@ -166,17 +164,7 @@ impl PublishOutput {
         };
         let inbox = Arc::new(Inbox::default());
         let (stop, stop_rx) = watch::channel(false);
-        let backoff = Backoff::new(
-            options.settings.reconnect_initial,
-            options.settings.reconnect_max,
-        );
-        let task = tokio::spawn(conn::run(
-            publisher,
-            eventloop,
-            inbox.clone(),
-            stop_rx,
-            backoff,
-        ));
+        let task = tokio::spawn(conn::run(publisher, connection, inbox.clone(), stop_rx));
         Ok(PublishOutput {
             inbox,
             stop,
@@ -425,12 +413,6 @@ impl Publisher {
             let topic = self.names.will_topic.clone();
             self.out
                 .put(|| Which::Other, topic, "online", QoS::AtLeastOnce);
-        }
-        if self.ha {
-            let birth = self.names.birth_topic();
-            if let Err(e) = self.out.client.try_subscribe(birth, QoS::AtLeastOnce) {
-                warn!("output broker {}: cannot subscribe: {e}", self.endpoint);
-            }
         }
         self.announce_again();
         self.flush(Instant::now());

@@ -13,13 +13,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, QoS, SubscribeFilter};
+use rumqttc::QoS;
 use tokio::time::Instant;
 use tracing::info;
 
 use super::discovery::{NODE_PREFIX, node_id};
 use super::naming::level;
-use crate::mqtt::MqttSettings;
+use crate::mqtt::{Connection, ConnectionEvent, MqttSettings, Plan, Role};
 
 /// After the subscription is acknowledged, retained messages are taken to
 /// be complete once none has come for this long.
@@ -37,76 +37,69 @@ pub async fn remove(
     ha_prefix: &str,
     device: Option<&str>,
 ) -> Result<usize> {
-    let options = crate::mqtt::client_options(settings)?;
-    let (client, mut eventloop) = AsyncClient::new(options, 4096);
     let node = device.map_or_else(|| "+".to_string(), node_id);
     let flat = match device {
         Some(d) => format!("{prefix}/{}/#", level(d)),
         None => format!("{prefix}/#"),
     };
-    let filters = vec![
-        SubscribeFilter::new(format!("{ha_prefix}/+/{node}/+/config"), QoS::AtLeastOnce),
-        SubscribeFilter::new(flat, QoS::AtLeastOnce),
-    ];
-    let session = Session {
-        client: &client,
+    let filters = vec![format!("{ha_prefix}/+/{node}/+/config"), flat];
+    let plan = Plan::publisher(Role::Output).subscribing(filters);
+    let mut session = Session {
+        connection: Connection::open(settings, plan)?,
         endpoint: settings.endpoint(),
         deadline: Instant::now() + LIMIT,
     };
-    let found = session
-        .retained(&mut eventloop, filters, |topic| {
-            ours(topic, ha_prefix, device.is_none())
-        })
-        .await?;
+    let outcome = session
+        .retained(|topic| ours(topic, ha_prefix, device.is_none()))
+        .await;
+    let found = match outcome {
+        Ok(found) => found,
+        Err(e) => {
+            session.connection.close(Duration::from_secs(1)).await;
+            return Err(e);
+        }
+    };
     // Discovery configs first: Home Assistant drops the entities, then
     // their states go.
     let (configs, states): (Vec<_>, Vec<_>) = found
         .iter()
         .partition(|t| t.starts_with(&format!("{ha_prefix}/")));
-    session
-        .clear(&mut eventloop, configs.iter().chain(&states).copied())
-        .await?;
+    let cleared = session.clear(configs.iter().chain(&states).copied()).await;
+    let endpoint = session.endpoint.clone();
+    session.connection.close(Duration::from_secs(2)).await;
+    cleared?;
     info!(
-        "removed {} Home Assistant entities and {} retained topics from {}",
+        "removed {} Home Assistant entities and {} retained topics from {endpoint}",
         configs.len(),
         states.len(),
-        session.endpoint
     );
     Ok(found.len())
 }
 
 /// One connection to the output broker, and when the clean-up gives up.
-struct Session<'a> {
-    client: &'a AsyncClient,
+struct Session {
+    connection: Connection,
     endpoint: String,
     deadline: Instant,
 }
 
-impl Session<'_> {
-    /// Subscribes to `filters` and collects the topics of the retained
-    /// messages the broker sends back that `keep` accepts, until none has
-    /// come for [`QUIET`].
-    async fn retained(
-        &self,
-        eventloop: &mut EventLoop,
-        filters: Vec<SubscribeFilter>,
-        keep: impl Fn(&str) -> bool,
-    ) -> Result<BTreeSet<String>> {
+impl Session {
+    /// Collects the topics of the retained messages the broker sends on the
+    /// subscription that `keep` accepts, until none has come for [`QUIET`].
+    /// A lost connection ends it: a clean-up is a one-off, not a service.
+    async fn retained(&mut self, keep: impl Fn(&str) -> bool) -> Result<BTreeSet<String>> {
         let endpoint = &self.endpoint;
         let mut found = BTreeSet::new();
         let mut quiet_from: Option<Instant> = None;
         loop {
             let until = quiet_from.map_or(self.deadline, |t| (t + QUIET).min(self.deadline));
             let event = tokio::select! {
-                event = eventloop.poll() => event,
+                event = self.connection.next() => event,
                 _ = tokio::time::sleep_until(until) => break,
             };
             match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    self.client.try_subscribe_many(filters.clone())?;
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => quiet_from = Some(Instant::now()),
-                Ok(Event::Incoming(Packet::Publish(p))) => {
+                Some(ConnectionEvent::Subscribed) => quiet_from = Some(Instant::now()),
+                Some(ConnectionEvent::Message(p)) => {
                     if p.retain && !p.payload.is_empty() && keep(&p.topic) {
                         found.insert(p.topic);
                     }
@@ -114,8 +107,9 @@ impl Session<'_> {
                         quiet_from = Some(Instant::now());
                     }
                 }
-                Ok(_) => {}
-                Err(e) => bail!("output broker {endpoint}: {e}"),
+                Some(ConnectionEvent::Lost { why, .. }) => bail!("output broker {endpoint}: {why}"),
+                Some(_) => {}
+                None => bail!("output broker {endpoint}: the connection stopped"),
             }
         }
         if quiet_from.is_none() {
@@ -124,47 +118,40 @@ impl Session<'_> {
         Ok(found)
     }
 
-    /// Publishes an empty retained message on each topic, in order, and
-    /// disconnects once every one is acknowledged: rumqttc holds back
-    /// publishes past its in-flight window until acks come in, and a
-    /// DISCONNECT sent meanwhile would leave them unsent.
-    async fn clear<'t>(
-        &self,
-        eventloop: &mut EventLoop,
-        topics: impl Iterator<Item = &'t String>,
-    ) -> Result<()> {
+    /// Publishes an empty retained message on each topic and waits until
+    /// every one is acknowledged: rumqttc holds back publishes past its
+    /// in-flight window until acks come in, and a DISCONNECT sent
+    /// meanwhile would leave them unsent.
+    async fn clear<'t>(&mut self, topics: impl Iterator<Item = &'t String>) -> Result<()> {
         let endpoint = &self.endpoint;
         let mut total = 0;
         for topic in topics {
-            self.client
-                .try_publish(topic.as_str(), QoS::AtLeastOnce, true, Vec::new())?;
+            self.connection.client().try_publish(
+                topic.as_str(),
+                QoS::AtLeastOnce,
+                true,
+                Vec::new(),
+            )?;
             total += 1;
         }
         let mut acked = 0;
-        let mut disconnecting = total == 0;
-        if disconnecting {
-            self.client.try_disconnect()?;
-        }
-        loop {
+        while acked < total {
             let event = tokio::select! {
-                event = eventloop.poll() => event,
+                event = self.connection.next() => event,
                 _ = tokio::time::sleep_until(self.deadline) => bail!(
                     "output broker {endpoint}: timed out clearing topics ({acked} of {total} acknowledged)"
                 ),
             };
             match event {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    acked += 1;
-                    if acked == total && !disconnecting {
-                        disconnecting = true;
-                        self.client.try_disconnect()?;
-                    }
+                Some(ConnectionEvent::Acked(_)) => acked += 1,
+                Some(ConnectionEvent::Lost { why, .. }) => {
+                    bail!("output broker {endpoint}: {why} ({acked} of {total} topics cleared)")
                 }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => bail!("output broker {endpoint}: {e}"),
+                Some(_) => {}
+                None => bail!("output broker {endpoint}: the connection stopped"),
             }
         }
+        Ok(())
     }
 }
 
