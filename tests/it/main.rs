@@ -8,6 +8,7 @@
 
 mod support;
 
+mod addon;
 mod backfill;
 mod capture;
 mod collect;
