@@ -415,7 +415,7 @@ async fn without_device_id_two_p3s_or_none_is_one_line_saying_what_was_heard() {
 
 /// python3 with jsonschema and yaml, or why not (a failure under
 /// `PV3_REQUIRE_ADDON_LINT=1`).
-fn python() -> Option<&'static str> {
+pub(crate) fn python() -> Option<&'static str> {
     let ok = Command::new("python3")
         .args(["-c", "import jsonschema, yaml"])
         .output()
@@ -433,7 +433,7 @@ fn python() -> Option<&'static str> {
 }
 
 /// A YAML file as JSON (through PyYAML's safe loader).
-fn yaml(python: &str, path: &Path) -> Value {
+pub(crate) fn yaml(python: &str, path: &Path) -> Value {
     let out = Command::new(python)
         .args([
             "-c",

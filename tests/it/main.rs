@@ -12,6 +12,7 @@ mod addon;
 mod backfill;
 mod capture;
 mod collect;
+mod container;
 mod devices;
 mod docs;
 mod energy;
