@@ -47,7 +47,10 @@ const SUPERVISOR_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn prepare(verbosity: i8) -> Result<Option<CollectArgs>> {
     let data = data_dir();
     let file = data.join("options.json");
-    if !file.exists() {
+    // Only a file that is not there gets the hint: one that cannot be read
+    // (a user without access to /data) is an error that says so.
+    let missing = std::fs::metadata(&file).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+    if missing {
         return Err(ConfigError(anyhow!(
             "pv3 addon starts the Home Assistant add-on from {} (not found); \
              elsewhere run collect instead: pv3 collect --mqtt-host P3-ADDRESS --no-api --ha \
