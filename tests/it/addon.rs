@@ -241,7 +241,7 @@ async fn a_bad_option_is_collect_s_message_on_one_line_naming_the_option() {
         ),
         (
             json!({"mqtt_host": "127.0.0.1", "device_id": "PV/1", "ha_discovery": true}),
-            vec!["option device_id", "invalid value 'PV/1'"],
+            vec!["option device_id", "PV/1", "not a device id"],
         ),
         (
             json!({"mqtt_host": "127.0.0.1", "device_id": DEVICE, "log_level": "loud"}),

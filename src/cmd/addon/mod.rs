@@ -175,13 +175,18 @@ fn clap_line(e: &clap::Error) -> String {
             .trim_start_matches("error: "),
     )
     .into_owned();
-    let option = e
+    // The flag: clap's context names it ("--mqtt-port <PORT>"), or a value
+    // parser's own message starts with it ("--device-id: ...").
+    let arg = e
         .get(ContextKind::InvalidArg)
         .map(|arg| arg.to_string())
-        .and_then(|arg| {
-            let flag = arg.split_whitespace().next().unwrap_or_default().to_owned();
-            Options::option_of(&flag)
-        });
+        .unwrap_or_else(|| first.clone());
+    let flag = arg
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(':');
+    let option = Options::option_of(flag);
     match option {
         Some(name) => format!("option {name}: {first}"),
         None => format!("the add-on's options: {first}"),
@@ -220,6 +225,16 @@ mod tests {
                 .starts_with("option api_url: invalid value 'nowhere'"),
             "{e}"
         );
+        // A password in a URL clap could not take is not shown.
+        let e = parse(&argv(
+            r#"{"mqtt_host": "h", "api_url": "ftp://me:s3cret@pv3.lan"}"#,
+        ))
+        .expect_err("not http");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        assert!(e.to_string().starts_with("option api_url:"), "{e}");
+        // A value parser's own message names the flag first.
+        let e = parse(&argv(r#"{"mqtt_host": "h", "device_id": "PV/1"}"#)).expect_err("a /");
+        assert!(e.to_string().starts_with("option device_id: "), "{e}");
     }
 
     #[test]
