@@ -36,6 +36,7 @@ Register-ArgumentCompleter -Native -CommandName 'pv3' -ScriptBlock {
             [CompletionResult]::new('watch', 'watch', [CompletionResultType]::ParameterValue, 'The battery live in the terminal: power flow, charge, alarms, history')
             [CompletionResult]::new('check-api', 'check-api', [CompletionResultType]::ParameterValue, 'Check the API end to end, and the local collector''s status')
             [CompletionResult]::new('install-service', 'install-service', [CompletionResultType]::ParameterValue, 'Install `pv3 collect` as a hardened systemd service')
+            [CompletionResult]::new('addon', 'addon', [CompletionResultType]::ParameterValue, 'The Home Assistant add-on''s start: collect, set up from /data/options.json and the Supervisor (docs/addon.md)')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -263,6 +264,17 @@ Register-ArgumentCompleter -Native -CommandName 'pv3' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'pv3;addon' {
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log detail (-v debug, -vv trace)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log detail (-v debug, -vv trace)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Less log detail (-q warnings only, -qq errors only)')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Less log detail (-q warnings only, -qq errors only)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'pv3;completions' {
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log detail (-v debug, -vv trace)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log detail (-v debug, -vv trace)')
@@ -282,6 +294,7 @@ Register-ArgumentCompleter -Native -CommandName 'pv3' -ScriptBlock {
             [CompletionResult]::new('watch', 'watch', [CompletionResultType]::ParameterValue, 'The battery live in the terminal: power flow, charge, alarms, history')
             [CompletionResult]::new('check-api', 'check-api', [CompletionResultType]::ParameterValue, 'Check the API end to end, and the local collector''s status')
             [CompletionResult]::new('install-service', 'install-service', [CompletionResultType]::ParameterValue, 'Install `pv3 collect` as a hardened systemd service')
+            [CompletionResult]::new('addon', 'addon', [CompletionResultType]::ParameterValue, 'The Home Assistant add-on''s start: collect, set up from /data/options.json and the Supervisor (docs/addon.md)')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print a shell completion script')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -305,6 +318,9 @@ Register-ArgumentCompleter -Native -CommandName 'pv3' -ScriptBlock {
             break
         }
         'pv3;help;install-service' {
+            break
+        }
+        'pv3;help;addon' {
             break
         }
         'pv3;help;completions' {

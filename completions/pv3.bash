@@ -16,6 +16,9 @@ _pv3() {
             ",$1")
                 cmd="pv3"
                 ;;
+            pv3,addon)
+                cmd="pv3__subcmd__addon"
+                ;;
             pv3,check-api)
                 cmd="pv3__subcmd__check__subcmd__api"
                 ;;
@@ -42,6 +45,9 @@ _pv3() {
                 ;;
             pv3,watch)
                 cmd="pv3__subcmd__watch"
+                ;;
+            pv3__subcmd__help,addon)
+                cmd="pv3__subcmd__help__subcmd__addon"
                 ;;
             pv3__subcmd__help,check-api)
                 cmd="pv3__subcmd__help__subcmd__check__subcmd__api"
@@ -77,8 +83,22 @@ _pv3() {
 
     case "${cmd}" in
         pv3)
-            opts="-v -q -h -V --verbose --quiet --help --version devices collect sniff replay watch check-api install-service completions help"
+            opts="-v -q -h -V --verbose --quiet --help --version devices collect sniff replay watch check-api install-service addon completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pv3__subcmd__addon)
+            opts="-v -q -h -V --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -347,8 +367,22 @@ _pv3() {
             return 0
             ;;
         pv3__subcmd__help)
-            opts="devices collect sniff replay watch check-api install-service completions help"
+            opts="devices collect sniff replay watch check-api install-service addon completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        pv3__subcmd__help__subcmd__addon)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -33,6 +33,7 @@ set edit:completion:arg-completer[pv3] = {|@words|
             cand watch 'The battery live in the terminal: power flow, charge, alarms, history'
             cand check-api 'Check the API end to end, and the local collector''s status'
             cand install-service 'Install `pv3 collect` as a hardened systemd service'
+            cand addon 'The Home Assistant add-on''s start: collect, set up from /data/options.json and the Supervisor (docs/addon.md)'
             cand completions 'Print a shell completion script'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -252,6 +253,16 @@ set edit:completion:arg-completer[pv3] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'pv3;addon'= {
+            cand -v 'More log detail (-v debug, -vv trace)'
+            cand --verbose 'More log detail (-v debug, -vv trace)'
+            cand -q 'Less log detail (-q warnings only, -qq errors only)'
+            cand --quiet 'Less log detail (-q warnings only, -qq errors only)'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'pv3;completions'= {
             cand -v 'More log detail (-v debug, -vv trace)'
             cand --verbose 'More log detail (-v debug, -vv trace)'
@@ -270,6 +281,7 @@ set edit:completion:arg-completer[pv3] = {|@words|
             cand watch 'The battery live in the terminal: power flow, charge, alarms, history'
             cand check-api 'Check the API end to end, and the local collector''s status'
             cand install-service 'Install `pv3 collect` as a hardened systemd service'
+            cand addon 'The Home Assistant add-on''s start: collect, set up from /data/options.json and the Supervisor (docs/addon.md)'
             cand completions 'Print a shell completion script'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -286,6 +298,8 @@ set edit:completion:arg-completer[pv3] = {|@words|
         &'pv3;help;check-api'= {
         }
         &'pv3;help;install-service'= {
+        }
+        &'pv3;help;addon'= {
         }
         &'pv3;help;completions'= {
         }

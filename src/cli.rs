@@ -125,6 +125,11 @@ pub enum Command {
         env file; running it again keeps the settings not given again.")]
     InstallService(InstallServiceArgs),
 
+    /// The Home Assistant add-on's start: collect, set up from
+    /// /data/options.json and the Supervisor (docs/addon.md)
+    #[command(hide = true)]
+    Addon,
+
     /// Print a shell completion script
     #[command(after_help = "Examples:\n  \
         pv3 completions bash > ~/.local/share/bash-completion/completions/pv3\n  \

@@ -16,13 +16,17 @@ fn main() -> ExitCode {
         .unwrap_or_else(|e| usage_error(e));
     let cli = Cli::from_arg_matches(&matches)
         .unwrap_or_else(|e| usage_error(e.format(&mut Cli::command())));
-    pv3::logging::init(cli.verbosity());
+    // `pv3 addon` sets the log level from its options file: it starts the
+    // log itself, once it has read it.
+    if !matches!(cli.command, Command::Addon) {
+        pv3::logging::init(cli.verbosity());
+    }
     // The long-running commands (collect, sniff, watch) move a few messages a
     // second: one thread spares the Pi the cross-thread wake-ups (measured:
     // about a fifth of collect's CPU at the P3's cadence). replay and the
     // rest use every core.
     let builder = match cli.command {
-        Command::Collect(_) | Command::Sniff(_) | Command::Watch(_) => {
+        Command::Collect(_) | Command::Addon | Command::Sniff(_) | Command::Watch(_) => {
             tokio::runtime::Builder::new_current_thread()
         }
         _ => {

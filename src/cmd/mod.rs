@@ -1,6 +1,7 @@
 //! One module per subcommand, each a `run(args) -> Result`, plus the set-up
 //! they share (connection settings from flags, shutdown signals).
 
+pub mod addon;
 pub(crate) mod check_api;
 pub(crate) mod collect;
 pub mod completions;
@@ -40,7 +41,13 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
 
 /// Runs the chosen command; `matches` is what clap parsed into `cli`.
 pub async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
+    let verbosity = cli.verbosity();
     match cli.command {
+        // The add-on's options make a collect, run as `pv3 collect` runs.
+        Command::Addon => match addon::prepare(verbosity).await? {
+            Some(args) => collect::run(args).await,
+            None => Ok(()),
+        },
         Command::Devices(args) => devices::run(args).await,
         Command::Collect(args) => collect::run(args).await,
         Command::Sniff(args) => sniff::run(args).await,

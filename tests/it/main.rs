@@ -8,9 +8,11 @@
 
 mod support;
 
+mod addon;
 mod backfill;
 mod capture;
 mod collect;
+mod container;
 mod devices;
 mod docs;
 mod energy;

@@ -124,7 +124,9 @@ fn the_deb_installs_works_and_removes_cleanly() {
         "/usr/share/zsh/vendor-completions/_pv3",
         "/usr/share/fish/vendor_completions.d/pv3.fish",
         "/usr/share/doc/pv3/README.md",
-        "/usr/share/doc/pv3/CHANGELOG.md",
+        "/usr/share/doc/pv3/changelog.gz",
+        "/usr/share/doc/pv3/changelog.Debian.gz",
+        "/usr/share/lintian/overrides/pv3",
         "/usr/share/doc/pv3/LICENSE-MIT",
         "/usr/share/doc/pv3/LICENSE-APACHE",
         "/usr/share/doc/pv3/copyright",
@@ -238,4 +240,54 @@ fn the_deb_installs_works_and_removes_cleanly() {
         "/usr/bin/pv3 in {} is not an aarch64 ELF binary",
         arm.display()
     );
+}
+
+/// What lintian says about `deb`: its error and warning lines (an override
+/// with its reason in debian/ turns a finding into an `O:` line, not
+/// counted). `None` when lintian is not installed.
+fn lintian(deb: &Path) -> Option<Vec<String>> {
+    let out = Command::new("lintian")
+        .args(["--no-tag-display-limit", "--display-level", ">=warning"])
+        .arg(deb)
+        .output()
+        .ok()?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("E: ") || l.starts_with("W: "))
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// Debian's own checker finds no error and no warning in either package.
+#[test]
+fn lintian_finds_nothing_in_the_debs() {
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist");
+    let required = std::env::var_os("PV3_REQUIRE_PACKAGE").is_some_and(|v| v == "1");
+    for arch in ["amd64", "arm64"] {
+        let deb = dist.join(format!("pv3_{VERSION}-1_{arch}.deb"));
+        if !deb.is_file() {
+            assert!(!required, "PV3_REQUIRE_PACKAGE=1, but no {}", deb.display());
+            eprintln!(
+                "skipped: no {} (scripts/release.sh makes it)",
+                deb.display()
+            );
+            continue;
+        }
+        let Some(found) = lintian(&deb) else {
+            assert!(
+                !required,
+                "PV3_REQUIRE_PACKAGE=1, but no lintian: apt-get install lintian"
+            );
+            eprintln!("skipped: no lintian (apt-get install lintian)");
+            return;
+        };
+        assert!(
+            found.is_empty(),
+            "lintian on {}:\n{}",
+            deb.display(),
+            found.join("\n")
+        );
+    }
 }

@@ -357,22 +357,35 @@ fn hidden_from_service(path: &Path, what: &str, flag: &str, real: bool) -> Resul
     }
 }
 
-/// Did the pv3 Debian package install [`PACKAGED`]? dpkg's list of the
-/// package's files says (`pv3.list`, or `pv3:<arch>.list`), under `root`.
+/// Did the pv3 Debian package install [`PACKAGED`]? `dpkg-query --search`
+/// says (with `--root` under a test's root): dpkg's database is dpkg's own
+/// interface, not ours to read (lintian's uses-dpkg-database-directly).
 fn packaged(root: Option<&Path>) -> bool {
     if !on_disk(root, Path::new(PACKAGED)).is_file() {
         return false;
     }
-    let Ok(entries) = fs::read_dir(on_disk(root, Path::new("/var/lib/dpkg/info"))) else {
+    let mut query = std::process::Command::new("dpkg-query");
+    if let Some(root) = root {
+        query.arg(format!("--root={}", root.display()));
+    }
+    let Ok(found) = query
+        .args(["--search", PACKAGED])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+    else {
         return false;
     };
-    entries.flatten().any(|entry| {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let ours = name == "pv3.list" || (name.starts_with("pv3:") && name.ends_with(".list"));
-        ours && fs::read_to_string(entry.path())
-            .is_ok_and(|list| list.lines().any(|line| line == PACKAGED))
-    })
+    // `pv3: /usr/bin/pv3`, or `pv3:arm64, other: /usr/bin/pv3`.
+    let suffix = format!(": {PACKAGED}");
+    found.status.success()
+        && String::from_utf8_lossy(&found.stdout).lines().any(|line| {
+            line.strip_suffix(&suffix).is_some_and(|packages| {
+                packages
+                    .split(", ")
+                    .any(|p| p == "pv3" || p.starts_with("pv3:"))
+            })
+        })
 }
 
 // ---- uninstall ---------------------------------------------------------

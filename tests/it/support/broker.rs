@@ -166,6 +166,10 @@ struct BrokerShared {
     state: Mutex<BrokerState>,
     received: AtomicUsize,
     connects: AtomicUsize,
+    /// The user name and password every CONNECT must carry (`None`: anyone).
+    login: Option<(String, String)>,
+    /// What each CONNECT carried, in order.
+    logins: Mutex<Vec<Option<(String, String)>>>,
     next_conn: AtomicU64,
     /// Bumped on every subscription change and every received PUBLISH.
     changes: watch::Sender<u64>,
@@ -208,8 +212,23 @@ impl InProcessBroker {
         }
     }
 
+    /// Like [`Self::start`], but refusing (CONNACK "bad user name or
+    /// password", then closing) every CONNECT without this login.
+    pub async fn start_with_login(username: &str, password: &str) -> InProcessBroker {
+        Self::try_start_with(0, Some((username.to_owned(), password.to_owned())))
+            .await
+            .expect("in-process broker: bind 127.0.0.1:0")
+    }
+
     /// Like [`Self::start_on`] but returns the bind error.
     pub async fn try_start_on(port: u16) -> std::io::Result<InProcessBroker> {
+        Self::try_start_with(port, None).await
+    }
+
+    async fn try_start_with(
+        port: u16,
+        login: Option<(String, String)>,
+    ) -> std::io::Result<InProcessBroker> {
         let listener = bind_reuse(port)?;
         let port = listener.local_addr()?.port();
         let (changes, _) = watch::channel(0u64);
@@ -217,6 +236,8 @@ impl InProcessBroker {
             state: Mutex::new(BrokerState::default()),
             received: AtomicUsize::new(0),
             connects: AtomicUsize::new(0),
+            login,
+            logins: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(1),
             changes,
             conns: TaskSet::new(),
@@ -243,6 +264,11 @@ impl InProcessBroker {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The user name and password of each CONNECT so far, in order.
+    pub fn logins(&self) -> Vec<Option<(String, String)>> {
+        lock(&self.shared.logins).clone()
     }
 
     /// Current filters of all connected clients (shared ones as `$share/g/f`).
@@ -463,6 +489,13 @@ async fn serve_client(mut stream: TcpStream, shared: Arc<BrokerShared>) {
                     };
                     let replies = match (connected, packet) {
                         (false, Packet::Connect(connect)) => {
+                            let login = connect.login.map(|l| (l.username, l.password));
+                            lock(&shared.logins).push(login.clone());
+                            if shared.login.is_some() && shared.login != login {
+                                let refused = ConnAck::new(ConnectReturnCode::BadUserNamePassword, false);
+                                let _ = write_packets(&mut stream, &[Packet::ConnAck(refused)]).await;
+                                return;
+                            }
                             connected = true;
                             will.will = connect.last_will;
                             vec![handle_connect(&shared, id, connect.client_id, connect.clean_session)]

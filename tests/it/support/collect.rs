@@ -228,6 +228,15 @@ impl DerefMut for Collector {
 }
 
 impl Collector {
+    /// A collect started some other way (`pv3 addon`), keeping its state in
+    /// `state_dir`.
+    pub fn adopt(process: Pv3Process, state_dir: PathBuf) -> Collector {
+        Collector {
+            process,
+            state_dir: Some(state_dir),
+        }
+    }
+
     /// The state directory (panics for a dry run, which has none).
     pub fn state_dir(&self) -> &Path {
         self.state_dir

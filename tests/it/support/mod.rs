@@ -8,6 +8,7 @@
 //! * [`forward`]: pieces for driving the forwarder in-process.
 //! * [`proxy`]: TCP proxy for link-failure injection.
 //! * [`pty`]: running pv3 on a pseudo-terminal.
+//! * [`supervisor`]: a stand-in for the Home Assistant Supervisor's API.
 //! * [`topics`]: what an MQTT consumer sees of the topics pv3 publishes.
 //!
 //! Every server binds 127.0.0.1 only, on an OS-assigned port unless a port
@@ -21,6 +22,7 @@ pub mod forward;
 pub mod proc;
 pub mod proxy;
 pub mod pty;
+pub mod supervisor;
 pub mod topics;
 
 use std::collections::HashMap;
