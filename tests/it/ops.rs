@@ -652,6 +652,82 @@ fn install_service_dry_run_prints_everything_and_touches_nothing() {
     }
 }
 
+/// The old Python collector's unit, as an owner of the hand-written setup
+/// has it (kevin-bird/powervault-p3-local), with their own settings.
+const OLD_UNIT: &str = "[Unit]\nDescription=PV3 MQTT Data Collector\nAfter=network.target\n\n\
+    [Service]\nType=simple\nUser=kevin\nWorkingDirectory=/home/kevin/pv3-monitor/collector\n\
+    Environment=\"MQTT_HOST=10.0.0.7\"\nEnvironment=\"MQTT_PORT=1884\"\n\
+    Environment=\"P3_DEVICE_ID=PV123456DEV\"\nEnvironment=\"API_URL=http://nas.local:8800\"\n\
+    Environment=\"PYTHONUNBUFFERED=1\"\n\
+    ExecStart=/usr/bin/python3 /home/kevin/pv3-monitor/collector/mqtt_collector.py\n\
+    Restart=always\nRestartSec=10\n\n[Install]\nWantedBy=multi-user.target\n\n";
+
+#[test]
+fn install_service_over_the_old_python_collector_keeps_it_and_its_settings() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let root_dir = root.path().to_string_lossy().into_owned();
+    let units = root.path().join("etc/systemd/system");
+    std::fs::create_dir_all(&units).expect("units dir");
+    let unit = units.join("pv3-collector.service");
+    std::fs::write(&unit, OLD_UNIT).expect("the old unit");
+    let bin = bin_path();
+
+    // The old settings carry over; a flag given now still wins.
+    let out = install(
+        &["--root", &root_dir, "--binary", &bin, "--mqtt-port", "1885"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let text = stdout(&out);
+    let backup = units.join("pv3-collector.service.before-pv3");
+    assert!(
+        text.contains("as /etc/systemd/system/pv3-collector.service.before-pv3"),
+        "{text}"
+    );
+    assert!(text.contains("mqtt_collector.py"), "{text}");
+    assert!(
+        text.contains("carried its settings over: MQTT_HOST, MQTT_PORT, P3_DEVICE_ID, API_URL")
+            || text.contains("carried its settings over: MQTT_HOST, P3_DEVICE_ID, API_URL"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&backup).expect("the copy"),
+        OLD_UNIT,
+        "kept as it was"
+    );
+    let unit_text = std::fs::read_to_string(&unit).expect("pv3's unit");
+    assert!(
+        unit_text.contains(&format!("ExecStart={bin} collect")),
+        "{unit_text}"
+    );
+    assert!(
+        text.contains("systemctl restart --no-block pv3-collector.service"),
+        "{text}"
+    );
+    let values = source_env(&root.path().join("etc/pv3/collector.env"));
+    assert_eq!(get(&values, "MQTT_HOST"), Some("10.0.0.7"));
+    assert_eq!(get(&values, "MQTT_PORT"), Some("1885"), "the flag wins");
+    assert_eq!(get(&values, "P3_DEVICE_ID"), Some("PV123456DEV"));
+    assert_eq!(get(&values, "API_URL"), Some("http://nas.local:8800"));
+    assert_eq!(get(&values, "PYTHONUNBUFFERED"), None, "not pv3's");
+
+    // Installing again: the unit is pv3's now, and the copy stays as it is.
+    let out = install(&["--root", &root_dir, "--binary", &bin], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(!stdout(&out).contains("before-pv3"), "{}", stdout(&out));
+    assert_eq!(
+        std::fs::read_to_string(&backup).expect("the copy"),
+        OLD_UNIT
+    );
+    assert_eq!(
+        get(
+            &source_env(&root.path().join("etc/pv3/collector.env")),
+            "MQTT_HOST"
+        ),
+        Some("10.0.0.7")
+    );
+}
+
 #[test]
 fn install_service_writes_updates_and_removes_under_a_root() {
     let root = tempfile::tempdir().expect("tempdir");

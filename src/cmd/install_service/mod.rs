@@ -17,6 +17,7 @@
 //! for tests that run as root, as CI does) exercises the refusal.
 
 mod env_file;
+mod old_unit;
 mod plan;
 mod settings;
 mod unit;
@@ -180,9 +181,16 @@ fn install(args: &InstallServiceArgs, matches: &ArgMatches, layout: &Layout) -> 
         system: !layout.user,
         real,
     };
+    let unit_text = fs::read_to_string(layout.disk(&layout.unit)).ok();
+    let foreign = unit_text.as_deref().and_then(old_unit::foreign);
+    let (previous, backup) = match &foreign {
+        Some(old) => over_foreign_unit(layout, old, previous),
+        None => (previous, None),
+    };
     let settings = settings::settings(matches, &previous, audience)?;
     let already = layout.disk(&layout.unit).exists();
-    let plan = install_plan(layout, &binary, &settings, &previous, already)?;
+    let mut plan = install_plan(layout, &binary, &settings, &previous, already)?;
+    plan.files.splice(0..0, backup.map(FileChange::Write));
     if args.dry_run {
         return print(&format!(
             "# pv3 install-service --dry-run: nothing is written and nothing is run.\n{}\n# logs: {}\n",
@@ -192,6 +200,59 @@ fn install(args: &InstallServiceArgs, matches: &ArgMatches, layout: &Layout) -> 
     }
     plan.apply(layout.root.as_deref())?;
     print(&installed(layout, already))
+}
+
+/// Installing over a unit pv3 did not write (the old Python collector's,
+/// same name): its settings join the previous ones (pv3's env file wins,
+/// then the old unit's `EnvironmentFile=`, then its `Environment=`, as
+/// systemd orders them), for pv3's own variables only; and a copy of it is
+/// kept beside it, inert.
+fn over_foreign_unit(
+    layout: &Layout,
+    old: &old_unit::Foreign,
+    mut previous: Vec<(String, String)>,
+) -> (Vec<(String, String)>, Option<NewFile>) {
+    let ours: Vec<String> = settings::specs().into_iter().map(|s| s.key).collect();
+    let mut theirs = old.env.clone();
+    for file in &old.env_files {
+        // Unreadable or gone: what the unit says itself still counts.
+        if let Ok(pairs) = env_file::read(&layout.disk(file)) {
+            for (k, v) in pairs {
+                theirs.retain(|(old, _)| *old != k);
+                theirs.push((k, v));
+            }
+        }
+    }
+    let mut carried = Vec::new();
+    for (key, value) in theirs {
+        if ours.contains(&key) && !previous.iter().any(|(k, _)| *k == key) {
+            carried.push(key.clone());
+            previous.push((key, value));
+        }
+    }
+    let backup = old_unit::backup_path(&layout.unit);
+    let mut done = format!(
+        "kept the {UNIT_NAME} pv3 did not write{} as {} (systemd ignores it there; delete it once pv3 runs)
+",
+        old.exec
+            .as_deref()
+            .map(|e| format!(" (it ran {e})"))
+            .unwrap_or_default(),
+        backup.display()
+    );
+    if !carried.is_empty() {
+        let _ = writeln!(done, "carried its settings over: {}", carried.join(", "));
+    }
+    let file = NewFile {
+        path: backup,
+        contents: old.text.clone(),
+        masked: None,
+        mode: 0o644,
+        dir_mode: None,
+        replaces: false,
+        done,
+    };
+    (previous, Some(file))
 }
 
 /// Writes the unit and the env file, then has systemd (re)start the service.
