@@ -98,7 +98,7 @@ Register-ArgumentCompleter -Native -CommandName 'pv3' -ScriptBlock {
             [CompletionResult]::new('--out-mqtt-ca', '--out-mqtt-ca', [CompletionResultType]::ParameterName, 'CA certificate (PEM) of the output broker; implies --out-mqtt-tls')
             [CompletionResult]::new('--out-mqtt-client-id', '--out-mqtt-client-id', [CompletionResultType]::ParameterName, '[default: --mqtt-client-id + "-out", else pv3-publish-<random>]')
             [CompletionResult]::new('--dry-run', '--dry-run', [CompletionResultType]::ParameterName, 'Print what would be sent; send nothing')
-            [CompletionResult]::new('--ha-remove', '--ha-remove', [CompletionResultType]::ParameterName, 'Remove every entity --ha announced for --device-id (+: every P3), with the retained topics of --publish, then exit')
+            [CompletionResult]::new('--ha-remove', '--ha-remove', [CompletionResultType]::ParameterName, 'Remove every entity --ha announced for --device-id (+: every P3), with the retained topics of --publish, then exit; add it to the collect command it undoes')
             [CompletionResult]::new('--mqtt-tls', '--mqtt-tls', [CompletionResultType]::ParameterName, 'Connect with TLS')
             [CompletionResult]::new('--no-api', '--no-api', [CompletionResultType]::ParameterName, 'Do not send to the PV3 Monitor API (needs --publish, --ha or --metrics-listen)')
             [CompletionResult]::new('--publish', '--publish', [CompletionResultType]::ParameterName, 'Publish each value as a plain number on PREFIX/DEVICE/METRIC (evcc, Telegraf, Node-RED)')

@@ -93,7 +93,7 @@ set edit:completion:arg-completer[pv3] = {|@words|
             cand --out-mqtt-ca 'CA certificate (PEM) of the output broker; implies --out-mqtt-tls'
             cand --out-mqtt-client-id '[default: --mqtt-client-id + "-out", else pv3-publish-<random>]'
             cand --dry-run 'Print what would be sent; send nothing'
-            cand --ha-remove 'Remove every entity --ha announced for --device-id (+: every P3), with the retained topics of --publish, then exit'
+            cand --ha-remove 'Remove every entity --ha announced for --device-id (+: every P3), with the retained topics of --publish, then exit; add it to the collect command it undoes'
             cand --mqtt-tls 'Connect with TLS'
             cand --no-api 'Do not send to the PV3 Monitor API (needs --publish, --ha or --metrics-listen)'
             cand --publish 'Publish each value as a plain number on PREFIX/DEVICE/METRIC (evcc, Telegraf, Node-RED)'

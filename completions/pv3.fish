@@ -89,7 +89,7 @@ complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l out-mqtt-password -d
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l out-mqtt-ca -d 'CA certificate (PEM) of the output broker; implies --out-mqtt-tls' -r -F
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l out-mqtt-client-id -d '[default: --mqtt-client-id + "-out", else pv3-publish-<random>]' -r
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l dry-run -d 'Print what would be sent; send nothing'
-complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l ha-remove -d 'Remove every entity --ha announced for --device-id (+: every P3), with the retained topics of --publish, then exit'
+complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l ha-remove -d 'Remove every entity --ha announced for --device-id (+: every P3), with the retained topics of --publish, then exit; add it to the collect command it undoes'
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l mqtt-tls -d 'Connect with TLS'
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l no-api -d 'Do not send to the PV3 Monitor API (needs --publish, --ha or --metrics-listen)'
 complete -c pv3 -n "__fish_pv3_using_subcommand collect" -l publish -d 'Publish each value as a plain number on PREFIX/DEVICE/METRIC (evcc, Telegraf, Node-RED)'

@@ -255,8 +255,9 @@ pub struct CollectArgs {
     pub dry_run: bool,
 
     /// Remove every entity --ha announced for --device-id (+: every P3),
-    /// with the retained topics of --publish, then exit
-    #[arg(long, conflicts_with_all = ["dry_run", "no_api", "publish", "ha", "metrics_listen"])]
+    /// with the retained topics of --publish, then exit; add it to the
+    /// collect command it undoes
+    #[arg(long, conflicts_with = "dry_run")]
     pub ha_remove: bool,
 
     /// Output of --dry-run [default: table on a terminal, else jsonl]

@@ -107,10 +107,9 @@ pub fn info(metric: &str, unit: &str) -> MetricInfo {
             gauge("%", Some("battery"), "percent", 0.1)
         }
         "%" => gauge("%", None, "percent", 0.1),
-        "cycles" => MetricInfo {
-            state_class: Some("total_increasing"),
-            ..gauge("cycles", None, "", 1.0)
-        },
+        // An average of the modules' counts can dip (a module replaced):
+        // a measurement, not a total that only grows.
+        "cycles" => gauge("cycles", None, "", 1.0),
         _ => MetricInfo {
             ha_unit: None,
             device_class: None,

@@ -142,6 +142,10 @@ pub struct OutputReport {
     pub connected: bool,
     /// Messages published (MQTT) or scrapes answered (Prometheus).
     pub published: u64,
+    /// Whether what it publishes comes back from the broker (MQTT: its
+    /// probe); absent while not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivering: Option<bool>,
     /// Values replaced or given up before they went out.
     pub dropped: u64,
     /// The last publish or scrape, RFC 3339.

@@ -146,6 +146,8 @@ pub struct ForwardStats {
     pub spool_bytes: AtomicU64,
     /// Unix milliseconds of the last 2xx (0: never).
     pub last_delivery_ms: AtomicU64,
+    /// Unix milliseconds since the API has been failing (0: it is not).
+    pub failing_since_ms: AtomicU64,
 }
 
 impl ForwardStats {

@@ -256,6 +256,18 @@ impl Worker {
         }
         ForwardStats::set(&self.stats.posts, self.dispatcher.posts);
         ForwardStats::set(&self.stats.failed_attempts, self.dispatcher.failures);
+        let failing = match self.dispatcher.failing_since() {
+            None => 0,
+            Some(since) => {
+                let ago = i64::try_from(since.elapsed().as_millis()).unwrap_or(0);
+                let ms = Timestamp::now().unix_micros() / 1000 - ago;
+                u64::try_from(ms).unwrap_or(1).max(1)
+            }
+        };
+        // Kept, not recomputed, while it goes on: the same start each time.
+        if (failing == 0) != (ForwardStats::get(&self.stats.failing_since_ms) == 0) {
+            ForwardStats::set(&self.stats.failing_since_ms, failing);
+        }
         self.publish();
     }
 

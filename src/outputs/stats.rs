@@ -1,7 +1,7 @@
 //! Live counters of the outputs beside the API, and what collect knows of
 //! its input, shared with `status.json` and Prometheus's `/metrics`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::time::Instant;
@@ -26,7 +26,18 @@ pub struct OutputStats {
     pub dropped: AtomicU64,
     /// Unix milliseconds of the last publish or scrape (0: never).
     pub last_ms: AtomicU64,
+    /// Whether what the output publishes arrives (an MQTT output checks
+    /// its own messages come back): [`UNKNOWN`], [`DELIVERING`] or
+    /// [`NOT_DELIVERING`].
+    delivering: AtomicU8,
 }
+
+/// Not (yet) known whether the output's messages arrive.
+const UNKNOWN: u8 = 0;
+/// The output's messages arrive.
+const DELIVERING: u8 = 1;
+/// The output's messages do not arrive (a broker that drops them).
+const NOT_DELIVERING: u8 = 2;
 
 impl OutputStats {
     /// Zeroed counters for the output `name`.
@@ -37,7 +48,28 @@ impl OutputStats {
             published: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             last_ms: AtomicU64::new(0),
+            delivering: AtomicU8::new(UNKNOWN),
         })
+    }
+
+    /// Records whether what the output publishes arrives (`None`: not
+    /// known, as after a reconnect).
+    pub fn set_delivering(&self, arriving: Option<bool>) {
+        let value = match arriving {
+            None => UNKNOWN,
+            Some(true) => DELIVERING,
+            Some(false) => NOT_DELIVERING,
+        };
+        self.delivering.store(value, Ordering::Relaxed);
+    }
+
+    /// Whether what the output publishes arrives, if known.
+    pub fn delivering(&self) -> Option<bool> {
+        match self.delivering.load(Ordering::Relaxed) {
+            DELIVERING => Some(true),
+            NOT_DELIVERING => Some(false),
+            _ => None,
+        }
     }
 
     /// Counts `n` published messages (or one scrape) now.
@@ -64,6 +96,7 @@ impl OutputStats {
             name: self.name.to_string(),
             connected: self.connected.load(Ordering::Relaxed),
             published: self.published.load(Ordering::Relaxed),
+            delivering: self.delivering(),
             dropped: self.dropped.load(Ordering::Relaxed),
             last_at: (last > 0).then(|| {
                 Timestamp::from_unix_micros(i64::try_from(last).unwrap_or(0).saturating_mul(1000))

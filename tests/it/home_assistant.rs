@@ -104,9 +104,10 @@ async fn wait_announced_with(topics: &Topics, status: &str) {
             &format!("every discovery config and flat state, status {status}"),
             |s| {
                 configs.iter().all(|t| config(s, t).is_some())
-                    && metrics()
-                        .iter()
-                        .all(|m| s.latest(&format!("pv3/{DEVICE}/{m}")).is_some())
+                    && metrics().iter().all(|m| {
+                        s.latest(&format!("pv3/{DEVICE}/{}", m.to_lowercase()))
+                            .is_some()
+                    })
                     && s.latest(&status_topic()) == Some(status)
             },
         )
@@ -124,10 +125,11 @@ async fn every_topic_is_announced_with_the_fields_home_assistant_needs(broker: T
     publish_every_topic(port).await;
     wait_announced(&topics).await;
 
-    // Every flat topic holds the decoded value, as plain text.
+    // Every flat topic holds the decoded value, as plain text, under the
+    // metric's name in lower case (`safetycheck_State`: `safetycheck_state`).
     for (_, metric, value, _) in EVERY_TOPIC_EXPECTED {
         let text = topics
-            .latest(&format!("pv3/{DEVICE}/{metric}"))
+            .latest(&format!("pv3/{DEVICE}/{}", metric.to_lowercase()))
             .expect("published");
         assert_eq!(text.parse::<f64>().ok(), Some(*value), "{metric} = {text}");
     }
@@ -155,11 +157,20 @@ async fn every_topic_is_announced_with_the_fields_home_assistant_needs(broker: T
             .map(|t| (t.clone(), config(s, t).expect("config")))
             .collect::<BTreeMap<_, _>>()
     });
+    // Beside them, pv3's own health device: without the API, its version
+    // and when the P3 was last heard.
+    let health_node = format!("{}_collector", node());
+    let (health, p3): (Vec<String>, Vec<String>) = topics.with(|s| {
+        s.live_under("homeassistant/")
+            .into_keys()
+            .partition(|t| t.split('/').nth(2) == Some(health_node.as_str()))
+    });
     assert_eq!(
-        topics.with(|s| s.live_under("homeassistant/").len()),
+        p3.len(),
         state_by_config.len(),
         "no config beyond the expected ones"
     );
+    assert_eq!(health.len(), 2, "{health:?}");
     for (topic, c) in &state_by_config {
         let object = topic.split('/').nth(3).expect("object id");
         assert_eq!(c["unique_id"], format!("{}_{object}", node()), "{topic}");
@@ -168,8 +179,26 @@ async fn every_topic_is_announced_with_the_fields_home_assistant_needs(broker: T
             topics.latest(state_topic).is_some(),
             "{topic}: state topic {state_topic} holds nothing"
         );
-        assert!(c.get("value_template").is_none(), "{topic}");
+        // A template only where a code's number becomes its name.
+        let is_enum = c["device_class"] == "enum";
+        assert_eq!(c.get("value_template").is_some(), is_enum, "{topic}");
+        if is_enum {
+            assert!(c["options"].as_array().is_some_and(|o| !o.is_empty()));
+            assert!(c.get("unit_of_measurement").is_none(), "{topic}");
+            assert!(c.get("state_class").is_none(), "{topic}");
+        }
         assert_eq!(c["availability"][0]["topic"], status_topic(), "{topic}");
+        // The entity id docs and dashboards name: device and object id.
+        let component = topic.split('/').nth(1).expect("component");
+        assert_eq!(
+            c["default_entity_id"],
+            format!("{component}.p3_{}_{object}", DEVICE.to_lowercase()),
+            "{topic}"
+        );
+        assert_eq!(
+            c["device"]["sw_version"],
+            format!("pv3 {}", env!("CARGO_PKG_VERSION"))
+        );
         assert_eq!(c["device"]["identifiers"][0], node(), "{topic}");
         assert_eq!(c["device"]["manufacturer"], "Powervault");
         assert_eq!(c["device"]["model"], "P3");
@@ -208,7 +237,39 @@ async fn every_topic_is_announced_with_the_fields_home_assistant_needs(broker: T
         s("diagnostic"),
         "alarm_count is diagnostic"
     );
+    // Codes with a known meaning are named states; counts that can dip
+    // are measurements.
+    let schedule = &state_by_config[&sensor_config("schedule_event")];
+    assert_eq!(schedule["device_class"], "enum");
+    assert_eq!(
+        schedule["options"],
+        serde_json::json!([
+            "Idle",
+            "Charge",
+            "Discharge",
+            "Force charge",
+            "Force discharge"
+        ])
+    );
+    let eps = &state_by_config[&sensor_config("eps_mode")];
+    assert_eq!(eps["options"], serde_json::json!(["Disabled", "Enabled"]));
+    assert_eq!(
+        fields(&sensor_config("cycle_count_avg")).2,
+        s("measurement"),
+        "an average of cycle counts can dip"
+    );
+    // Names for people: no raw P3 field, no "alarm" after a problem.
+    for (topic, c) in &state_by_config {
+        let name = c["name"].as_str().expect("a name");
+        assert!(!name.contains('_'), "{topic}: a raw name {name:?}");
+        assert!(!name.to_lowercase().ends_with("alarm"), "{topic}: {name:?}");
+    }
+    assert_eq!(
+        state_by_config[&sensor_config("safetycheck_State")]["name"],
+        "Safety check state"
+    );
     let alarm = &state_by_config[&alarm_config("battery_low")];
+    assert_eq!(alarm["name"], "Battery low");
     assert_eq!(alarm["device_class"], "problem");
     assert_eq!(alarm["payload_on"], "ON");
     assert_eq!(alarm["payload_off"], "OFF");
@@ -296,6 +357,142 @@ async fn home_assistants_birth_message_announces_everything_again(broker: TestBr
     pv3.stop().await;
 }
 
+/// Issue 20: the sample capture (every alarm flag a P3 sends) replayed
+/// through `--ha`: no entity is named with a raw P3 field or flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_through_ha_names_every_entity_for_people() {
+    let broker = InProcessBroker::start().await;
+    let port = broker.port();
+    let topics = Topics::watch(port, &["homeassistant/#"]).await;
+    let pv3 = ha_collect(port).spawn();
+    pv3.subscribed(1).await;
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/p3-sample.jsonl");
+    let port_text = port.to_string();
+    let out = run_pv3(
+        &[
+            "replay",
+            sample,
+            "--to-mqtt",
+            "--mqtt-host",
+            "127.0.0.1",
+            "--mqtt-port",
+            &port_text,
+            "--speed",
+            "max",
+        ],
+        &[],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 23 flags in the sample, each a binary sensor.
+    topics
+        .wait("every flag announced", |s| {
+            s.live_under("homeassistant/binary_sensor/").len() >= 23
+        })
+        .await;
+    pv3.stop().await;
+    let configs = topics.with(|s| s.live_under("homeassistant/"));
+    for (topic, text) in &configs {
+        let c: Value = serde_json::from_str(text).expect("a JSON config");
+        let name = c["name"].as_str().expect("a name");
+        assert!(!name.contains('_'), "{topic}: a raw name {name:?}");
+        assert!(!name.to_lowercase().ends_with("alarm"), "{topic}: {name:?}");
+        assert!(
+            name.chars().next().is_some_and(char::is_uppercase),
+            "{topic}: {name:?}"
+        );
+    }
+}
+
+/// The entity ids a text names (`sensor.p3_…`, `binary_sensor.p3_…`).
+fn entity_ids_in(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .filter(|w| {
+            w.strip_prefix("sensor.")
+                .or_else(|| w.strip_prefix("binary_sensor."))
+                .is_some_and(|id| !id.is_empty())
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Issue 22: every entity the ready dashboard names is one `collect --ha`
+/// announces, for the sample capture (every topic and flag a P3 sends) with
+/// the API on (pv3's own health entities).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_names_only_entities_pv3_announces() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/dashboard.yaml");
+    let text = std::fs::read_to_string(path).expect("docs/dashboard.yaml");
+    let named = entity_ids_in(&text);
+    assert!(named.len() >= 30, "the scan finds the ids: {named:?}");
+    if let Some(python) = crate::addon::python() {
+        let out = std::process::Command::new(python)
+            .args([
+                "-c",
+                "import sys, yaml; yaml.safe_load(open(sys.argv[1]))",
+                path,
+            ])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let broker = InProcessBroker::start().await;
+    let port = broker.port();
+    let api = RecordingApi::start().await;
+    let topics = Topics::watch(port, &["homeassistant/#"]).await;
+    let pv3 = CollectRun::new(port).api(&api).args(&["--ha"]).spawn();
+    pv3.subscribed(1).await;
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/p3-sample.jsonl");
+    let port_text = port.to_string();
+    let out = run_pv3(
+        &[
+            "replay",
+            sample,
+            "--to-mqtt",
+            "--mqtt-host",
+            "127.0.0.1",
+            "--mqtt-port",
+            &port_text,
+            "--speed",
+            "max",
+        ],
+        &[],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let announced = || -> BTreeSet<String> {
+        topics.with(|s| {
+            s.live_under("homeassistant/")
+                .values()
+                .filter_map(|c| serde_json::from_str::<Value>(c).ok())
+                .filter_map(|c| c["default_entity_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+    };
+    let all_there =
+        support::wait_for(support::topics::WAIT, || named.is_subset(&announced())).await;
+    let now = announced();
+    let missing: Vec<&String> = named.difference(&now).collect();
+    assert!(
+        all_there,
+        "the dashboard names entities pv3 does not announce: {missing:?}"
+    );
+    pv3.stop().await;
+}
+
 on_both_brokers!(ha_remove_clears_every_retained_topic);
 async fn ha_remove_clears_every_retained_topic(broker: TestBroker) {
     let port = broker.port();
@@ -319,6 +516,9 @@ async fn ha_remove_clears_every_retained_topic(broker: TestBroker) {
             "127.0.0.1",
             "--mqtt-port",
             &port_text,
+            // The collect it undoes, as it was run, with --ha-remove.
+            "--no-api",
+            "--ha",
             "--ha-remove",
         ],
         &[],
@@ -329,7 +529,11 @@ async fn ha_remove_clears_every_retained_topic(broker: TestBroker) {
     assert!(stderr.contains("removed"), "{stderr}");
     topics
         .wait("every pv3 topic cleared", |s| {
-            s.live_under("pv3/").is_empty()
+            // Nothing retained is left; the output's probe (issue 22) was
+            // never retained, so there is nothing to clear.
+            s.live_under("pv3/")
+                .keys()
+                .all(|t| t.starts_with("pv3/_probe/"))
                 && s.live_under("homeassistant/").keys().collect::<Vec<_>>() == vec![other]
         })
         .await;

@@ -20,6 +20,7 @@ mod faults;
 mod forwarder;
 mod harness;
 mod home_assistant;
+mod landing;
 mod mqtt_tls_auth;
 mod ops;
 mod package;

@@ -141,14 +141,18 @@ fn outputs(s: &Status, now: Timestamp) -> CheckResult {
             Some(a) => format!("{verb} {} ago", human_secs(a)),
             None => never.to_owned(),
         };
-        let state = if o.connected { up } else { "not connected" };
+        let state = match (o.connected, o.delivering) {
+            (false, _) => "not connected",
+            (true, Some(false)) => "connected, but what it publishes does not arrive",
+            (true, _) => up,
+        };
         let dropped = if o.dropped > 0 {
             format!(", {} dropped", o.dropped)
         } else {
             String::new()
         };
         parts.push(format!("{}: {state}, {last}{dropped}", o.name));
-        if !o.connected {
+        if !o.connected || o.delivering == Some(false) {
             down.push(o.name.as_str());
         }
     }
@@ -160,7 +164,7 @@ fn outputs(s: &Status, now: Timestamp) -> CheckResult {
             Check::CollectorOutputs,
             Outcome::Warn,
             format!(
-                "{detail}: {} cannot reach its destination (see the collector's log)",
+                "{detail}: {} does not reach its destination (see the collector's log)",
                 down.join(", ")
             ),
         )

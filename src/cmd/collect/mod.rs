@@ -19,7 +19,8 @@ use crate::mqtt::{self, Message};
 use crate::output::Format;
 use crate::outputs::publish::HEARTBEAT;
 use crate::outputs::{
-    ApiOutput, Health, Output, PrometheusOutput, PublishOptions, PublishOutput, StdoutOutput,
+    ApiOutput, Health, Output, OutputStats, PrometheusOutput, PublishOptions, PublishOutput,
+    StdoutOutput,
 };
 use crate::pipeline::Pipeline;
 use crate::ratelimit::{RateLimiter, suppressed_note};
@@ -44,10 +45,10 @@ fn status_every() -> Duration {
 /// `pv3 collect`: runs until SIGINT or SIGTERM. Bad settings come back as a
 /// [`ConfigError`](super::ConfigError) (exit code 2).
 pub async fn run(args: CollectArgs) -> Result<()> {
-    check_outputs(&args)?;
     if args.ha_remove {
         return remove_announced(&args).await;
     }
+    check_outputs(&args)?;
     let mut settings = super::mqtt_settings(&args.mqtt, "collect");
     settings.stale_after = Some(args.stale_after);
     let filter = match &args.share_group {
@@ -172,25 +173,30 @@ async fn open_outputs(args: &CollectArgs) -> Result<Opened> {
     })?;
     let mut outputs: Vec<Box<dyn Output>> = Vec::new();
     let mut destinations = Vec::new();
-    let mut health = Health::default();
     let mut lock = None;
+    let mut api_stats = None;
     if args.outputs.no_api {
         // No spool to take the lock: two collectors must still not share
         // the energy counters' file.
         lock = Some(dir.lock()?);
     } else {
         let output = open_api(args, &dir)?;
-        health.api = Some(output.stats());
+        api_stats = Some(output.stats());
         outputs.push(Box::new(output));
         destinations.push(crate::secret::shown_url(&args.api.api_url));
     }
-    if args.outputs.publish || args.outputs.ha {
-        let (output, destination) = open_publish(args)?;
+    let publishing = args.outputs.publish || args.outputs.ha;
+    let publish_stats = publishing.then(|| OutputStats::new("mqtt"));
+    // Before the publish output: it shows pv3's health in Home Assistant.
+    let health = Arc::new(Health::new(
+        api_stats,
+        publish_stats.iter().cloned().collect(),
+    ));
+    if let Some(stats) = publish_stats {
+        let (output, destination) = open_publish(args, stats, health.clone())?;
         destinations.push(destination);
-        health.outputs.extend(output.stats());
         outputs.push(Box::new(output));
     }
-    let health = Arc::new(health);
     if let Some(addr) = args.outputs.metrics_listen {
         // Bound now: a busy address stops collect before it subscribes.
         let output = PrometheusOutput::bind(addr, health.clone())
@@ -233,9 +239,15 @@ fn open_api(args: &CollectArgs, dir: &StateDir) -> Result<ApiOutput> {
 
 /// The flat topics (and Home Assistant discovery with `--ha`), and where
 /// they go, for the start line.
-fn open_publish(args: &CollectArgs) -> Result<(PublishOutput, String)> {
+fn open_publish(
+    args: &CollectArgs,
+    stats: Arc<OutputStats>,
+    health: Arc<Health>,
+) -> Result<(PublishOutput, String)> {
     let settings = super::out_mqtt_settings(&args.mqtt, &args.out_mqtt);
     let output = PublishOutput::start(PublishOptions {
+        stats,
+        health,
         prefix: args.outputs.publish_prefix.clone(),
         ha_prefix: args.outputs.ha.then(|| args.outputs.ha_prefix.clone()),
         interval: args.outputs.publish_interval,

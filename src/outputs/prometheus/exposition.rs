@@ -222,6 +222,16 @@ fn render_outputs(x: &mut Exposition, health: &Health, own: &Arc<OutputStats>, n
         x,
         &outputs,
         (
+            "pv3_output_delivering",
+            "gauge",
+            "1 while what the output publishes comes back from its broker, 0 when it does not (absent while not known)",
+        ),
+        |o| o.delivering().map(|d| if d { 1.0 } else { 0.0 }),
+    );
+    per_output(
+        x,
+        &outputs,
+        (
             "pv3_output_published_total",
             "counter",
             "Messages the output published (Prometheus: scrapes answered before this one)",

@@ -108,6 +108,7 @@ const RESERVED: &[&str] = &[
     "pv3_api_spool_bytes",
     "pv3_api_last_delivery_age_seconds",
     "pv3_output_connected",
+    "pv3_output_delivering",
     "pv3_output_published_total",
     "pv3_output_dropped_total",
     "pv3_output_last_publish_age_seconds",

@@ -158,6 +158,7 @@ fn every_name_written_for_pv3_itself_is_reserved() {
         ..shared()
     };
     s.stats.published(1);
+    s.stats.set_delivering(Some(true));
     let mut r = reading("D", vec![]);
     r.origin.topic = Arc::from(ENERGY_TOPIC);
     r.alarms = Some(AlarmStates::from([("x".to_string(), true)]));

@@ -128,11 +128,18 @@ pub(super) async fn run(
             }
             event = connection.next() => match event {
                 Some(ConnectionEvent::Connected) => p.on_connect(),
-                Some(ConnectionEvent::Message(m)) => p.on_message(&m.topic, &m.payload),
+                Some(ConnectionEvent::Message(m)) => {
+                    if !p.probe.heard(&m.topic, &m.payload) {
+                        p.on_message(&m.topic, &m.payload);
+                    }
+                }
                 Some(ConnectionEvent::Sent(pkid)) => p.on_sent(pkid),
                 Some(ConnectionEvent::Acked(pkid)) => p.on_puback(pkid),
-                Some(ConnectionEvent::Lost { young, .. }) => p.connection_lost(young),
-                Some(ConnectionEvent::Subscribed) => {}
+                Some(ConnectionEvent::Lost { young, .. }) => {
+                    p.connection_lost(young);
+                    p.probe.lost();
+                }
+                Some(ConnectionEvent::Subscribed) => p.probe.subscribed(&p.out.client),
                 // The driver only stops when told to.
                 None => return,
             },
@@ -140,7 +147,11 @@ pub(super) async fn run(
                 p.take(&inbox);
                 p.flush(Instant::now());
             }
-            _ = tick.tick() => p.flush(Instant::now()),
+            _ = tick.tick() => {
+                let now = Instant::now();
+                p.flush(now);
+                p.probe.tick(&p.out.client, now);
+            }
         }
     }
 }
@@ -165,6 +176,9 @@ async fn goodbye(p: &mut Publisher, connection: Connection) {
         }
         if p.names.instance_will {
             offline(p.names.will_topic.clone());
+        }
+        if let Some(topic) = p.health.as_ref().and_then(|(d, _)| d.status_topic()) {
+            offline(topic.to_owned());
         }
     }
     connection.close(Duration::from_secs(2)).await;

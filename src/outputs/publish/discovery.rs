@@ -4,6 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::labels::{alarm_name, metric_name, state_template, states};
 use super::naming::{device_part, level, object_part};
 use crate::metric_info::{self, MetricInfo};
 
@@ -46,6 +47,27 @@ fn object_id(key: &Key) -> String {
     }
 }
 
+/// Home Assistant's component for `key`.
+fn component(key: &Key) -> &'static str {
+    match key {
+        Key::Metric(..) => "sensor",
+        Key::Alarm(_) => "binary_sensor",
+    }
+}
+
+/// The entity id Home Assistant gives `key` when it first sees it
+/// (`sensor.p3_pv001001dev_battery_power`): from the device id and the
+/// metric's name, never from the entity's display name, so docs and
+/// dashboards can name it and a renamed entity keeps it.
+pub(crate) fn entity_id(device: &str, key: &Key) -> String {
+    format!(
+        "{}.p3_{}_{}",
+        component(key),
+        device_part(device),
+        object_id(key)
+    )
+}
+
 impl Names {
     /// `<ha_prefix>/status`, where Home Assistant says it came online.
     pub(crate) fn birth_topic(&self) -> String {
@@ -60,22 +82,24 @@ impl Names {
     /// The flat state topic of `key`.
     pub(crate) fn state_topic(&self, device: &str, key: &Key) -> String {
         match key {
-            Key::Metric(metric, _) => {
-                format!("{}/{}/{}", self.prefix, level(device), level(metric))
-            }
+            // Lower case, as the object ids (`safetycheck_State` is
+            // `.../safetycheck_state`).
+            Key::Metric(metric, _) => format!(
+                "{}/{}/{}",
+                self.prefix,
+                level(device),
+                level(&metric.to_lowercase())
+            ),
             Key::Alarm(flag) => format!("{}/{}/alarm/{}", self.prefix, level(device), level(flag)),
         }
     }
 
     /// `<ha_prefix>/<component>/<node_id>/<object_id>/config`.
     pub(crate) fn config_topic(&self, device: &str, key: &Key) -> String {
-        let component = match key {
-            Key::Metric(..) => "sensor",
-            Key::Alarm(_) => "binary_sensor",
-        };
         format!(
-            "{}/{component}/{}/{}/config",
+            "{}/{}/{}/{}/config",
             self.ha_prefix,
+            component(key),
             node_id(device),
             object_id(key)
         )
@@ -106,23 +130,24 @@ impl Names {
                 "manufacturer": "Powervault",
                 "model": "P3",
                 "serial_number": device,
+                // The P3 publishes no firmware version: what feeds it.
+                "sw_version": format!("pv3 {}", env!("CARGO_PKG_VERSION")),
             }),
         );
-        let mut origin = json!({ "name": "pv3", "sw_version": env!("CARGO_PKG_VERSION") });
-        let repository = env!("CARGO_PKG_REPOSITORY");
-        if !repository.is_empty() {
-            origin["support_url"] = json!(repository);
-        }
-        put("origin", origin);
+        put("origin", origin());
         put("unique_id", json!(format!("{node}_{}", object_id(key))));
+        put("default_entity_id", json!(entity_id(device, key)));
         match key {
             Key::Metric(metric, unit) => {
                 let info = metric_info::info(metric, unit);
-                put("name", json!(display_name(metric)));
-                sensor_fields(&mut put, &info);
+                put("name", json!(metric_name(metric)));
+                match states(metric) {
+                    Some(states) => enum_fields(&mut put, states, info.diagnostic),
+                    None => sensor_fields(&mut put, &info),
+                }
             }
             Key::Alarm(flag) => {
-                put("name", json!(format!("{} alarm", display_name(flag))));
+                put("name", json!(alarm_name(flag)));
                 put("device_class", json!("problem"));
                 put("entity_category", json!("diagnostic"));
                 put("payload_on", json!("ON"));
@@ -131,6 +156,29 @@ impl Names {
         }
         Value::Object(config)
     }
+}
+
+/// A code with named states: `device_class: enum` with its `options`, the
+/// flat topic's number turned into the name by a template; no unit and no
+/// state class (Home Assistant refuses either on an enum).
+fn enum_fields(put: &mut impl FnMut(&str, Value), states: &[(&str, &str)], diagnostic: bool) {
+    put("device_class", json!("enum"));
+    let options: Vec<&str> = states.iter().map(|(_, name)| *name).collect();
+    put("options", json!(options));
+    put("value_template", json!(state_template(states)));
+    if diagnostic {
+        put("entity_category", json!("diagnostic"));
+    }
+}
+
+/// Discovery's `origin`: pv3, its version and where to ask.
+pub(crate) fn origin() -> Value {
+    let mut origin = json!({ "name": "pv3", "sw_version": env!("CARGO_PKG_VERSION") });
+    let repository = env!("CARGO_PKG_REPOSITORY");
+    if !repository.is_empty() {
+        origin["support_url"] = json!(repository);
+    }
+    origin
 }
 
 fn sensor_fields(put: &mut impl FnMut(&str, Value), info: &MetricInfo) {
@@ -150,28 +198,6 @@ fn sensor_fields(put: &mut impl FnMut(&str, Value), info: &MetricInfo) {
         let digits = (-info.resolution.log10()).round().max(0.0);
         put("suggested_display_precision", json!(digits as u32));
     }
-}
-
-/// `grid_power` → `Grid power`; acronyms in capitals (`SOC module 4`);
-/// control characters (from a P3 field name) as spaces.
-pub(crate) fn display_name(metric: &str) -> String {
-    let words: Vec<String> = metric
-        .split(|c: char| c == '_' || c.is_control())
-        .filter(|w| !w.is_empty())
-        .map(|w| match w {
-            "soc" | "soh" | "eps" | "bms" | "ffr" | "pv" | "pv1" | "pv2" | "ip" => {
-                w.to_ascii_uppercase()
-            }
-            "temp" => "temperature".to_string(),
-            w => w.to_string(),
-        })
-        .collect();
-    let mut name = words.join(" ");
-    if let Some(first) = name.get(0..1) {
-        let upper = first.to_ascii_uppercase();
-        name.replace_range(0..1, &upper);
-    }
-    name
 }
 
 /// A value as a flat topic's payload: plain decimal text, rounded to a
@@ -250,9 +276,13 @@ mod tests {
             n.config_topic("PV1", &flag),
             "homeassistant/binary_sensor/pv3_pv1/alarm_x_y_c0908168/config"
         );
-        assert_eq!(display_name("safetycheck_a\nb"), "Safetycheck a b");
-        assert_eq!(display_name("soc_module_4"), "SOC module 4");
-        assert_eq!(display_name("inverter_temp"), "Inverter temperature");
+        // Flat topics in lower case, as the object ids (issue 20).
+        let state = Key::Metric("safetycheck_State".into(), "");
+        assert_eq!(n.state_topic("PV1", &state), "pv3/PV1/safetycheck_state");
+        assert_eq!(
+            n.config_topic("PV1", &state),
+            "homeassistant/sensor/pv3_pv1/safetycheck_state/config"
+        );
     }
 
     #[test]

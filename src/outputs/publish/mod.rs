@@ -30,7 +30,10 @@
 
 mod conn;
 mod discovery;
+mod health;
+mod labels;
 mod naming;
+mod probe;
 mod rate;
 mod remove;
 
@@ -49,11 +52,13 @@ use conn::{KILLS, Out, Sent, Strikes, Which};
 
 pub use remove::remove;
 
-use super::{Closed, Output, OutputFuture, OutputStats};
+use super::{Closed, Health, Output, OutputFuture, OutputStats};
 use crate::metric_info;
 use crate::mqtt::{Connection, MqttSettings, Plan, Role};
 use crate::reading::Reading;
 use discovery::{Key, Names, payload};
+use health::HealthDevice;
+use probe::Probe;
 use rate::{Rate, Slot};
 
 /// How long an unchanged value may go unpublished while its device sends
@@ -69,6 +74,10 @@ const REQUESTS: usize = 4096;
 /// What `--publish`/`--ha` were given.
 #[derive(Debug, Clone)]
 pub struct PublishOptions {
+    /// The output's counters (collect lists them in its health).
+    pub stats: Arc<OutputStats>,
+    /// collect's health, shown in Home Assistant as pv3's own device.
+    pub health: Arc<Health>,
     /// The output broker.
     pub settings: MqttSettings,
     /// Flat topics' prefix.
@@ -133,15 +142,26 @@ impl PublishOutput {
     /// on settings that can never work (a CA file that cannot be read).
     pub fn start(options: PublishOptions) -> Result<PublishOutput> {
         let names = options.names();
+        let stats = options.stats.clone();
+        let health_device = options.ha_prefix.is_some().then(|| {
+            HealthDevice::new(
+                &names,
+                options.device.as_deref(),
+                options.interval,
+                options.health.api.is_some(),
+            )
+        });
+        let probe = Probe::new(&options.prefix, options.settings.endpoint(), stats.clone());
         let will = LastWill::new(names.will_topic.clone(), "offline", QoS::AtLeastOnce, true);
-        // Home Assistant's birth message: announce everything again.
+        // Home Assistant's birth message: announce everything again; and
+        // the probe, to hear that what pv3 publishes arrives.
         let birth = options.ha_prefix.is_some().then(|| names.birth_topic());
+        let filters = birth.into_iter().chain([probe.topic().to_owned()]);
         let plan = Plan::publisher(Role::Output)
             .will(will)
-            .subscribing(birth.into_iter().collect())
+            .subscribing(filters.collect())
             .requests(REQUESTS);
         let connection = Connection::open(&options.settings, plan)?;
-        let stats = OutputStats::new("mqtt");
         let heartbeat = options.heartbeat.max(options.interval);
         let publisher = Publisher {
             out: Out {
@@ -161,6 +181,8 @@ impl PublishOutput {
             expire_after: heartbeat.as_secs().saturating_mul(3).max(1),
             devices: BTreeMap::new(),
             endpoint: options.settings.endpoint(),
+            probe,
+            health: health_device.map(|d| (d, options.health.clone())),
         };
         let inbox = Arc::new(Inbox::default());
         let (stop, stop_rx) = watch::channel(false);
@@ -295,6 +317,10 @@ struct Publisher {
     expire_after: u64,
     devices: BTreeMap<Arc<str>, Device>,
     endpoint: String,
+    /// Does what is published arrive?
+    probe: Probe,
+    /// With `--ha`: pv3's own device, and what it shows.
+    health: Option<(HealthDevice, Arc<Health>)>,
 }
 
 impl Publisher {
@@ -402,6 +428,43 @@ impl Publisher {
             );
             out.careful = false;
         }
+        self.flush_health(now);
+    }
+
+    /// pv3's own device, when due: its configs once per connection, its
+    /// states every interval.
+    fn flush_health(&mut self, now: Instant) {
+        let Publisher {
+            out, names, health, ..
+        } = self;
+        let Some((device, health)) = health else {
+            return;
+        };
+        if !device.due(now) {
+            return;
+        }
+        if !device.announced {
+            for (topic, config) in device.configs(names) {
+                if !out.put(|| Which::Other, topic, config, QoS::AtLeastOnce) {
+                    device.again();
+                    return;
+                }
+            }
+            if let Some(status) = device.status_topic() {
+                out.put(
+                    || Which::Other,
+                    status.to_owned(),
+                    "online",
+                    QoS::AtLeastOnce,
+                );
+            }
+            device.announced = true;
+        }
+        for (topic, state) in device.states(health) {
+            if !out.put(|| Which::Other, topic, state, QoS::AtMostOnce) {
+                return;
+            }
+        }
     }
 
     /// A new connection: clean session, so subscribe again, and announce
@@ -430,6 +493,9 @@ impl Publisher {
     }
 
     fn announce_again(&mut self) {
+        if let Some((device, _)) = &mut self.health {
+            device.again();
+        }
         for device in self.devices.values_mut() {
             device.online = None;
             for entry in device.entries.values_mut() {

@@ -42,7 +42,13 @@ pub async fn remove(
         Some(d) => format!("{prefix}/{}/#", level(d)),
         None => format!("{prefix}/#"),
     };
-    let filters = vec![format!("{ha_prefix}/+/{node}/+/config"), flat];
+    // pv3's own device beside the P3's has a node of its own (for `+`,
+    // the `+` node filter covers it).
+    let mut filters = vec![format!("{ha_prefix}/+/{node}/+/config"), flat];
+    if device.is_some() {
+        let health = super::health::node_id(device);
+        filters.push(format!("{ha_prefix}/+/{health}/+/config"));
+    }
     let plan = Plan::publisher(Role::Output).subscribing(filters);
     let mut session = Session {
         connection: Connection::open(settings, plan)?,

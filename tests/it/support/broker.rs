@@ -160,6 +160,9 @@ struct BrokerState {
     /// Round-robin counters of shared subscriptions, by (group, filter).
     round_robin: HashMap<(String, String), usize>,
     messages: Vec<ReceivedMessage>,
+    /// Publishes from clients whose id starts with this are acknowledged
+    /// and dropped, as an ACL that forbids them to publish does.
+    drop_from: Option<String>,
 }
 
 struct BrokerShared {
@@ -349,6 +352,12 @@ impl InProcessBroker {
                 Ok(Err(_)) | Err(_) => return cond(),
             }
         }
+    }
+
+    /// From now on, publishes from clients whose id starts with `prefix`
+    /// are acknowledged and dropped (silently, as an ACL does).
+    pub fn drop_publishes_from(&self, prefix: &str) {
+        lock(&self.shared.state).drop_from = Some(prefix.to_owned());
     }
 
     /// Closes every client connection (the listener stays up): simulates a
@@ -585,7 +594,14 @@ fn handle_packet(shared: &Arc<BrokerShared>, id: u64, packet: Packet) -> Vec<Pac
                 QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(publish.pkid))),
                 QoS::ExactlyOnce => Some(Packet::PubRec(PubRec::new(publish.pkid))),
             };
-            route_publish(shared, publish);
+            let dropped = {
+                let state = lock(&shared.state);
+                let sender = state.clients.get(&id).and_then(|c| c.client_id.as_deref());
+                matches!((&state.drop_from, sender), (Some(p), Some(c)) if c.starts_with(p.as_str()))
+            };
+            if !dropped {
+                route_publish(shared, publish);
+            }
             reply.into_iter().collect()
         }
         Packet::PubRel(rel) => vec![Packet::PubComp(PubComp::new(rel.pkid))],
