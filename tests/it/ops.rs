@@ -690,6 +690,8 @@ fn install_service_over_the_old_python_collector_keeps_it_and_its_settings() {
             || text.contains("carried its settings over: MQTT_HOST, P3_DEVICE_ID, API_URL"),
         "{text}"
     );
+    // There was no env file before: nothing is "kept from" one.
+    assert!(!text.contains("previous env file"), "{text}");
     assert_eq!(
         std::fs::read_to_string(&backup).expect("the copy"),
         OLD_UNIT,
@@ -1151,7 +1153,7 @@ fn the_unit_passes_systemd_analyze() {
 
 #[test]
 fn generated_files_are_up_to_date() {
-    let update = std::env::var_os("PV3_UPDATE_GENERATED").is_some_and(|v| !v.is_empty());
+    let update = support::generated::updating();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut stale = Vec::new();
     for (target, rel) in pv3::cmd::completions::GENERATED {

@@ -181,6 +181,7 @@ fn install(args: &InstallServiceArgs, matches: &ArgMatches, layout: &Layout) -> 
         system: !layout.user,
         real,
     };
+    let in_env_file: Vec<String> = previous.iter().map(|(k, _)| k.clone()).collect();
     let unit_text = fs::read_to_string(layout.disk(&layout.unit)).ok();
     let foreign = unit_text.as_deref().and_then(old_unit::foreign);
     let (previous, backup) = match &foreign {
@@ -189,7 +190,7 @@ fn install(args: &InstallServiceArgs, matches: &ArgMatches, layout: &Layout) -> 
     };
     let settings = settings::settings(matches, &previous, audience)?;
     let already = layout.disk(&layout.unit).exists();
-    let mut plan = install_plan(layout, &binary, &settings, &previous, already)?;
+    let mut plan = install_plan(layout, &binary, &settings, &previous, &in_env_file, already)?;
     plan.files.splice(0..0, backup.map(FileChange::Write));
     if args.dry_run {
         return print(&format!(
@@ -256,11 +257,14 @@ fn over_foreign_unit(
 }
 
 /// Writes the unit and the env file, then has systemd (re)start the service.
+/// `in_env_file` names the settings pv3's env file held before (the rest of
+/// `previous` came from an old unit, and was said so).
 fn install_plan(
     layout: &Layout,
     binary: &Path,
     settings: &[settings::Setting],
     previous: &[(String, String)],
+    in_env_file: &[String],
     already: bool,
 ) -> Result<Plan> {
     let ours: Vec<String> = settings::specs().into_iter().map(|s| s.key).collect();
@@ -276,7 +280,7 @@ fn install_plan(
     );
     let kept: Vec<&str> = settings
         .iter()
-        .filter(|s| s.kept)
+        .filter(|s| s.kept && in_env_file.contains(&s.key))
         .map(|s| s.key.as_str())
         .collect();
     if !kept.is_empty() {
@@ -537,7 +541,8 @@ mod tests {
     fn an_install_plan_writes_two_files_then_starts_the_service() {
         let root = tempfile::tempdir().expect("tempdir");
         let layout = system_layout(root.path());
-        let plan = install_plan(&layout, Path::new("/usr/bin/pv3"), &[], &[], false).expect("plan");
+        let plan =
+            install_plan(&layout, Path::new("/usr/bin/pv3"), &[], &[], &[], false).expect("plan");
         let modes: Vec<(PathBuf, u32, Option<u32>)> = plan
             .files
             .iter()
