@@ -1024,27 +1024,12 @@ fn check_entity_table(configs: &BTreeMap<String, Value>) {
         table.push_str(&row);
         table.push('\n');
     }
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DOC);
-    let doc = std::fs::read_to_string(&path).expect("read the doc");
-    let (before, rest) = doc
-        .split_once(TABLE_START)
-        .expect("the table's start marker");
-    let (current, after) = rest.split_once(TABLE_END).expect("the table's end marker");
-    let wanted = format!("\n{table}");
-    if current == wanted {
-        return;
-    }
-    if std::env::var_os("PV3_UPDATE_GENERATED").is_some_and(|v| !v.is_empty()) {
-        std::fs::write(
-            &path,
-            format!("{before}{TABLE_START}{wanted}{TABLE_END}{after}"),
-        )
-        .expect("write the doc");
-        return;
-    }
-    panic!(
-        "{DOC}'s entity table differs from what collect --ha announces; regenerate it with \
-         `PV3_UPDATE_GENERATED=1 cargo test --test it home_assistant::` and commit it"
+    support::generated::check_block(
+        DOC,
+        TABLE_START,
+        TABLE_END,
+        &table,
+        "PV3_UPDATE_GENERATED=1 cargo test --test it home_assistant::",
     );
 }
 

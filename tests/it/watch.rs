@@ -619,7 +619,7 @@ fn a_terminal_smaller_than_80x24_is_told_so() {
 /// between its `<!-- render: NAME -->` markers are the snapshots' text.
 #[test]
 fn the_docs_show_the_view_as_drawn() {
-    let update = std::env::var_os("PV3_UPDATE_GENERATED").is_some_and(|v| !v.is_empty());
+    let update = support::generated::updating();
     let path = repo().join("docs/watch.md");
     let doc = std::fs::read_to_string(&path).expect("docs/watch.md");
     let point = at_the_end();

@@ -6,6 +6,7 @@
 //! * [`proc`]: running the `pv3` binary.
 //! * [`collect`]: `pv3 collect` with test defaults, waits on `status.json`.
 //! * [`forward`]: pieces for driving the forwarder in-process.
+//! * [`generated`]: tables in the docs that tests write.
 //! * [`proxy`]: TCP proxy for link-failure injection.
 //! * [`pty`]: running pv3 on a pseudo-terminal.
 //! * [`supervisor`]: a stand-in for the Home Assistant Supervisor's API.
@@ -19,6 +20,7 @@ pub mod broker;
 pub mod collect;
 pub mod fixtures;
 pub mod forward;
+pub mod generated;
 pub mod proc;
 pub mod proxy;
 pub mod pty;
