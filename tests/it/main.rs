@@ -21,6 +21,7 @@ mod forwarder;
 mod harness;
 mod home_assistant;
 mod landing;
+mod links;
 mod migrating;
 mod mqtt_tls_auth;
 mod ops;
