@@ -18,7 +18,7 @@ use support::fixtures::{
     DEVICE, EVERY_TOPIC_EXPECTED, every_topic, every_topic_alarms, every_topic_expected_keys,
     fixture, measurement_keys, read_capture,
 };
-use support::proc::{Pv3Process, run_pv3};
+use support::proc::{Pv3Process, replay_to_broker, run_pv3};
 use support::{now_nanos, on_both_brokers};
 
 const T: Duration = Duration::from_secs(20);
@@ -198,27 +198,7 @@ async fn a_binary_payload_round_trips_byte_exact(broker: TestBroker) {
 
     // And back out to a broker, unchanged.
     let mut subscriber = Subscriber::connect(broker.port(), &["pv/PV3/#"]).await;
-    let port = broker.port().to_string();
-    let out = run_pv3(
-        &[
-            "replay",
-            capture.to_str().expect("utf-8"),
-            "--to-mqtt",
-            "--mqtt-host",
-            "127.0.0.1",
-            "--mqtt-port",
-            &port,
-            "--speed",
-            "max",
-        ],
-        &[],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    replay_to_broker(capture.to_str().expect("utf-8"), broker.port(), &[]);
     let got = subscriber.expect_messages(1, T).await;
     assert_eq!(got[0].topic, topic);
     assert_eq!(got[0].payload.to_vec(), payload);

@@ -16,7 +16,7 @@ use support::broker::{InProcessBroker, Publisher, TestBroker};
 use support::collect::{CollectRun, Collector};
 use support::fixtures::{DEVICE, EVERY_TOPIC_EXPECTED, every_topic};
 use support::on_both_brokers;
-use support::proc::run_pv3;
+use support::proc::{replay_to_broker, run_pv3};
 use support::topics::{State, Topics};
 
 const ENERGY: [&str; 5] = [
@@ -367,27 +367,7 @@ async fn a_capture_through_ha_names_every_entity_for_people() {
     let pv3 = ha_collect(port).spawn();
     pv3.subscribed(1).await;
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/p3-sample.jsonl");
-    let port_text = port.to_string();
-    let out = run_pv3(
-        &[
-            "replay",
-            sample,
-            "--to-mqtt",
-            "--mqtt-host",
-            "127.0.0.1",
-            "--mqtt-port",
-            &port_text,
-            "--speed",
-            "max",
-        ],
-        &[],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    replay_to_broker(sample, port, &[]);
     // 23 flags in the sample, each a binary sensor.
     topics
         .wait("every flag announced", |s| {
@@ -452,27 +432,7 @@ async fn the_dashboard_names_only_entities_pv3_announces() {
     let pv3 = CollectRun::new(port).api(&api).args(&["--ha"]).spawn();
     pv3.subscribed(1).await;
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/p3-sample.jsonl");
-    let port_text = port.to_string();
-    let out = run_pv3(
-        &[
-            "replay",
-            sample,
-            "--to-mqtt",
-            "--mqtt-host",
-            "127.0.0.1",
-            "--mqtt-port",
-            &port_text,
-            "--speed",
-            "max",
-        ],
-        &[],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    replay_to_broker(sample, port, &[]);
     let announced = || -> BTreeSet<String> {
         topics.with(|s| {
             s.live_under("homeassistant/")

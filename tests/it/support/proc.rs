@@ -364,6 +364,26 @@ pub async fn run_pv3_async(args: &[&str], envs: &[(&str, &str)]) -> Output {
     .expect("pv3 runner thread")
 }
 
+/// `pv3 replay CAPTURE --to-mqtt` into the broker on `port` at full speed,
+/// plus `extra` flags; panics with pv3's stderr unless it succeeds.
+pub fn replay_to_broker(capture: &str, port: u16, extra: &[&str]) {
+    let port = port.to_string();
+    let mut args = vec![
+        "replay",
+        capture,
+        "--to-mqtt",
+        "--mqtt-host",
+        "127.0.0.1",
+        "--mqtt-port",
+        &port,
+        "--speed",
+        "max",
+    ];
+    args.extend_from_slice(extra);
+    let out = run_pv3(&args, &[], None);
+    assert!(out.status.success(), "{}", show(&out));
+}
+
 /// A finished run for a failure message: exit code, stdout, stderr.
 pub fn show(out: &Output) -> String {
     format!(
