@@ -218,8 +218,7 @@ async fn pv3_s_own_health_follows_the_api_in_home_assistant() {
     // the version rather than assume it came with the API's state.
     topics
         .wait("pv3's version", |s| {
-            s.latest(&format!("pv3/{DEVICE}/pv3/version")).as_deref()
-                == Some(env!("CARGO_PKG_VERSION"))
+            s.latest(&format!("pv3/{DEVICE}/pv3/version")) == Some(env!("CARGO_PKG_VERSION"))
         })
         .await;
     topics
