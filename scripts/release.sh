@@ -69,9 +69,11 @@ fi
 
 rm -rf dist
 mkdir -p dist
+# Both targets in one cargo run: each binary's final step (fat LTO, one
+# codegen unit) uses one core, so two side by side use two.
+echo "== static binaries: ${targets[*]}"
+cargo build --release --locked $(printf -- '--target %s ' "${targets[@]}")
 for target in "${targets[@]}"; do
-  echo "== $target: static binary"
-  cargo build --release --locked --target "$target"
   cp "target/$target/release/pv3" "dist/pv3-$version-$target"
   echo "== $target: Debian package (${deb_arch[$target]})"
   # The release profile strips already; cargo-deb's strip would be the
