@@ -198,7 +198,11 @@ async fn a_binary_payload_round_trips_byte_exact(broker: TestBroker) {
 
     // And back out to a broker, unchanged.
     let mut subscriber = Subscriber::connect(broker.port(), &["pv/PV3/#"]).await;
-    replay_to_broker(capture.to_str().expect("utf-8"), broker.port(), &[]);
+    replay_to_broker(
+        capture.to_str().expect("utf-8"),
+        broker.port(),
+        &["--speed", "max"],
+    );
     let got = subscriber.expect_messages(1, T).await;
     assert_eq!(got[0].topic, topic);
     assert_eq!(got[0].payload.to_vec(), payload);
@@ -661,27 +665,10 @@ async fn replay_to_mqtt_feeds_collect_like_replay_feeds_the_api(broker: TestBrok
     let file = fixture("every-topic.jsonl");
     let file = file.to_str().expect("utf-8");
     // --device-id rewrites the topics: the recorded P3 becomes TESTDEV.
-    let out = run_pv3(
-        &[
-            "replay",
-            file,
-            "--to-mqtt",
-            "--mqtt-host",
-            "127.0.0.1",
-            "--mqtt-port",
-            &port,
-            "--speed",
-            "20",
-            "--device-id",
-            "TESTDEV",
-        ],
-        &[],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    replay_to_broker(
+        file,
+        broker.port(),
+        &["--speed", "20", "--device-id", "TESTDEV"],
     );
     via_collect
         .wait_for_measurements(EVERY_TOPIC_EXPECTED.len(), T)

@@ -367,7 +367,7 @@ async fn a_capture_through_ha_names_every_entity_for_people() {
     let pv3 = ha_collect(port).spawn();
     pv3.subscribed(1).await;
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/p3-sample.jsonl");
-    replay_to_broker(sample, port, &[]);
+    replay_to_broker(sample, port, &["--speed", "max"]);
     // 23 flags in the sample, each a binary sensor.
     topics
         .wait("every flag announced", |s| {
@@ -432,7 +432,7 @@ async fn the_dashboard_names_only_entities_pv3_announces() {
     let pv3 = CollectRun::new(port).api(&api).args(&["--ha"]).spawn();
     pv3.subscribed(1).await;
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/p3-sample.jsonl");
-    replay_to_broker(sample, port, &[]);
+    replay_to_broker(sample, port, &["--speed", "max"]);
     let announced = || -> BTreeSet<String> {
         topics.with(|s| {
             s.live_under("homeassistant/")

@@ -364,9 +364,9 @@ pub async fn run_pv3_async(args: &[&str], envs: &[(&str, &str)]) -> Output {
     .expect("pv3 runner thread")
 }
 
-/// `pv3 replay CAPTURE --to-mqtt` into the broker on `port` at full speed,
-/// plus `extra` flags; panics with pv3's stderr unless it succeeds.
-pub fn replay_to_broker(capture: &str, port: u16, extra: &[&str]) {
+/// `pv3 replay CAPTURE --to-mqtt` into the broker on `port`, with `flags`
+/// (its `--speed`, say); panics with pv3's output unless it succeeds.
+pub fn replay_to_broker(capture: &str, port: u16, flags: &[&str]) {
     let port = port.to_string();
     let mut args = vec![
         "replay",
@@ -376,10 +376,8 @@ pub fn replay_to_broker(capture: &str, port: u16, extra: &[&str]) {
         "127.0.0.1",
         "--mqtt-port",
         &port,
-        "--speed",
-        "max",
     ];
-    args.extend_from_slice(extra);
+    args.extend_from_slice(flags);
     let out = run_pv3(&args, &[], None);
     assert!(out.status.success(), "{}", show(&out));
 }
