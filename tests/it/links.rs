@@ -21,19 +21,23 @@ fn pages() -> Vec<PathBuf> {
     pages
 }
 
+/// The lines of a page outside fenced code blocks, numbered from 1.
+fn prose_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut fenced = false;
+    text.lines().enumerate().filter_map(move |(n, line)| {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            return None;
+        }
+        (!fenced).then_some((n + 1, line))
+    })
+}
+
 /// The `(line, target)` of each `[text](target)` outside code blocks and
 /// inline code.
 fn links(text: &str) -> Vec<(usize, String)> {
     let mut found = Vec::new();
-    let mut fenced = false;
-    for (n, line) in text.lines().enumerate() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
-        if fenced {
-            continue;
-        }
+    for (n, line) in prose_lines(text) {
         // Drop inline code: every other backtick-delimited piece.
         let prose: String = line
             .split('`')
@@ -46,7 +50,7 @@ fn links(text: &str) -> Vec<(usize, String)> {
         while let Some(at) = rest.find("](") {
             let after = &rest[at + 2..];
             let Some(end) = after.find(')') else { break };
-            found.push((n + 1, after[..end].to_owned()));
+            found.push((n, after[..end].to_owned()));
             rest = &after[end..];
         }
     }
@@ -68,18 +72,10 @@ fn anchor(heading: &str) -> String {
 /// The anchors of a page's headings (a repeated heading gets `-1`, `-2`).
 fn anchors(text: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
-    let mut fenced = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-            continue;
-        }
+    for (_, line) in prose_lines(text) {
         let Some(heading) = line.strip_prefix('#') else {
             continue;
         };
-        if fenced {
-            continue;
-        }
         let base = anchor(heading.trim_start_matches('#'));
         let mut name = base.clone();
         let mut n = 0;
